@@ -1,0 +1,122 @@
+"""All numba kernels of mrlsearch.
+
+Kernels are pure functions over C-contiguous arrays: they never validate (the callers in
+``searcher.py`` and ``classifier.py`` do), never allocate their outputs (the callers preallocate
+them, padded with ``-1`` / ``-inf``) and are compiled with explicit signatures and
+``cache=True`` so that a process pays the compile cost once per machine, not once per run.
+
+numba has no float16 arithmetic on the CPU, so float16 vector stores are handed to the kernels
+as their raw ``uint16`` bits together with a 65536-entry float32 lookup table
+(:data:`HALF_TABLE`, 256 KiB, it stays in L2); float32 stores ignore the table.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+
+__all__: list[str] = []
+
+METRIC_IP = 0
+METRIC_COSINE = 1
+METRIC_L2 = 2
+METRIC_CODES = {"ip": METRIC_IP, "cosine": METRIC_COSINE, "l2": METRIC_L2}
+
+#: float32 value of every float16 bit pattern, indexed by the pattern as uint16.
+HALF_TABLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+#: stand-in table for float32 stores (never read).
+NO_TABLE = np.zeros(1, dtype=np.float32)
+
+
+def _to_f32(value, table):  # pragma: no cover - replaced by the overload inside numba
+    raise NotImplementedError
+
+
+@overload(_to_f32, inline="always")
+def _to_f32_overload(value, table):
+    if isinstance(value, types.Integer):
+        return lambda value, table: table[value]
+    return lambda value, table: np.float32(value)
+
+
+_RERANK_SIGNATURES = [
+    "void(f4[:, ::1], {store}[:, ::1], f4[::1], i8[:, ::1], f4[:, ::1], i8, i8, "
+    "f4[:], f4[:], i8, i8[:, ::1], f4[:, ::1], f4[:, ::1])".format(store=store)
+    for store in ("f4", "u2")
+]
+
+
+@numba.njit(_RERANK_SIGNATURES, parallel=True, fastmath=True, cache=True)
+def rerank_stage(
+    queries,
+    vectors,
+    table,
+    rows,
+    partial,
+    start,
+    stop,
+    query_norms,
+    row_norms,
+    metric,
+    out_rows,
+    out_partial,
+    out_scores,
+):
+    r"""Score candidates on the coordinates ``[start, stop)`` and keep the best of them.
+
+    ``partial[q, j]`` holds, for candidate ``rows[q, j]``, the running sum over the
+    coordinates ``[0, start)``: the dot product :math:`\sum_{i<start} q_i x_i` (ip, cosine) or
+    the squared distance :math:`\sum_{i<start} (q_i - x_i)^2` (l2). The kernel adds the slice
+    ``[start, stop)`` (so no coordinate is read twice across stages), turns the sum into the
+    score at prefix ``stop`` (higher is better)
+
+    .. math::
+
+        s_{ip} = q_{:m} \cdot x_{:m}, \quad
+        s_{cos} = \frac{q_{:m} \cdot x_{:m}}{\lVert q_{:m} \rVert \lVert x_{:m} \rVert}, \quad
+        s_{l2} = -\lVert q_{:m} - x_{:m} \rVert^2
+
+    and writes the best ``out_rows.shape[1]`` candidates, best first, with their running sums
+    and scores. Rows equal to ``-1`` are padding; they score ``-inf`` and come out as ``-1``.
+    ``query_norms`` (per query) and ``row_norms`` (per stored row) are the prefix norms at
+    ``stop``; only cosine reads them. Parallel over queries.
+    """
+    n_queries = rows.shape[0]
+    n_in = rows.shape[1]
+    keep = out_rows.shape[1]
+    for qi in prange(n_queries):
+        scores = np.empty(n_in, dtype=np.float32)
+        for j in range(n_in):
+            row = rows[qi, j]
+            if row < 0:
+                scores[j] = -np.inf
+                continue
+            acc = partial[qi, j]
+            if metric == 2:
+                for c in range(start, stop):
+                    diff = queries[qi, c] - _to_f32(vectors[row, c], table)
+                    acc += diff * diff
+                partial[qi, j] = acc
+                scores[j] = -acc
+            else:
+                for c in range(start, stop):
+                    acc += queries[qi, c] * _to_f32(vectors[row, c], table)
+                partial[qi, j] = acc
+                if metric == 1:
+                    denom = query_norms[qi] * row_norms[row]
+                    scores[j] = acc / denom if denom > 0.0 else 0.0
+                else:
+                    scores[j] = acc
+        order = np.argsort(-scores, kind="mergesort")
+        for t in range(keep):
+            if t < n_in and rows[qi, order[t]] >= 0:
+                j = order[t]
+                out_rows[qi, t] = rows[qi, j]
+                out_partial[qi, t] = partial[qi, j]
+                out_scores[qi, t] = scores[j]
+            else:
+                out_rows[qi, t] = -1
+                out_partial[qi, t] = 0.0
+                out_scores[qi, t] = -np.inf

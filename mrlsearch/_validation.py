@@ -1,0 +1,135 @@
+"""Input checks at the API edge.
+
+Everything user-supplied passes through these helpers once, before numba or hnswlib sees it.
+Messages follow one style: ``'<name>' must be <what> (got <what arrived>)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from ._errors import DimensionError
+
+__all__: list[str] = []
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"'{name}' must be a positive int (got {_describe(value)})")
+    if value < 1:
+        raise ValueError(f"'{name}' must be a positive int (got {value})")
+    return int(value)
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"'{name}' must be one of {options} (got {_describe(value)})")
+    return value
+
+
+def check_fraction(value: object, name: str, *, low: float = 0.0, high: float = 1.0) -> float:
+    """Return ``value`` as a float in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise TypeError(f"'{name}' must be a number in [{low}, {high}] (got {_describe(value)})")
+    if not low <= float(value) <= high:
+        raise ValueError(f"'{name}' must be a number in [{low}, {high}] (got {value})")
+    return float(value)
+
+
+def check_dims(dims: Iterable[object], name: str, *, max_dim: int | None = None) -> tuple[int, ...]:
+    """Return nesting dims as a tuple of strictly increasing positive ints."""
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Iterable):
+        raise TypeError(f"'{name}' must be a sequence of ints (got {_describe(dims)})")
+    values = list(dims)
+    if not values:
+        raise DimensionError(f"'{name}' must name at least one dim (got an empty sequence)")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise DimensionError(f"'{name}' must hold positive ints (got {_describe(values)})")
+        out.append(int(value))
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise DimensionError(f"'{name}' must be strictly increasing (got {tuple(out)})")
+    if max_dim is not None and out[-1] > max_dim:
+        raise DimensionError(f"'{name}' must not exceed {max_dim} (got {tuple(out)})")
+    return tuple(out)
+
+
+def check_matrix(
+    x: object,
+    name: str,
+    *,
+    dim: int,
+    allow_1d: bool = True,
+    allow_empty: bool = False,
+    dtype: type = np.float32,
+) -> tuple[np.ndarray, bool]:
+    """Convert ``x`` to a C-contiguous 2-D array of ``dtype`` with ``dim`` columns.
+
+    Returns the array and whether the input was a single 1-D row.
+    """
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"'{name}' must be an array of numbers (got {_describe(x)})")
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"'{name}' must be an array of numbers (got {_describe(x)})") from exc
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise TypeError(f"'{name}' must be an array of numbers (got dtype {array.dtype})")
+    single = array.ndim == 1
+    if single and allow_1d:
+        array = array[None, :]
+    if array.ndim != 2:
+        hint = "(n, dim) or (dim,)" if allow_1d else "(n, dim)"
+        raise DimensionError(f"'{name}' must have shape {hint} (got shape {array.shape})")
+    if array.shape[1] != dim:
+        raise DimensionError(
+            f"'{name}' must have {dim} columns (got shape {array.shape})"
+        )
+    if array.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"'{name}' must hold at least one row (got shape {array.shape})")
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+        raise ValueError(f"'{name}' must be finite (got NaN or inf in row {bad})")
+    return array, single
+
+
+def check_ids(ids: object, name: str, *, count: int | None = None) -> np.ndarray:
+    """Return ``ids`` as a 1-D int64 array without duplicates."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"'{name}' must be integer ids (got {_describe(ids)})")
+    array = np.asarray(ids)
+    if array.ndim == 0:
+        array = array[None]
+    if array.ndim != 1:
+        raise DimensionError(f"'{name}' must be 1-D (got shape {array.shape})")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if array.dtype == object or not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(f"'{name}' must be integer ids (got dtype {array.dtype})")
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise TypeError(f"'{name}' must be integer ids (got non-integral values)")
+    array = array.astype(np.int64)
+    if count is not None and array.shape[0] != count:
+        raise DimensionError(f"'{name}' must hold {count} ids, one per vector (got {array.shape[0]})")
+    if np.any(array < 0):
+        raise ValueError(f"'{name}' must be non-negative (got {int(array[array < 0][0])})")
+    unique, counts = np.unique(array, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"'{name}' must not repeat an id (got {int(unique[counts > 1][0])} twice)")
+    return array

@@ -1,0 +1,124 @@
+"""The ``mrlsearch`` command line: build, query and tune an index from .npy files.
+
+Exit codes: 0 ok, 1 error (one line on stderr, the traceback only with ``--debug``), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._errors import MRLError
+from .searcher import Searcher
+
+__all__ = ["main"]
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints (got {text!r})") from None
+
+
+def _stages(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected dim:shortlist,... (got {text!r})") from None
+
+
+def _load_npy(path: str) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    vectors = _load_npy(args.vectors)
+    if vectors.ndim != 2:
+        raise MRLError(f"'VECTORS' must be a 2-D array (got shape {vectors.shape})")
+    searcher = Searcher(vectors.shape[1], args.dims, metric=args.metric,
+                        index_dims=args.index_dims, M=args.M,
+                        ef_construction=args.ef_construction, dtype=args.dtype)
+    searcher.add(vectors, progress=True)
+    searcher.save(args.out)
+    print(f"indexed {len(searcher)} vectors into {args.out}: {searcher!r}")
+
+
+def _cmd_query(args: argparse.Namespace) -> None:
+    searcher = Searcher.load(args.index, mmap=args.mmap)
+    queries = _load_npy(args.queries)
+    result = searcher.funnel(queries, k=args.k, stages=args.stages)
+    if args.json:
+        json.dump({"ids": result.ids.tolist(), "scores": result.scores.tolist()}, sys.stdout)
+        print()
+        return
+    for row in range(len(result)):
+        hits = ", ".join(f"{i}:{s:.4f}" for i, s in result[row].to_list())
+        print(f"{row}\t{hits}")
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    searcher = Searcher.load(args.index)
+    plan = searcher.tune(_load_npy(args.queries), k=args.k, target_recall=args.target_recall,
+                         progress=True)
+    print(plan)
+    if args.save:
+        searcher.save(args.index)
+        print(f"saved the plan into {args.index}/manifest.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrlsearch", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    index = commands.add_parser("index", help="build an index from a (n, dim) .npy file")
+    index.add_argument("vectors", help="(n, dim) float .npy file")
+    index.add_argument("--out", required=True, help="index directory to write")
+    index.add_argument("--dims", type=_int_list, default=None, help="nesting dims, e.g. 16,32,64")
+    index.add_argument("--index-dims", type=_int_list, default=None, help="dims with an HNSW graph")
+    index.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    index.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    index.add_argument("--M", type=int, default=16)
+    index.add_argument("--ef-construction", type=int, default=200)
+    index.set_defaults(func=_cmd_index)
+
+    query = commands.add_parser("query", help="funnel search with a (q, dim) .npy of queries")
+    query.add_argument("index", help="index directory")
+    query.add_argument("queries", help="(q, dim) or (dim,) .npy file")
+    query.add_argument("-k", type=int, default=10)
+    query.add_argument("--stages", type=_stages, default=None, help="e.g. 16:200,64:50,384:10")
+    query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    query.add_argument("--mmap", action="store_true", help="memory-map the vectors")
+    query.set_defaults(func=_cmd_query)
+
+    tune = commands.add_parser("tune", help="find the fastest stages that meet a recall target")
+    tune.add_argument("index", help="index directory")
+    tune.add_argument("queries", help="(q, dim) .npy of representative queries")
+    tune.add_argument("-k", type=int, default=10)
+    tune.add_argument("--target-recall", type=float, default=0.95)
+    tune.add_argument("--save", action="store_true", help="store the plan in the index")
+    tune.set_defaults(func=_cmd_tune)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (MRLError, ValueError, TypeError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"mrlsearch: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+
+from mrlsearch import DimensionError, FormatError, Searcher
+
+
+@pytest.fixture
+def searcher():
+    s = Searcher(32, (8, 16, 32), index_dims=(8,))
+    s.add(np.random.default_rng(0).standard_normal((50, 32)))
+    return s
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"dim": 0}, ValueError, r"'dim' must be a positive int \(got 0\)"),
+        ({"dim": 32, "dims": (16, 8)}, DimensionError, r"'dims' must be strictly increasing"),
+        ({"dim": 32, "dims": (8, 64)}, DimensionError, r"'dims' must not exceed 32"),
+        ({"dim": 32, "dims": ()}, DimensionError, r"'dims' must name at least one dim"),
+        ({"dim": 32, "metric": "dot"}, ValueError, r"'metric' must be one of 'cosine', 'ip', 'l2'"),
+        ({"dim": 32, "dims": (8, 32), "index_dims": (16,)}, DimensionError,
+         r"'index_dims' must be among dims"),
+        ({"dim": 32, "dtype": "int8"}, ValueError, r"'dtype' must be one of"),
+        ({"dim": 32, "M": -1}, ValueError, r"'M' must be a positive int"),
+        ({"dim": "32"}, TypeError, r"'dim' must be a positive int \(got '32'\)"),
+    ],
+)
+def test_constructor_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Searcher(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "vectors, error, match",
+    [
+        (np.ones((3, 31)), DimensionError, r"'vectors' must have 32 columns \(got shape \(3, 31\)\)"),
+        (np.ones((2, 3, 32)), DimensionError, r"'vectors' must have shape"),
+        (np.full((2, 32), np.nan), ValueError, r"'vectors' must be finite \(got NaN or inf in row 0\)"),
+        (np.full((2, 32), np.inf), ValueError, r"must be finite"),
+        (np.ones((0, 32)), ValueError, r"'vectors' must hold at least one row"),
+        ("abc", TypeError, r"'vectors' must be an array of numbers"),
+        (np.array([["a"] * 32]), TypeError, r"'vectors' must be an array of numbers"),
+    ],
+)
+def test_add_rejects_bad_vectors(searcher, vectors, error, match):
+    with pytest.raises(error, match=match):
+        searcher.add(vectors)
+    assert len(searcher) == 50
+
+
+def test_add_rejects_bad_ids(searcher):
+    with pytest.raises(ValueError, match=r"'ids' must not repeat an id \(got 7 twice\)"):
+        searcher.add(np.ones((2, 32)), ids=[7, 7])
+    with pytest.raises(DimensionError, match=r"'ids' must hold 2 ids, one per vector \(got 3\)"):
+        searcher.add(np.ones((2, 32)), ids=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"'ids' must be non-negative \(got -1\)"):
+        searcher.add(np.ones((1, 32)), ids=[-1])
+    with pytest.raises(TypeError, match=r"'ids' must be integer ids"):
+        searcher.add(np.ones((1, 32)), ids=[1.5])
+    with pytest.raises(ValueError, match=r"'vectors' must fit float16"):
+        Searcher(32, dtype="float16").add(np.full((1, 32), 1e6))
+    assert len(searcher) == 50
+
+
+def test_remove_rejects_unknown_ids_and_removes_nothing(searcher):
+    with pytest.raises(ValueError, match=r"'ids' must all be in the index \(got 1 unknown, e.g. 999\)"):
+        searcher.remove([1, 999])
+    assert len(searcher) == 50
+    searcher.remove([1])
+    with pytest.raises(ValueError, match=r"e.g. 1\)"):
+        searcher.remove(1)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda s, q: s.funnel(q, k=0), ValueError, r"'k' must be a positive int \(got 0\)"),
+        (lambda s, q: s.funnel(q, k=-3), ValueError, r"'k' must be a positive int \(got -3\)"),
+        (lambda s, q: s.funnel(q, k=2.5), TypeError, r"'k' must be a positive int \(got 2.5\)"),
+        (lambda s, q: s.funnel(q[:, :16]), DimensionError, r"'queries' must have 32 columns"),
+        (lambda s, q: s.funnel(q, stages=[(16, 20), (8, 10)]), DimensionError,
+         r"'stages' dims must be strictly increasing \(got \[16, 8\]\)"),
+        (lambda s, q: s.funnel(q, stages=[(8, 20), (12, 10)]), DimensionError,
+         r"'stages' dims must be among dims \(8, 16, 32\) \(got 12\)"),
+        (lambda s, q: s.funnel(q, stages=[(16, 20), (32, 10)]), DimensionError,
+         r"'stages' first dim must be an indexed dim \(8,\) \(got 16\)"),
+        (lambda s, q: s.funnel(q, k=10, stages=[(8, 20), (32, 5)]), ValueError,
+         r"'stages' shortlist at dim 32 must be >= k=10 \(got 5\)"),
+        (lambda s, q: s.funnel(q, k=5, stages=[(8, 10), (32, 20)]), ValueError,
+         r"'stages' shortlists must not grow"),
+        (lambda s, q: s.funnel(q, stages=[]), TypeError, r"'stages' must be a non-empty list"),
+        (lambda s, q: s.funnel(q, stages=[(8,)]), TypeError, r"'stages' must hold \(dim, shortlist\)"),
+        (lambda s, q: s.funnel(q, stages=[(8, 20)], ef=10), ValueError,
+         r"'ef' must be >= the first stage's shortlist 20 \(got 10\)"),
+        (lambda s, q: s.exact(q, dim=12), DimensionError, r"'dim' must be one of dims"),
+        (lambda s, q: s.search(q, dim=32), DimensionError, r"'dim' must be an indexed dim"),
+        (lambda s, q: s.tune(q, target_recall=1.5), ValueError, r"'target_recall' must be a number in"),
+        (lambda s, q: s.funnel(np.full((1, 32), np.nan)), ValueError, r"'queries' must be finite"),
+    ],
+)
+def test_query_errors(searcher, call, error, match):
+    with pytest.raises(error, match=match):
+        call(searcher, np.ones((2, 32)))
+
+
+def test_empty_index_is_a_clear_error():
+    empty = Searcher(32)
+    for call in (empty.funnel, empty.exact, empty.search):
+        with pytest.raises(ValueError, match="the index is empty"):
+            call(np.ones(32))
+    s = Searcher(8, (4, 8), index_dims=(4,))
+    s.add(np.ones((2, 8)))
+    s.remove([0, 1])
+    with pytest.raises(ValueError, match="the index is empty"):
+        s.funnel(np.ones(8))
+
+
+def test_load_errors(tmp_path, searcher):
+    with pytest.raises(FileNotFoundError, match="No index directory"):
+        Searcher.load(tmp_path / "missing")
+    searcher.save(tmp_path / "idx")
+    (tmp_path / "idx" / "ids.npy").write_bytes(b"garbage")
+    with pytest.raises(FormatError, match=r"ids.npy is corrupt"):
+        Searcher.load(tmp_path / "idx")
+    searcher.save(tmp_path / "idx2")
+    (tmp_path / "idx2" / "hnsw_8.bin").unlink()
+    with pytest.raises(FormatError, match=r"hnsw_8.bin is missing"):
+        Searcher.load(tmp_path / "idx2")
+    searcher.save(tmp_path / "idx3")
+    (tmp_path / "idx3" / "manifest.json").write_text("{not json")
+    with pytest.raises(FormatError, match=r"manifest.json is not valid JSON"):
+        Searcher.load(tmp_path / "idx3")
