@@ -42,35 +42,66 @@ def _to_f32_overload(value, table):
 
 
 _RERANK_SIGNATURES = [
-    "void(f4[:, ::1], {store}[:, ::1], f4[::1], i8[:, ::1], f4[:, ::1], i8, i8, "
+    "i8(f4[:, ::1], {store}[:, ::1], f4[::1], i8[:, ::1], f4[:, ::1], i8, i8, "
     "f4[:], f4[:], i8, i8[:, ::1], f4[:, ::1], f4[:, ::1])".format(store=store)
     for store in ("f4", "u2")
 ]
 
 
+@numba.njit(inline="always", fastmath=True)
+def _rerank_query(qi, queries, vectors, table, rows, partial, start, stop, query_norms,
+                  row_norms, metric, out_rows, out_partial, out_scores):
+    """One query of :func:`rerank_stage`; returns the number of candidates scored."""
+    n_in = rows.shape[1]
+    scored = 0
+    keep = out_rows.shape[1]
+    scores = np.empty(n_in, dtype=np.float32)
+    for j in range(n_in):
+        row = rows[qi, j]
+        if row < 0:
+            scores[j] = -np.inf
+            continue
+        scored += 1
+        acc = partial[qi, j]
+        if metric == 2:
+            for c in range(start, stop):
+                diff = queries[qi, c] - _to_f32(vectors[row, c], table)
+                acc += diff * diff
+            partial[qi, j] = acc
+            scores[j] = -acc
+        else:
+            for c in range(start, stop):
+                acc += queries[qi, c] * _to_f32(vectors[row, c], table)
+            partial[qi, j] = acc
+            if metric == 1:
+                denom = query_norms[qi] * row_norms[row]
+                scores[j] = acc / denom if denom > 0.0 else 0.0
+            else:
+                scores[j] = acc
+    order = np.argsort(-scores, kind="mergesort")
+    for t in range(keep):
+        if t < n_in and rows[qi, order[t]] >= 0:
+            j = order[t]
+            out_rows[qi, t] = rows[qi, j]
+            out_partial[qi, t] = partial[qi, j]
+            out_scores[qi, t] = scores[j]
+        else:
+            out_rows[qi, t] = -1
+            out_partial[qi, t] = 0.0
+            out_scores[qi, t] = -np.inf
+    return scored
+
+
 @numba.njit(_RERANK_SIGNATURES, parallel=True, fastmath=True, cache=True)
-def rerank_stage(
-    queries,
-    vectors,
-    table,
-    rows,
-    partial,
-    start,
-    stop,
-    query_norms,
-    row_norms,
-    metric,
-    out_rows,
-    out_partial,
-    out_scores,
-):
+def rerank_stage(queries, vectors, table, rows, partial, start, stop, query_norms, row_norms,
+                 metric, out_rows, out_partial, out_scores):
     r"""Score candidates on the coordinates ``[start, stop)`` and keep the best of them.
 
     ``partial[q, j]`` holds, for candidate ``rows[q, j]``, the running sum over the
     coordinates ``[0, start)``: the dot product :math:`\sum_{i<start} q_i x_i` (ip, cosine) or
     the squared distance :math:`\sum_{i<start} (q_i - x_i)^2` (l2). The kernel adds the slice
     ``[start, stop)`` (so no coordinate is read twice across stages), turns the sum into the
-    score at prefix ``stop`` (higher is better)
+    score at prefix ``m = stop`` (higher is better)
 
     .. math::
 
@@ -81,42 +112,76 @@ def rerank_stage(
     and writes the best ``out_rows.shape[1]`` candidates, best first, with their running sums
     and scores. Rows equal to ``-1`` are padding; they score ``-inf`` and come out as ``-1``.
     ``query_norms`` (per query) and ``row_norms`` (per stored row) are the prefix norms at
-    ``stop``; only cosine reads them. Parallel over queries.
+    ``stop``; only cosine reads them. Parallel over queries. Returns the number of
+    candidates scored (rows that are not padding).
     """
-    n_queries = rows.shape[0]
-    n_in = rows.shape[1]
-    keep = out_rows.shape[1]
-    for qi in prange(n_queries):
-        scores = np.empty(n_in, dtype=np.float32)
-        for j in range(n_in):
-            row = rows[qi, j]
-            if row < 0:
-                scores[j] = -np.inf
-                continue
-            acc = partial[qi, j]
+    scored = 0
+    for qi in prange(rows.shape[0]):
+        scored += _rerank_query(qi, queries, vectors, table, rows, partial, start, stop,
+                                query_norms, row_norms, metric, out_rows, out_partial, out_scores)
+    return scored
+
+
+@numba.njit(_RERANK_SIGNATURES, fastmath=True, cache=True)
+def rerank_stage_serial(queries, vectors, table, rows, partial, start, stop, query_norms,
+                        row_norms, metric, out_rows, out_partial, out_scores):
+    """:func:`rerank_stage` on one thread: no parallel start-up cost for small batches."""
+    scored = 0
+    for qi in range(rows.shape[0]):
+        scored += _rerank_query(qi, queries, vectors, table, rows, partial, start, stop,
+                                query_norms, row_norms, metric, out_rows, out_partial, out_scores)
+    return scored
+
+
+@numba.njit(["f4[:, ::1](f4[:, ::1], i8[::1])"], fastmath=False, cache=True)
+def prefix_norms(batch, dims):
+    r"""Norms of every row's prefixes: ``out[i, j]`` = :math:`\lVert x_{i, :dims_j} \rVert`."""
+    out = np.empty((batch.shape[0], dims.shape[0]), dtype=np.float32)
+    for i in range(batch.shape[0]):
+        acc = 0.0  # float64 accumulator
+        c = 0
+        for j in range(dims.shape[0]):
+            while c < dims[j]:
+                acc += np.float64(batch[i, c]) * np.float64(batch[i, c])
+                c += 1
+            out[i, j] = np.sqrt(acc)
+    return out
+
+
+@numba.njit(["void(i8[:, ::1], i8[::1], i8[:, ::1], i8[::1])"], cache=True)
+def rows_to_ids(rows, id_of_row, out_ids, out_counts):
+    """Map stored rows to user ids (-1 stays -1) and count the valid results per query."""
+    for qi in range(rows.shape[0]):
+        count = 0
+        for t in range(out_ids.shape[1]):
+            row = rows[qi, t]
+            if row >= 0:
+                out_ids[qi, t] = id_of_row[row]
+                count += 1
+            else:
+                out_ids[qi, t] = -1
+        out_counts[qi] = count
+
+
+@numba.njit(["void(u8[:, ::1], f4[:, ::1], i8, f4[:], f4[:], i8[:, ::1], f4[:, ::1])"],
+            cache=True)
+def partial_from_graph(labels, distances, metric, query_norms, row_norms, out_rows,
+                       out_partial):
+    r"""Turn hnswlib's (labels, distances) into rows and running sums at the graph's prefix.
+
+    hnswlib returns :math:`1 - \cos` (cosine space, on normalised copies), :math:`1 - q \cdot x`
+    (ip space) or :math:`\lVert q - x \rVert^2` (l2 space). The running sum is the squared
+    distance for l2 and the dot product otherwise, :math:`\cos \lVert q \rVert \lVert x \rVert`
+    for cosine.
+    """
+    for qi in range(labels.shape[0]):
+        for j in range(labels.shape[1]):
+            row = np.int64(labels[qi, j])
+            out_rows[qi, j] = row
+            distance = distances[qi, j]
             if metric == 2:
-                for c in range(start, stop):
-                    diff = queries[qi, c] - _to_f32(vectors[row, c], table)
-                    acc += diff * diff
-                partial[qi, j] = acc
-                scores[j] = -acc
+                out_partial[qi, j] = distance
+            elif metric == 0:
+                out_partial[qi, j] = 1.0 - distance
             else:
-                for c in range(start, stop):
-                    acc += queries[qi, c] * _to_f32(vectors[row, c], table)
-                partial[qi, j] = acc
-                if metric == 1:
-                    denom = query_norms[qi] * row_norms[row]
-                    scores[j] = acc / denom if denom > 0.0 else 0.0
-                else:
-                    scores[j] = acc
-        order = np.argsort(-scores, kind="mergesort")
-        for t in range(keep):
-            if t < n_in and rows[qi, order[t]] >= 0:
-                j = order[t]
-                out_rows[qi, t] = rows[qi, j]
-                out_partial[qi, t] = partial[qi, j]
-                out_scores[qi, t] = scores[j]
-            else:
-                out_rows[qi, t] = -1
-                out_partial[qi, t] = 0.0
-                out_scores[qi, t] = -np.inf
+                out_partial[qi, j] = (1.0 - distance) * query_norms[qi] * row_norms[row]

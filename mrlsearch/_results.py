@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["FunnelPlan", "Hits", "SearchResult", "StageStats"]
 
 
-@dataclass(frozen=True)
-class StageStats:
+class StageStats(NamedTuple):
     """What one funnel stage did, summed over the batch of queries.
 
     Attributes

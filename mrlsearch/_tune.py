@@ -74,7 +74,8 @@ def search_plans(searcher: Searcher, batch: np.ndarray, truth: SearchResult, *, 
                         continue
                     ef = max(shortlist * ef_factor, shortlist)
                     with searcher._lock.read():
-                        first = searcher._first_stage(batch, first_dim, shortlist, ef, -1)
+                        first = searcher._first_stage(batch, first_dim, shortlist, ef, -1,
+                                                   searcher._prefix_norms(batch))
                     for decay in list(open_shapes):
                         stages = make_stages(searcher.dims, first_dim, shortlist, k, decay)
                         _, recall, lower, seconds = searcher._measure(batch, truth, stages, ef, k,

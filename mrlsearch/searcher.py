@@ -41,6 +41,9 @@ _PROGRESS_MIN_ROWS = 20_000
 _ADD_CHUNK = 10_000
 # exact(): scores are computed for this many (query, row) pairs at a time (64 MiB of float32).
 _EXACT_BLOCK = 1 << 24
+# Batches smaller than this run hnswlib and the rerank kernel on one thread: starting threads
+# costs more than it saves for a handful of queries.
+_SERIAL_BELOW = 8
 # z of a one-sided 95 % bound, used by tune() to keep a margin over the target recall.
 _Z_95 = 1.645
 
@@ -111,6 +114,7 @@ class Searcher:
         if dims[-1] != self._dim:
             dims = dims + (self._dim,)
         self._dims = dims
+        self._dims_array = np.asarray(dims, dtype=np.int64)
         self._metric = check_choice(metric, "metric", METRICS)
         if index_dims is None:
             index_dims = (next((d for d in dims if d >= 16), dims[-1]),)
@@ -137,6 +141,7 @@ class Searcher:
         self._next_id = 0
         self._graphs: dict[int, hnswlib.Index] = {}
         self._plan: FunnelPlan | None = None
+        self._checked_stages: dict = {}
         self._lock = RWLock()
 
     # ------------------------------------------------------------------ properties
@@ -321,8 +326,9 @@ class Searcher:
             self._graphs[prefix_dim] = graph
 
     def _prefix_norms(self, batch: np.ndarray) -> np.ndarray:
-        squares = np.cumsum(np.square(batch, dtype=np.float64), axis=1)
-        return np.sqrt(squares[:, [d - 1 for d in self._dims]]).astype(np.float32)
+        """(n, len(dims)) float32 norms of each row's prefix at every nesting dim."""
+        return _kernels.prefix_norms(np.ascontiguousarray(batch, dtype=np.float32),
+                                     self._dims_array)
 
     # ------------------------------------------------------------------ checks
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
@@ -340,6 +346,21 @@ class Searcher:
         return prefix_dim
 
     def _check_stages(
+        self, stages: object, k: int, ef: int | None
+    ) -> tuple[tuple[tuple[int, int], ...], int]:
+        try:  # schedules repeat from call to call: validate each one once
+            key = (tuple(tuple(stage) for stage in stages), k, ef)
+            hash(key)
+        except TypeError:
+            key = None
+        if key in self._checked_stages:
+            return self._checked_stages[key]
+        checked = self._validate_stages(stages, k, ef)
+        if key is not None and len(self._checked_stages) < 256:
+            self._checked_stages[key] = checked
+        return checked
+
+    def _validate_stages(
         self, stages: object, k: int, ef: int | None
     ) -> tuple[tuple[tuple[int, int], ...], int]:
         if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
@@ -440,8 +461,10 @@ class Searcher:
         batch = self._check_queries(queries)
         schedule, ef = self._check_stages(stages, k, ef)
         with self._lock.read():
-            first = self._first_stage(batch, schedule[0][0], schedule[0][1], ef, num_threads)
-            return self._rerank(batch, first, schedule, k)
+            query_norms = self._prefix_norms(batch)
+            first = self._first_stage(batch, schedule[0][0], schedule[0][1], ef, num_threads,
+                                      query_norms)
+            return self._rerank(batch, first, schedule, k, query_norms)
 
     def search(
         self,
@@ -515,7 +538,8 @@ class Searcher:
         return best_rows, best_scores
 
     def _first_stage(
-        self, batch: np.ndarray, prefix_dim: int, shortlist: int, ef: int, num_threads: int
+        self, batch: np.ndarray, prefix_dim: int, shortlist: int, ef: int, num_threads: int,
+        query_norms: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray | None, float, str]:
         """Stage-1 candidates: rows (n_queries, shortlist), -1 padded, and their running sums.
 
@@ -532,6 +556,8 @@ class Searcher:
             return rows, None, time.perf_counter() - started, "exhaustive"
         graph = self._graphs[prefix_dim]
         query_part = np.ascontiguousarray(batch[:, :prefix_dim])
+        if n_queries < _SERIAL_BELOW:
+            num_threads = 1
         search_ef = ef
         for _ in range(3):
             graph.set_ef(search_ef)
@@ -543,16 +569,11 @@ class Searcher:
                 # graph): widen the search, then fall back to a scan rather than fail.
                 search_ef *= 4
                 continue
-            rows = labels.astype(np.int64)
-            if self._metric == "l2":
-                partial = distances
-            elif self._metric == "ip":
-                partial = 1.0 - distances
-            else:
-                col = self._dims.index(prefix_dim)
-                query_norms = np.linalg.norm(query_part, axis=1).astype(np.float32)
-                partial = (1.0 - distances) * query_norms[:, None] * self._norms[rows, col]
-            partial = np.ascontiguousarray(partial, dtype=np.float32)
+            col = self._dims.index(prefix_dim)
+            rows = np.empty(labels.shape, dtype=np.int64)
+            partial = np.empty(labels.shape, dtype=np.float32)
+            _kernels.partial_from_graph(labels, distances, _kernels.METRIC_CODES[self._metric],
+                                        query_norms[:, col], self._norms[:, col], rows, partial)
             return rows, partial, time.perf_counter() - started, "hnsw"
         rows, _ = self._exact_rows(batch, prefix_dim, shortlist)
         return rows, None, time.perf_counter() - started, "exhaustive"
@@ -563,6 +584,7 @@ class Searcher:
         first: tuple[np.ndarray, np.ndarray | None, float, str],
         schedule: tuple[tuple[int, int], ...],
         k: int,
+        query_norms: np.ndarray,
     ) -> SearchResult:
         """Run the stages over the stage-1 candidates; keep the top ``k`` of the last one."""
         rows, partial, first_seconds, first_method = first
@@ -573,40 +595,34 @@ class Searcher:
         else:
             store, table = self._vectors, _kernels.NO_TABLE
         store = np.asarray(store)
-        if metric == _kernels.METRIC_COSINE:
-            query_norms = self._prefix_norms(batch)
-        else:
-            query_norms = np.zeros((n_queries, len(self._dims)), dtype=np.float32)
         # running sums from the graph already cover the first stage's prefix
         if partial is None:
             partial, previous_dim = np.zeros(rows.shape, dtype=np.float32), 0
         else:
             partial, previous_dim = partial.copy(), schedule[0][0]
         stats = []
-        scores = np.empty((n_queries, 0), dtype=np.float32)
+        kernel = (_kernels.rerank_stage if n_queries >= _SERIAL_BELOW
+                  else _kernels.rerank_stage_serial)
         for index, (prefix_dim, shortlist) in enumerate(schedule):
             started = time.perf_counter()
             col = self._dims.index(prefix_dim)
             out_rows = np.empty((n_queries, shortlist), dtype=np.int64)
             out_partial = np.empty((n_queries, shortlist), dtype=np.float32)
             scores = np.empty((n_queries, shortlist), dtype=np.float32)
-            scored = int(np.count_nonzero(rows >= 0))
-            _kernels.rerank_stage(
-                batch, store, table, rows, partial, previous_dim, prefix_dim,
-                query_norms[:, col], self._norms[:, col], metric,
-                out_rows, out_partial, scores,
-            )
-            rows, partial, previous_dim = out_rows, out_partial, prefix_dim
+            scored = kernel(batch, store, table, rows, partial, previous_dim, prefix_dim,
+                            query_norms[:, col], self._norms[:, col], metric, out_rows,
+                            out_partial, scores)
             seconds = time.perf_counter() - started
             if index == 0:
                 stats.append(StageStats(prefix_dim, shortlist, scored, seconds + first_seconds,
                                         first_method))
             else:
                 stats.append(StageStats(prefix_dim, shortlist, scored, seconds, "rerank"))
-        rows, scores = rows[:, :k], scores[:, :k]
-        ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
-        return SearchResult(np.ascontiguousarray(ids), np.ascontiguousarray(scores),
-                            (rows >= 0).sum(axis=1), tuple(stats))
+            rows, partial, previous_dim = out_rows, out_partial, prefix_dim
+        ids = np.empty((n_queries, k), dtype=np.int64)
+        counts = np.empty(n_queries, dtype=np.int64)
+        _kernels.rows_to_ids(rows, self._ids, ids, counts)
+        return SearchResult(ids, np.ascontiguousarray(scores[:, :k]), counts, tuple(stats))
 
     # ------------------------------------------------------------------ tuning
     def tune(
@@ -672,9 +688,10 @@ class Searcher:
                  first: tuple | None = None):
         """Run one schedule; return (result, mean recall, lower bound, seconds/query)."""
         with self._lock.read():
+            query_norms = self._prefix_norms(batch)
             if first is None:
-                first = self._first_stage(batch, stages[0][0], stages[0][1], ef, -1)
-            result = self._rerank(batch, first, stages, k)
+                first = self._first_stage(batch, stages[0][0], stages[0][1], ef, -1, query_norms)
+            result = self._rerank(batch, first, stages, k, query_norms)
         recalls = recall_per_query(result.ids, truth)
         mean = float(recalls.mean())
         lower = mean - _Z_95 * float(recalls.std(ddof=1)) / math.sqrt(recalls.size)
