@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from ._errors import DimensionError, FormatError, MRLError, ProviderError
 from ._results import FunnelPlan, Hits, SearchResult, StageStats
+from .classifier import CalibrationResult, CascadeResult, CascadeStage, Classifier, CurvePoint
 from .searcher import Searcher
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibrationResult",
+    "CascadeResult",
+    "CascadeStage",
+    "Classifier",
+    "CurvePoint",
     "DimensionError",
     "FormatError",
     "FunnelPlan",

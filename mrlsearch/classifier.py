@@ -1,0 +1,543 @@
+"""Classifier: confidence-threshold cascade over Matryoshka classification heads.
+
+A row is classified with the smallest prefix first; only rows whose confidence stays below that
+dim's threshold go on to the next dim. With MRL-E heads (one shared weight, heads ``W[:, :m]``)
+logits grow incrementally, so a row's cost is proportional to the dim at which it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ._errors import DimensionError, FormatError
+from ._validation import check_choice, check_dims, check_fraction, check_matrix
+
+__all__ = ["CalibrationResult", "CascadeResult", "CascadeStage", "Classifier", "CurvePoint"]
+
+FORMAT_NAME = "mrlsearch.classifier"
+FORMAT_VERSION = 1
+CONFIDENCES = ("max_prob", "margin")
+OBJECTIVES = ("expected_dim", "compute")
+# Candidate thresholds per dim in calibrate(): quantiles of that dim's validation confidences.
+_GRID_SIZE = 64
+
+
+class CascadeStage(NamedTuple):
+    """One dim of a cascade run: rows scored there, rows that stopped there, wall time."""
+
+    dim: int
+    rows_in: int
+    rows_stopped: int
+    share: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CascadeResult:
+    """Result of :meth:`Classifier.cascade`.
+
+    Attributes
+    ----------
+    labels : ndarray of shape (n,), int64
+    confidence : ndarray of shape (n,), float32
+        Confidence at the dim that answered.
+    dims : ndarray of shape (n,), int64
+        Dim that answered each row.
+    expected_dim : float
+        Mean of ``dims`` (nan for an empty batch).
+    stats : tuple of CascadeStage
+        Per nesting dim: rows scored, rows stopped, share of all rows stopped there, seconds.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    dims: np.ndarray
+    expected_dim: float
+    stats: tuple[CascadeStage, ...] = field(default=())
+
+
+class CurvePoint(NamedTuple):
+    """A point of the accuracy - expected-dim trade-off found by :meth:`Classifier.calibrate`."""
+
+    expected_dim: float
+    accuracy: float
+    cost: float
+    thresholds: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What :meth:`Classifier.calibrate` chose and the curve it chose from.
+
+    Attributes
+    ----------
+    thresholds : ndarray of shape (len(dims),)
+        Per-dim thresholds (the last one is ``-inf``: the last dim always answers).
+    accuracy, expected_dim : float
+        On the calibration rows, with those thresholds.
+    full_accuracy : float
+        Accuracy of the full-dim head on the calibration rows.
+    target_accuracy : float
+        ``full_accuracy - max_drop``.
+    curve : list of CurvePoint
+        The greedy path from "every row at full dim" to "every row at the first dim".
+    """
+
+    thresholds: np.ndarray
+    accuracy: float
+    expected_dim: float
+    full_accuracy: float
+    target_accuracy: float
+    curve: list[CurvePoint]
+
+
+def _softmax_confidence(logits: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and confidence (top probability, or top-1 minus top-2) of each row, stably."""
+    labels = np.argmax(logits, axis=1)
+    top = np.take_along_axis(logits, labels[:, None], axis=1)
+    exp = np.exp(logits - top)
+    total = exp.sum(axis=1)
+    if kind == "max_prob":
+        return labels, (1.0 / total).astype(np.float32)
+    if logits.shape[1] < 2:
+        return labels, np.ones(logits.shape[0], dtype=np.float32)
+    second = np.partition(exp, exp.shape[1] - 2, axis=1)[:, -2]
+    return labels, ((1.0 - second) / total).astype(np.float32)
+
+
+class Classifier:
+    """Cascade classifier over MRL heads.
+
+    Parameters
+    ----------
+    weights : sequence of array-like, one of shape (n_classes, m) per nesting dim ``m``
+        MRL heads: head ``i`` classifies the prefix ``x[:, :dims[i]]``.
+    biases : sequence of array-like of shape (n_classes,), one per nesting dim
+    dims : sequence of int
+        Nesting dims, strictly increasing.
+    thresholds : array-like of shape (len(dims),), optional
+        Default thresholds for :meth:`cascade` (as set by :meth:`calibrate`).
+
+    See Also
+    --------
+    Classifier.shared : MRL-E heads (one shared weight matrix).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mrlsearch import Classifier
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.standard_normal((3, 8)).astype(np.float32)
+    >>> clf = Classifier.shared(W, np.zeros(3), dims=(2, 4, 8))
+    >>> r = clf.cascade(rng.standard_normal((5, 8)), thresholds=0.9)
+    >>> r.labels.shape, r.dims.max() <= 8
+    ((5,), True)
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[np.ndarray],
+        biases: Sequence[np.ndarray],
+        dims: Sequence[int],
+        *,
+        thresholds: np.ndarray | Sequence[float] | None = None,
+    ) -> None:
+        self._dims = check_dims(dims, "dims")
+        if isinstance(weights, np.ndarray) or len(weights) != len(self._dims):
+            raise DimensionError(
+                f"'weights' must hold one (n_classes, m) matrix per dim in {self._dims} "
+                f"(got {len(weights) if not isinstance(weights, np.ndarray) else 'one array'})"
+            )
+        if isinstance(biases, np.ndarray) and biases.ndim == 1 or len(biases) != len(self._dims):
+            raise DimensionError(f"'biases' must hold one (n_classes,) vector per dim in {self._dims}")
+        heads, offsets = [], []
+        n_classes = None
+        for m, weight, bias in zip(self._dims, weights, biases):
+            weight, _ = check_matrix(weight, f"weights[{m}]", dim=m, allow_1d=False)
+            n_classes = weight.shape[0] if n_classes is None else n_classes
+            if weight.shape[0] != n_classes:
+                raise DimensionError(
+                    f"'weights[{m}]' must have {n_classes} rows like the first head "
+                    f"(got {weight.shape[0]})"
+                )
+            bias, _ = check_matrix(np.reshape(bias, (1, -1)) if np.ndim(bias) == 1 else bias,
+                                   f"biases[{m}]", dim=n_classes, allow_1d=False)
+            heads.append(weight)
+            offsets.append(bias[0])
+        self._weights = heads
+        self._biases = offsets
+        self._shared = False
+        self._n_classes = int(n_classes)
+        self._thresholds = None if thresholds is None else self._check_thresholds(thresholds)
+
+    @classmethod
+    def shared(
+        cls,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        dims: Sequence[int],
+        *,
+        thresholds: np.ndarray | Sequence[float] | None = None,
+    ) -> Classifier:
+        """MRL-E heads: head ``m`` is ``weight[:, :m]`` with the shared ``bias``.
+
+        Parameters
+        ----------
+        weight : array-like of shape (n_classes, dims[-1])
+        bias : array-like of shape (n_classes,)
+        dims : sequence of int
+        thresholds : array-like of shape (len(dims),), optional
+        """
+        dims = check_dims(dims, "dims")
+        weight, _ = check_matrix(weight, "weight", dim=dims[-1], allow_1d=False)
+        bias_row, _ = check_matrix(np.reshape(bias, (1, -1)) if np.ndim(bias) == 1 else bias,
+                                   "bias", dim=weight.shape[0], allow_1d=False)
+        self = cls.__new__(cls)
+        self._dims = dims
+        self._weights = [weight]
+        self._biases = [bias_row[0]]
+        self._shared = True
+        self._n_classes = int(weight.shape[0])
+        self._thresholds = None if thresholds is None else self._check_thresholds(thresholds)
+        return self
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """Nesting dims, increasing."""
+        return self._dims
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes."""
+        return self._n_classes
+
+    @property
+    def efficient(self) -> bool:
+        """True for MRL-E (shared weight) heads."""
+        return self._shared
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        """Default cascade thresholds (set by :meth:`calibrate`), or None."""
+        return None if self._thresholds is None else self._thresholds.copy()
+
+    @thresholds.setter
+    def thresholds(self, value) -> None:
+        self._thresholds = None if value is None else self._check_thresholds(value)
+
+    def __repr__(self) -> str:
+        kind = "MRL-E" if self._shared else "MRL"
+        return (f"<mrlsearch.Classifier {kind} n_classes={self._n_classes} dims={self._dims} "
+                f"calibrated={self._thresholds is not None}>")
+
+    # ------------------------------------------------------------------ checks
+    def _check_thresholds(self, thresholds) -> np.ndarray:
+        values = np.asarray(thresholds, dtype=np.float64)
+        if values.ndim == 0:
+            values = np.full(len(self._dims), float(values))
+        if values.ndim != 1 or values.shape[0] not in (len(self._dims) - 1, len(self._dims)):
+            raise DimensionError(
+                f"'thresholds' must be a number or hold one value per dim {self._dims} "
+                f"(got shape {values.shape})"
+            )
+        if np.isnan(values).any():
+            raise ValueError("'thresholds' must not contain NaN")
+        out = np.full(len(self._dims), -np.inf)
+        out[: len(self._dims) - 1] = values[: len(self._dims) - 1]
+        return out
+
+    def _check_x(self, x) -> np.ndarray:
+        batch, _ = check_matrix(x, "x", dim=self._dims[-1], allow_empty=True, dtype=np.float32)
+        return batch
+
+    def _check_dim(self, dim) -> int:
+        if dim is None:
+            return self._dims[-1]
+        if dim not in self._dims:
+            raise DimensionError(f"'dim' must be one of dims {self._dims} (got {dim!r})")
+        return int(dim)
+
+    # ------------------------------------------------------------------ scoring
+    def _head(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._shared:
+            return self._weights[0][:, :m], self._biases[0]
+        index = self._dims.index(m)
+        return self._weights[index], self._biases[index]
+
+    def logits(self, x: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """Logits of the head at ``dim`` (default: full), shape (n, n_classes), float32."""
+        m = self._check_dim(dim)
+        batch = self._check_x(x)
+        weight, bias = self._head(m)
+        return batch[:, :m] @ weight.T + bias
+
+    def predict_proba(self, x: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """Softmax probabilities at one prefix dim, shape (n, n_classes)."""
+        logits = self.logits(x, dim)
+        logits -= logits.max(axis=1, keepdims=True) if logits.size else 0.0
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        return logits
+
+    def predict(self, x: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """Labels at one prefix dim, shape (n,), int64."""
+        return np.argmax(self.logits(x, dim), axis=1).astype(np.int64)
+
+    def _all_dims(self, batch: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and confidences of every row at every dim, each (len(dims), n)."""
+        labels = np.empty((len(self._dims), batch.shape[0]), dtype=np.int64)
+        confidence = np.empty((len(self._dims), batch.shape[0]), dtype=np.float32)
+        logits = None
+        previous = 0
+        for i, m in enumerate(self._dims):
+            if self._shared:
+                part = batch[:, previous:m] @ self._weights[0][:, previous:m].T
+                logits = part + self._biases[0] if logits is None else logits + part
+            else:
+                weight, bias = self._head(m)
+                logits = batch[:, :m] @ weight.T + bias
+            labels[i], confidence[i] = _softmax_confidence(logits, kind)
+            previous = m
+        return labels, confidence
+
+    # ------------------------------------------------------------------ cascade
+    def cascade(
+        self,
+        x: np.ndarray,
+        thresholds: np.ndarray | Sequence[float] | float | None = None,
+        *,
+        confidence: str = "max_prob",
+    ) -> CascadeResult:
+        """Classify each row with the smallest prefix whose confidence reaches its threshold.
+
+        Parameters
+        ----------
+        x : array-like of shape (n, dims[-1]) or (dims[-1],)
+        thresholds : float or array-like of shape (len(dims),) or (len(dims) - 1,), optional
+            A row stops at the first dim ``i`` where confidence >= ``thresholds[i]``; the last
+            dim always answers. Default: the calibrated :attr:`thresholds`.
+        confidence : {'max_prob', 'margin'}, default='max_prob'
+            Top softmax probability, or top-1 minus top-2 probability.
+
+        Returns
+        -------
+        CascadeResult
+        """
+        kind = check_choice(confidence, "confidence", CONFIDENCES)
+        if thresholds is None:
+            if self._thresholds is None:
+                raise ValueError(
+                    "'thresholds' must be given: this classifier is not calibrated "
+                    "(call calibrate(x_val, y_val) or pass thresholds=)"
+                )
+            limits = self._thresholds
+        else:
+            limits = self._check_thresholds(thresholds)
+        batch = self._check_x(x)
+        n = batch.shape[0]
+        labels = np.zeros(n, dtype=np.int64)
+        scores = np.zeros(n, dtype=np.float32)
+        used = np.zeros(n, dtype=np.int64)
+        active = np.arange(n)
+        logits = None  # MRL-E running logits of the active rows
+        previous = 0
+        stats = []
+        for i, m in enumerate(self._dims):
+            started = time.perf_counter()
+            rows_in = active.size
+            if rows_in == 0:
+                stats.append(CascadeStage(m, 0, 0, 0.0, 0.0))
+                continue
+            if self._shared:
+                part = batch[active, previous:m] @ self._weights[0][:, previous:m].T
+                logits = part + self._biases[0] if logits is None else logits + part
+            else:
+                weight, bias = self._head(m)
+                logits = batch[active, :m] @ weight.T + bias
+            predicted, conf = _softmax_confidence(logits, kind)
+            stop = conf >= limits[i] if i < len(self._dims) - 1 else np.ones(rows_in, dtype=bool)
+            done = active[stop]
+            labels[done], scores[done], used[done] = predicted[stop], conf[stop], m
+            active = active[~stop]
+            if self._shared:
+                logits = logits[~stop]
+            previous = m
+            stats.append(CascadeStage(m, rows_in, int(stop.sum()),
+                                      float(stop.sum()) / n, time.perf_counter() - started))
+        expected = float(used.mean()) if n else float("nan")
+        return CascadeResult(labels, scores, used, expected, tuple(stats))
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(
+        self,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        max_drop: float = 0.005,
+        *,
+        objective: str = "expected_dim",
+        confidence: str = "max_prob",
+    ) -> CalibrationResult:
+        """Choose per-dim thresholds that minimise cost at full-dim accuracy minus ``max_drop``.
+
+        The search walks a greedy path from "every row at full dim" (thresholds at +inf) to
+        "every row at the first dim": at each step it lowers, by one notch of a grid of that
+        dim's confidence quantiles, the threshold whose move saves the most cost per unit of
+        accuracy lost on the validation rows (moves that lose nothing first). Every step is a
+        point of :attr:`CalibrationResult.curve`; the cheapest point whose accuracy is at least
+        ``full_accuracy - max_drop`` is chosen and stored as :attr:`thresholds`.
+
+        Parameters
+        ----------
+        x_val : array-like of shape (n, dims[-1])
+        y_val : array-like of shape (n,), int
+        max_drop : float, default=0.005
+            Accuracy (a fraction, 0.005 = half a point) the cascade may lose against the
+            full-dim head on these rows.
+        objective : {'expected_dim', 'compute'}, default='expected_dim'
+            Minimise the mean dim that answers, or the mean multiply-adds per row (for MRL
+            heads every visited dim recomputes from scratch; MRL-E grows incrementally).
+        confidence : {'max_prob', 'margin'}, default='max_prob'
+
+        Returns
+        -------
+        CalibrationResult
+        """
+        max_drop = check_fraction(max_drop, "max_drop")
+        objective = check_choice(objective, "objective", OBJECTIVES)
+        kind = check_choice(confidence, "confidence", CONFIDENCES)
+        batch = self._check_x(x_val)
+        truth = np.asarray(y_val)
+        if truth.ndim != 1 or truth.shape[0] != batch.shape[0]:
+            raise DimensionError(
+                f"'y_val' must have shape ({batch.shape[0]},) like x_val (got {truth.shape})"
+            )
+        if batch.shape[0] < 2:
+            raise ValueError(f"'x_val' must hold at least 2 rows (got {batch.shape[0]})")
+        if not np.issubdtype(truth.dtype, np.integer) or truth.min() < 0 or \
+                truth.max() >= self._n_classes:
+            raise ValueError(f"'y_val' must hold class indices in [0, {self._n_classes}) "
+                             f"(got values in [{truth.min()}, {truth.max()}])")
+        labels, conf = self._all_dims(batch, kind)
+        correct = labels == truth[None, :]
+        dims = np.asarray(self._dims, dtype=np.float64)
+        stop_cost = dims if (self._shared or objective == "expected_dim") else np.cumsum(dims)
+        n_dims, n = correct.shape
+        full_accuracy = float(correct[-1].mean())
+        target = full_accuracy - max_drop
+
+        grids = [np.unique(np.quantile(conf[i], np.linspace(0.0, 1.0, _GRID_SIZE)))[::-1]
+                 for i in range(n_dims - 1)]
+        position = [-1] * (n_dims - 1)  # -1: threshold +inf (nobody stops)
+
+        def thresholds_at(pos) -> np.ndarray:
+            values = np.full(n_dims, -np.inf)
+            for i, p in enumerate(pos):
+                values[i] = np.inf if p < 0 else grids[i][p]
+            return values
+
+        def evaluate(values: np.ndarray) -> tuple[float, float, float]:
+            stops = conf >= values[:, None]
+            stops[-1] = True
+            first = np.argmax(stops, axis=0)
+            accuracy = float(correct[first, np.arange(n)].mean())
+            return accuracy, float(dims[first].mean()), float(stop_cost[first].mean())
+
+        accuracy, expected, cost = evaluate(thresholds_at(position))
+        curve = [CurvePoint(expected, accuracy, cost, tuple(thresholds_at(position)))]
+        while True:
+            best_move = None
+            for i in range(n_dims - 1):
+                if position[i] + 1 >= len(grids[i]):
+                    continue
+                trial = list(position)
+                trial[i] += 1
+                acc, exp_dim, trial_cost = evaluate(thresholds_at(trial))
+                saved = cost - trial_cost
+                lost = accuracy - acc
+                # rank: lossless savings first, then most saving per accuracy lost
+                key = (lost <= 0, saved / lost if lost > 0 else saved)
+                if best_move is None or key > best_move[0]:
+                    best_move = (key, trial, acc, exp_dim, trial_cost)
+            if best_move is None:
+                break
+            _, position, accuracy, expected, cost = best_move
+            curve.append(CurvePoint(expected, accuracy, cost, tuple(thresholds_at(position))))
+
+        feasible = [p for p in curve if p.accuracy >= target - 1e-12]
+        chosen = min(feasible, key=lambda p: (p.cost, -p.accuracy))
+        self._thresholds = self._check_thresholds(chosen.thresholds)
+        return CalibrationResult(self._thresholds.copy(), chosen.accuracy, chosen.expected_dim,
+                                 full_accuracy, target, curve)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an ``.npz`` (no pickle): format, version, dims, heads, thresholds.
+
+        Written to a temporary file beside ``path`` and renamed into place.
+        """
+        path = Path(path)
+        arrays = {
+            "format": np.array(FORMAT_NAME),
+            "version": np.array(FORMAT_VERSION),
+            "dims": np.asarray(self._dims, dtype=np.int64),
+            "efficient": np.array(self._shared),
+            "thresholds": (np.empty(0) if self._thresholds is None else self._thresholds),
+        }
+        if self._shared:
+            arrays["weight"], arrays["bias"] = self._weights[0], self._biases[0]
+        else:
+            for m, weight, bias in zip(self._dims, self._weights, self._biases):
+                arrays[f"weight_{m}"], arrays[f"bias_{m}"] = weight, bias
+        staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(staging, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Classifier:
+        """Read a classifier written by :meth:`save` (or by ``exporters``).
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        FormatError
+            If the file is not a classifier of a known version, or is truncated or corrupt.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No classifier file at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                contents = {name: data[name] for name in data.files}
+        except Exception as exc:  # zipfile/np.load raise many types on a damaged file
+            raise FormatError(f"{path} is not a readable .npz file ({exc})") from exc
+        try:
+            if str(contents["format"]) != FORMAT_NAME:
+                raise FormatError(f"{path} must hold format {FORMAT_NAME!r} "
+                                  f"(got {str(contents['format'])!r})")
+            if int(contents["version"]) != FORMAT_VERSION:
+                raise FormatError(f"{path} has version {int(contents['version'])}; this "
+                                  f"mrlsearch reads version {FORMAT_VERSION}")
+            dims = tuple(int(d) for d in contents["dims"])
+            thresholds = contents["thresholds"]
+            thresholds = None if thresholds.size == 0 else thresholds
+            if bool(contents["efficient"]):
+                return cls.shared(contents["weight"], contents["bias"], dims,
+                                  thresholds=thresholds)
+            return cls([contents[f"weight_{m}"] for m in dims],
+                       [contents[f"bias_{m}"] for m in dims], dims, thresholds=thresholds)
+        except FormatError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise FormatError(f"{path} is not a valid mrlsearch classifier ({exc})") from exc
