@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._errors import DimensionError, FormatError, MRLError, ProviderError
 from ._results import FunnelPlan, Hits, SearchResult, StageStats
 from .classifier import CalibrationResult, CascadeResult, CascadeStage, Classifier, CurvePoint
+from .encoder import Encoder
 from .searcher import Searcher
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __all__ = [
     "Classifier",
     "CurvePoint",
     "DimensionError",
+    "Encoder",
     "FormatError",
     "FunnelPlan",
     "Hits",

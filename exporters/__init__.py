@@ -1,0 +1,44 @@
+"""exporters: the torch side of mrlsearch.
+
+Train Matryoshka (MRL / MRL-E) encoders and classifiers, evaluate them per nesting dim, and
+export them to ONNX for :class:`mrlsearch.Encoder`.
+"""
+
+from __future__ import annotations
+
+from .backbones import MLP, FrozenAdapter, TextEncoder, minilm_path
+from .data import (
+    ClassificationData,
+    PairData,
+    docstring_pairs,
+    load_array_data,
+    load_digits_data,
+)
+from .evaluate import evaluate, write_metrics
+from .layers import MRLLinear, MRLModel
+from .losses import MatryoshkaLoss, info_nce
+from .models import build_model, load_run, save_run
+from .train import Trainer, seed_everything
+
+__all__ = [
+    "ClassificationData",
+    "evaluate",
+    "FrozenAdapter",
+    "build_model",
+    "docstring_pairs",
+    "info_nce",
+    "load_array_data",
+    "load_digits_data",
+    "load_run",
+    "minilm_path",
+    "MatryoshkaLoss",
+    "MLP",
+    "MRLLinear",
+    "MRLModel",
+    "PairData",
+    "save_run",
+    "seed_everything",
+    "TextEncoder",
+    "Trainer",
+    "write_metrics",
+]

@@ -1,0 +1,214 @@
+"""Built-in offline datasets: nothing is downloaded at run time.
+
+* :func:`load_digits_data` - sklearn's 8x8 digits (1797 images, 10 classes), a fixed split.
+* :func:`docstring_pairs` - (summary line, body) pairs from the docstrings of the Python
+  standard library, split by module so that test modules are never seen in training.
+* :func:`load_array_data` - any ``.npz`` with ``x``/``y`` (classification) or
+  ``queries``/``positives`` (pairs), optionally with ``*_test`` arrays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ClassificationData", "PairData", "docstring_pairs", "load_array_data",
+           "load_digits_data"]
+
+
+@dataclass
+class ClassificationData:
+    """Vectors with integer labels, split into train / validation / test."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(), self.y_val.max(), self.y_test.max()) + 1)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+@dataclass
+class PairData:
+    """(query, positive) pairs - vectors or texts - split into train / validation / test."""
+
+    train_queries: list | np.ndarray
+    train_positives: list | np.ndarray
+    val_queries: list | np.ndarray
+    val_positives: list | np.ndarray
+    test_queries: list | np.ndarray
+    test_positives: list | np.ndarray
+
+
+def _split_indices(n: int, fractions: tuple[float, float], seed: int):
+    order = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = int(n * fractions[0]), int(n * fractions[1])
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+def load_digits_data(*, seed: int = 0) -> ClassificationData:
+    """sklearn digits scaled to [0, 1]; 60 % train, 20 % validation, 20 % test."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    train, val, test = _split_indices(len(x), (0.2, 0.2), seed)
+    return ClassificationData(x[train], y[train], x[val], y[val], x[test], y[test])
+
+
+# Standard-library modules whose import has no side effects and whose docstrings are rich.
+STDLIB_MODULES = (
+    "abc argparse array ast asyncio base64 bdb binascii bisect bz2 calendar cmd code codecs "
+    "collections concurrent.futures configparser contextlib contextvars copy csv ctypes "
+    "dataclasses datetime decimal difflib dis doctest email email.message enum filecmp "
+    "fnmatch fractions ftplib functools gettext glob graphlib gzip hashlib heapq hmac html "
+    "html.parser http.client http.cookies http.server imaplib importlib inspect io ipaddress "
+    "itertools json linecache locale logging logging.handlers lzma mailbox mimetypes "
+    "modulefinder multiprocessing numbers operator optparse os pathlib pdb pickle pickletools "
+    "pkgutil platform plistlib poplib pprint queue quopri random re reprlib runpy sched "
+    "secrets selectors shelve shlex shutil signal smtplib socket socketserver sqlite3 ssl "
+    "stat statistics string struct subprocess symtable sysconfig tabnanny tarfile tempfile "
+    "textwrap threading timeit tokenize tomllib trace traceback types typing unittest "
+    "unittest.mock urllib.parse urllib.request uuid warnings wave weakref wsgiref.simple_server "
+    "xml.dom.minidom xml.etree.ElementTree xml.sax xmlrpc.client zipfile zipimport"
+).split()
+
+
+def _split_docstring(doc: str) -> tuple[str, str] | None:
+    """(first paragraph, rest) of a docstring, or None when either part is too thin."""
+    paragraphs = [" ".join(line.strip() for line in block.splitlines())
+                  for block in inspect.cleandoc(doc).split("\n\n")]
+    paragraphs = [p.strip() for p in paragraphs if p.strip()]
+    if len(paragraphs) < 2:
+        return None
+    summary, body = paragraphs[0], " ".join(paragraphs[1:])
+    if not 12 <= len(summary) <= 300 or len(body) < 40 or summary.startswith((">>>", "..")):
+        return None
+    return summary, body[:1000]
+
+
+def _module_docstrings(name: str) -> list[tuple[str, str]]:
+    try:
+        module = importlib.import_module(name)
+    except Exception:  # a module missing from this Python build is skipped
+        return []
+    found = []
+    seen = set()
+    objects = [module]
+    for _, member in inspect.getmembers(module):
+        if getattr(member, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(member):
+            objects.append(member)
+            objects.extend(v for k, v in vars(member).items()
+                           if callable(v) or isinstance(v, property))
+        elif inspect.isfunction(member):
+            objects.append(member)
+    for obj in objects:
+        doc = getattr(obj, "__doc__", None)
+        if not isinstance(doc, str) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        pair = _split_docstring(doc)
+        if pair:
+            found.append(pair)
+    return found
+
+
+def _stdlib_module_names() -> list[str]:
+    """STDLIB_MODULES plus the submodules of the packages among them, sorted."""
+    import pkgutil
+    import warnings
+
+    names = set(STDLIB_MODULES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in STDLIB_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except Exception:
+                continue
+            if hasattr(module, "__path__"):
+                for info in pkgutil.walk_packages(module.__path__, prefix=name + "."):
+                    if not any(part.startswith("_") or part in ("test", "tests", "__main__")
+                               for part in info.name.split(".")):
+                        names.add(info.name)
+    return sorted(names)
+
+
+def docstring_pairs(*, max_pairs: int | None = None, seed: int = 0) -> PairData:
+    """(summary line, body) pairs from standard-library docstrings, split by module.
+
+    Roughly 1 module in 5 (by a stable hash of its name) is held out for test, 1 in 10 for
+    validation; duplicate summaries are dropped. Deterministic for a given Python version.
+
+    Parameters
+    ----------
+    max_pairs : int, optional
+        Keep at most this many training pairs (a random subset); validation and test are cut
+        in the same proportion.
+    seed : int, default=0
+    """
+    import warnings
+
+    buckets: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    seen_summaries = set()
+    for name in _stdlib_module_names():
+        bucket = zlib.crc32(name.encode()) % 10
+        split = "test" if bucket < 2 else "val" if bucket == 2 else "train"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pairs = _module_docstrings(name)
+        for summary, body in pairs:
+            if summary in seen_summaries:
+                continue
+            seen_summaries.add(summary)
+            buckets[split].append((summary, body))
+    rng = np.random.default_rng(seed)
+    if max_pairs is not None:
+        share = min(1.0, max_pairs / max(len(buckets["train"]), 1))
+        for split, pairs in buckets.items():
+            keep = max(1, int(round(len(pairs) * share)))
+            picked = rng.choice(len(pairs), size=min(keep, len(pairs)), replace=False)
+            buckets[split] = [pairs[i] for i in sorted(picked)]
+    columns = {split: ([q for q, _ in pairs], [p for _, p in pairs])
+               for split, pairs in buckets.items()}
+    return PairData(*columns["train"], *columns["val"], *columns["test"])
+
+
+def load_array_data(path: str | os.PathLike, *, seed: int = 0) -> ClassificationData | PairData:
+    """Vectors from an ``.npz``: ``x``+``y`` or ``queries``+``positives`` (no pickle).
+
+    Missing ``*_val`` / ``*_test`` arrays are split off the training arrays (15 % each).
+    """
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    if "x" in arrays and "y" in arrays:
+        x, y = arrays["x"].astype(np.float32), arrays["y"].astype(np.int64)
+        if "x_test" in arrays:
+            train, val, _ = _split_indices(len(x), (0.15, 0.0), seed)
+            return ClassificationData(x[train], y[train], x[val], y[val],
+                                      arrays["x_test"].astype(np.float32),
+                                      arrays["y_test"].astype(np.int64))
+        train, val, test = _split_indices(len(x), (0.15, 0.15), seed)
+        return ClassificationData(x[train], y[train], x[val], y[val], x[test], y[test])
+    if "queries" in arrays and "positives" in arrays:
+        q, p = arrays["queries"].astype(np.float32), arrays["positives"].astype(np.float32)
+        train, val, test = _split_indices(len(q), (0.15, 0.15), seed)
+        return PairData(q[train], p[train], q[val], p[val], q[test], p[test])
+    raise ValueError(f"{path} must hold arrays 'x' and 'y', or 'queries' and 'positives' "
+                     f"(got {sorted(arrays)})")

@@ -1,0 +1,133 @@
+"""MRL classification heads and the MRL model wrapper."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._dims import check_nesting_dims
+
+__all__ = ["MRLLinear", "MRLModel"]
+
+
+class MRLLinear(nn.Module):
+    """One linear classification head per nesting dim over the prefix ``z[:, :m]``.
+
+    Parameters
+    ----------
+    in_features : int
+        Embedding dim (the last nesting dim must not exceed it).
+    num_classes : int
+    dims : sequence of int
+        Nesting dims, strictly increasing.
+    efficient : bool, default=False
+        MRL-E: a single ``(num_classes, in_features)`` weight and bias shared by all dims;
+        head ``m`` is ``weight[:, :m]`` (as in the MRL reference code). Otherwise (MRL) every
+        dim has its own ``nn.Linear(m, num_classes)``.
+
+    Examples
+    --------
+    >>> head = MRLLinear(64, 10, dims=(8, 16, 64))
+    >>> [tuple(t.shape) for t in head(torch.zeros(2, 64))]
+    [(2, 10), (2, 10), (2, 10)]
+    """
+
+    def __init__(self, in_features: int, num_classes: int, dims: Sequence[int], *,
+                 efficient: bool = False) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.num_classes = int(num_classes)
+        self.dims = check_nesting_dims(dims, max_dim=self.in_features)
+        self.efficient = bool(efficient)
+        if self.efficient:
+            self.shared = nn.Linear(self.in_features, self.num_classes)
+            self.heads = nn.ModuleList()
+        else:
+            self.shared = None
+            self.heads = nn.ModuleList(nn.Linear(m, self.num_classes) for m in self.dims)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits of every nesting dim, a tuple of ``(batch, num_classes)`` tensors."""
+        if z.shape[-1] != self.in_features:
+            raise ValueError(f"'z' must have {self.in_features} features (got {z.shape[-1]})")
+        if self.efficient:
+            weight, bias = self.shared.weight, self.shared.bias
+            return tuple(z[:, :m] @ weight[:, :m].T + bias for m in self.dims)
+        return tuple(head(z[:, :m]) for m, head in zip(self.dims, self.heads))
+
+    def to_numpy(self) -> dict:
+        """Weights as float32 arrays, in the layout ``mrlsearch.Classifier`` takes."""
+        with torch.no_grad():
+            if self.efficient:
+                return {"efficient": True, "dims": self.dims,
+                        "weight": self.shared.weight.detach().cpu().float().numpy(),
+                        "bias": self.shared.bias.detach().cpu().float().numpy()}
+            return {"efficient": False, "dims": self.dims,
+                    "weights": [h.weight.detach().cpu().float().numpy() for h in self.heads],
+                    "biases": [h.bias.detach().cpu().float().numpy() for h in self.heads]}
+
+    def to_classifier(self):
+        """The same heads as a torch-free :class:`mrlsearch.Classifier`."""
+        from mrlsearch import Classifier
+
+        arrays = self.to_numpy()
+        if arrays["efficient"]:
+            return Classifier.shared(arrays["weight"], arrays["bias"], self.dims)
+        return Classifier(arrays["weights"], arrays["biases"], self.dims)
+
+
+class MRLModel(nn.Module):
+    """A backbone producing a ``(batch, embed_dim)`` Matryoshka embedding, plus optional heads.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps the model input to ``(batch, embed_dim)``.
+    embed_dim : int
+    dims : sequence of int
+        Nesting dims (the last one is usually ``embed_dim``).
+    num_classes : int, optional
+        Adds an :class:`MRLLinear` head (``self.head``) for classification training.
+    efficient : bool, default=False
+        MRL-E head.
+    metric : {'cosine', 'ip', 'l2'}, default='cosine'
+        How the embedding is meant to be compared; written into the exported model.
+    """
+
+    def __init__(self, backbone: nn.Module, embed_dim: int, dims: Sequence[int], *,
+                 num_classes: int | None = None, efficient: bool = False,
+                 metric: str = "cosine") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.embed_dim = int(embed_dim)
+        self.dims = check_nesting_dims(dims, max_dim=self.embed_dim)
+        if metric not in ("cosine", "ip", "l2"):
+            raise ValueError(f"'metric' must be one of 'cosine', 'ip', 'l2' (got {metric!r})")
+        self.metric = metric
+        self.head = (MRLLinear(self.embed_dim, num_classes, self.dims, efficient=efficient)
+                     if num_classes else None)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The full embedding ``(batch, embed_dim)``; prefixes are its first columns."""
+        return self.backbone(*inputs)
+
+    def classify(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-dim logits of the classification head."""
+        if self.head is None:
+            raise RuntimeError("this MRLModel has no classification head (num_classes=None)")
+        return self.head(self.forward(*inputs))
+
+    @torch.no_grad()
+    def embed(self, x: np.ndarray | torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
+        """Embeddings of vector input as a float32 numpy array (eval mode, no grad)."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        tensor = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        out = [self.forward(tensor[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(tensor), batch_size)]
+        self.train(was_training)
+        return torch.cat(out).numpy() if out else np.empty((0, self.embed_dim), np.float32)
