@@ -25,7 +25,7 @@ def embed_inputs(model: MRLModel, inputs, *, batch_size: int = 256) -> np.ndarra
     """Full embeddings of vectors or texts (a text backbone tokenises), float32 numpy."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.zeros(0)).device
     chunks = []
     for start in range(0, len(inputs), batch_size):
         part = inputs[start:start + batch_size]

@@ -159,7 +159,7 @@ class Trainer:
             order = rng.permutation(n_train)
             running, count = 0.0, 0
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{self.epochs}",
-                       disable=not self.progress, leave=False)
+                       disable=None if self.progress else True, leave=False)
             for step in bar:
                 index = order[step * self.batch_size:(step + 1) * self.batch_size]
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

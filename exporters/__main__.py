@@ -1,0 +1,175 @@
+"""``python -m exporters``: train MRL models and export them to ONNX.
+
+    python -m exporters train --data digits --backbone mlp --dims 8,16,32,64 --out runs/digits
+    python -m exporters train --data docstrings --backbone adapter --dims 16,32,64,384 --out runs/doc
+    python -m exporters export runs/digits --out models/digits [--fp16 | --int8]
+
+Exit codes: 0 ok, 1 error (one line, the traceback with --debug), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints (got {text!r})") from None
+
+
+def _load_data(name: str, *, max_pairs: int | None, seed: int, max_length: int):
+    """(data, text_inputs) for --data; docstrings become MiniLM features unless --backbone text."""
+    from .data import docstring_pairs, load_array_data, load_digits_data
+
+    if name == "digits":
+        return load_digits_data(seed=seed)
+    if name == "docstrings":
+        return docstring_pairs(max_pairs=max_pairs, seed=seed)
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"--data must be digits, docstrings or an .npz file (got {name})")
+    return load_array_data(path, seed=seed)
+
+
+def _featurise(pairs, max_length: int):
+    """MiniLM mean-pooled features of every text of a PairData (for the adapter backbone)."""
+    from .data import PairData
+    from .evaluate import embed_inputs
+    from .models import build_model
+
+    encoder = build_model({"backbone": "text", "embed_dim": 384, "dims": [384],
+                           "max_length": max_length})
+    fields = ("train_queries", "train_positives", "val_queries", "val_positives",
+              "test_queries", "test_positives")
+    return PairData(*(embed_inputs(encoder, getattr(pairs, f), batch_size=64) for f in fields))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .data import ClassificationData
+    from .evaluate import evaluate, write_metrics
+    from .losses import MatryoshkaLoss
+    from .models import build_model, model_config, save_run
+    from .train import Trainer
+
+    data = _load_data(args.data, max_pairs=args.max_pairs, seed=args.seed,
+                      max_length=args.max_length)
+    classification = isinstance(data, ClassificationData)
+    texts = not classification and isinstance(data.train_queries, list)
+    if texts and args.backbone == "adapter":
+        data = _featurise(data, args.max_length)
+    if texts and args.backbone == "mlp":
+        raise ValueError("--backbone mlp takes vectors: use adapter or text for docstrings")
+    if not texts and args.backbone == "text":
+        raise ValueError("--backbone text takes texts: use --data docstrings")
+    in_features = (data.in_features if classification else
+                   None if texts else int(np.asarray(data.train_queries).shape[1]))
+    embed_dim = args.embed_dim or args.dims[-1]
+    eval_dims = args.dims
+    train_dims = [embed_dim] if args.ff else args.dims
+    config = {"backbone": args.backbone, "embed_dim": embed_dim, "dims": train_dims,
+              "num_classes": data.num_classes if classification else None,
+              "efficient": args.efficient, "metric": "cosine"}
+    if args.backbone == "mlp":
+        config.update(in_features=in_features, hidden=args.hidden)
+    elif args.backbone == "adapter":
+        config.update(in_features=in_features, hidden=args.hidden[0] if args.hidden else 512)
+    else:
+        config.update(trainable=args.trainable, max_length=args.max_length)
+    model = build_model(config)
+    loss = MatryoshkaLoss("cross_entropy" if classification else "infonce", train_dims)
+    out = Path(args.out)
+    trainer = Trainer(model, loss, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                      device=args.device, seed=args.seed, checkpoint_dir=out / "checkpoints",
+                      patience=args.patience)
+    history = trainer.fit(data)
+    metrics = evaluate(model, data, dims=eval_dims)
+    metrics.update(history=history, kind="FF" if args.ff else "MRL-E" if args.efficient else "MRL",
+                   data=args.data)
+    save_run(model, model_config(model, args.backbone), out)
+    write_metrics(metrics, out / "metrics.json")
+    last = metrics["per_dim"][eval_dims[-1]]
+    print(f"wrote {out}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items())
+          + f" at {eval_dims[-1]} dims")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+    from .models import load_run
+
+    model, config = load_run(args.run_dir)
+    if config["backbone"] == "text":
+        example = ["An example sentence for tracing.", "Another, somewhat longer one, to trace "
+                   "the dynamic sequence axis of the exported graph."] * 4
+    else:
+        rng = np.random.default_rng(0)
+        example = rng.standard_normal((16, config["in_features"])).astype(np.float32)
+    manifest = export_onnx(model, args.out, example, opset=args.opset, fp16=args.fp16,
+                           quantize="int8" if args.int8 else None)
+    worst = max(r["max_abs_diff"] for r in manifest["parity"].values())
+    print(f"exported {args.run_dir} to {args.out} ({manifest['precision']}, opset "
+          f"{manifest['opset']}, IR {manifest['ir_version']}); max abs diff vs torch {worst:.2e}")
+    print(json.dumps({"dims": manifest["dims"], "metric": manifest["metric"]}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m exporters",
+                                     description="Train MRL models and export them to ONNX.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an MRL model on built-in or .npz data")
+    train.add_argument("--data", required=True, help="digits, docstrings or an .npz file")
+    train.add_argument("--backbone", choices=("mlp", "adapter", "text"), default="mlp")
+    train.add_argument("--dims", type=_int_list, required=True, help="nesting dims, e.g. 8,16,64")
+    train.add_argument("--embed-dim", type=int, default=None, help="default: the last dim")
+    train.add_argument("--hidden", type=_int_list, default=[256], help="hidden widths")
+    train.add_argument("--efficient", action="store_true", help="MRL-E head (shared weight)")
+    train.add_argument("--ff", action="store_true",
+                       help="fixed-feature baseline: loss at the full dim only")
+    train.add_argument("--trainable", action="store_true", help="fine-tune the transformer")
+    train.add_argument("--max-length", type=int, default=128, help="tokens per text")
+    train.add_argument("--max-pairs", type=int, default=None, help="subsample docstring pairs")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--patience", type=int, default=None)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.set_defaults(func=_cmd_train)
+
+    export = commands.add_parser("export", help="export a run directory to an ONNX model dir")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="model directory to write")
+    export.add_argument("--opset", type=int, default=17)
+    precision = export.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 weights")
+    precision.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
+    export.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except Exception as exc:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"exporters: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from exporters import MatryoshkaLoss, MRLLinear  # noqa: E402
+from mrlsearch import DimensionError  # noqa: E402
+
+DIMS = (4, 8, 16)
+
+
+def test_mrl_e_logits_are_column_prefix_products():
+    torch.manual_seed(0)
+    head = MRLLinear(16, 5, DIMS, efficient=True)
+    z = torch.randn(3, 16)
+    weight, bias = head.shared.weight, head.shared.bias
+    for m, logits in zip(DIMS, head(z)):
+        torch.testing.assert_close(logits, z[:, :m] @ weight[:, :m].T + bias)
+
+
+def test_mrl_heads_are_independent():
+    torch.manual_seed(1)
+    head = MRLLinear(16, 5, DIMS)
+    z = torch.randn(3, 16)
+    before = [t.detach().clone() for t in head(z)]
+    with torch.no_grad():
+        head.heads[1].weight.add_(1.0)
+    after = head(z)
+    torch.testing.assert_close(after[0], before[0])
+    torch.testing.assert_close(after[2], before[2])
+    assert not torch.allclose(after[1], before[1])
+    # a loss at one dim only sends gradients to that dim's head
+    F.cross_entropy(head(z)[0], torch.tensor([0, 1, 2])).backward()
+    assert head.heads[0].weight.grad is not None
+    assert head.heads[1].weight.grad is None and head.heads[2].weight.grad is None
+
+
+def test_loss_is_weighted_sum_of_per_dim_losses():
+    torch.manual_seed(2)
+    head = MRLLinear(16, 5, DIMS)
+    z, y = torch.randn(6, 16), torch.randint(0, 5, (6,))
+    outputs = head(z)
+    plain = MatryoshkaLoss("cross_entropy", DIMS)
+    expected = sum(F.cross_entropy(o, y) for o in outputs)
+    torch.testing.assert_close(plain(outputs, y), expected)
+    weighted = MatryoshkaLoss("cross_entropy", DIMS, weights=(1.0, 0.5, 2.0))
+    expected = sum(w * F.cross_entropy(o, y) for w, o in zip((1.0, 0.5, 2.0), outputs))
+    torch.testing.assert_close(weighted(outputs, y), expected)
+
+
+def test_infonce_normalises_each_prefix():
+    torch.manual_seed(3)
+    q, p = torch.randn(8, 16), torch.randn(8, 16)
+    loss = MatryoshkaLoss("infonce", DIMS, temperature=0.1)
+    per_dim = loss.per_dim((q, p))
+    for m, value in zip(DIMS, per_dim):
+        sims = F.normalize(q[:, :m], dim=-1) @ F.normalize(p[:, :m], dim=-1).T / 0.1
+        torch.testing.assert_close(value, F.cross_entropy(sims, torch.arange(8)))
+    # scaling a prefix does not change a cosine loss
+    torch.testing.assert_close(loss((q * 3.0, p), None), loss((q, p), None))
+
+
+def test_wraps_any_callable():
+    calls = []
+
+    def base(prefix, target):
+        calls.append(prefix.shape[-1])
+        return prefix.sum() * 0 + prefix.shape[-1]
+
+    loss = MatryoshkaLoss(base, DIMS)
+    assert float(loss(torch.zeros(2, 16), torch.zeros(2))) == sum(DIMS)
+    assert calls == list(DIMS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"base": "mse", "dims": DIMS}, ValueError, "'base' must be 'cross_entropy', 'infonce'"),
+        ({"base": "infonce", "dims": (8, 4)}, DimensionError, "'dims' must be strictly increasing"),
+        ({"base": "infonce", "dims": DIMS, "weights": (1.0,)}, ValueError,
+         r"'weights' must hold one weight per dim \(3\) \(got 1\)"),
+        ({"base": "infonce", "dims": DIMS, "temperature": 0}, ValueError, "'temperature' must be > 0"),
+    ],
+)
+def test_loss_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MatryoshkaLoss(**kwargs)
+
+
+def test_head_errors():
+    with pytest.raises(DimensionError, match=r"'dims' must not exceed 16"):
+        MRLLinear(16, 3, (8, 32))
+    with pytest.raises(ValueError, match=r"'z' must have 16 features \(got 8\)"):
+        MRLLinear(16, 3, (8, 16))(torch.zeros(2, 8))
