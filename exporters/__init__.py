@@ -15,23 +15,26 @@ from .data import (
     load_digits_data,
 )
 from .evaluate import evaluate, write_metrics
+from .export import ExportValidationError, export_onnx, validate_onnx
 from .layers import MRLLinear, MRLModel
 from .losses import MatryoshkaLoss, info_nce
 from .models import build_model, load_run, save_run
 from .train import Trainer, seed_everything
 
 __all__ = [
-    "ClassificationData",
-    "evaluate",
-    "FrozenAdapter",
     "build_model",
+    "ClassificationData",
     "docstring_pairs",
+    "evaluate",
+    "export_onnx",
+    "ExportValidationError",
+    "FrozenAdapter",
     "info_nce",
     "load_array_data",
     "load_digits_data",
     "load_run",
-    "minilm_path",
     "MatryoshkaLoss",
+    "minilm_path",
     "MLP",
     "MRLLinear",
     "MRLModel",
@@ -40,5 +43,6 @@ __all__ = [
     "seed_everything",
     "TextEncoder",
     "Trainer",
+    "validate_onnx",
     "write_metrics",
 ]

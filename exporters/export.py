@@ -229,8 +229,12 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
         raw = Path(scratch) / "raw.onnx"
         # The TorchScript exporter is chosen on purpose: the torch.export-based one needs
         # onnxscript and writes IR 10; this one writes the opset asked for, IR pinned below.
+        # Tracing warnings (shape-dependent Python branches in transformers) are checked by the
+        # validation below, on a second batch of another size and sequence length.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(_EmbeddingWrapper(model), batch, str(raw), input_names=input_names,
                               output_names=["embedding"], dynamic_axes=dynamic,
                               opset_version=opset, do_constant_folding=True, dynamo=False)
