@@ -54,8 +54,18 @@ class MRLLinear(nn.Module):
         if z.shape[-1] != self.in_features:
             raise ValueError(f"'z' must have {self.in_features} features (got {z.shape[-1]})")
         if self.efficient:
+            # logits at m = logits at the previous dim + the slice [previous:m]: the heads of
+            # all dims together cost one full-width matmul (split in pieces), not one per dim
+            # torch.split (not slicing) so that backward concatenates the pieces' gradients
+            # once instead of adding each into a full-size zero tensor
             weight, bias = self.shared.weight, self.shared.bias
-            return tuple(z[:, :m] @ weight[:, :m].T + bias for m in self.dims)
+            widths = [b - a for a, b in zip((0,) + self.dims[:-1], self.dims)]
+            used = self.dims[-1]
+            z_parts = torch.split(z[:, :used] if used < z.shape[1] else z, widths, dim=1)
+            w_parts = torch.split(weight[:, :used] if used < weight.shape[1] else weight, widths,
+                                  dim=1)
+            parts = torch.stack([zp @ wp.T for zp, wp in zip(z_parts, w_parts)])
+            return tuple(torch.cumsum(parts, dim=0) + bias)
         return tuple(head(z[:, :m]) for m, head in zip(self.dims, self.heads))
 
     def to_numpy(self) -> dict:

@@ -81,7 +81,12 @@ class MatryoshkaLoss(nn.Module):
             if len(outputs) != len(self.dims):
                 raise ValueError(f"'outputs' must hold logits for each of the {len(self.dims)} "
                                  f"dims (got {len(outputs)})")
-            return torch.stack([F.cross_entropy(logits, target) for logits in outputs])
+            # one cross-entropy over all dims at once: (n_dims * batch, classes)
+            stacked = torch.stack(tuple(outputs))
+            n_dims, batch = stacked.shape[0], stacked.shape[1]
+            losses = F.cross_entropy(stacked.reshape(n_dims * batch, -1), target.repeat(n_dims),
+                                     reduction="none")
+            return losses.view(n_dims, batch).mean(dim=1)
         if self.base == "infonce":
             queries, positives = outputs
             return torch.stack([info_nce(queries[:, :m], positives[:, :m],

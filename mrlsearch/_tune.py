@@ -21,12 +21,13 @@ _EF_FACTORS = (1, 2)
 
 
 def shortlist_grid(k: int, live: int, max_shortlist: int) -> list[int]:
-    """First-stage shortlists to try: 2k, 4k, ... capped by the index size."""
+    """First-stage shortlists to try: 2k, 2.8k, 4k, 5.7k, ... (steps of sqrt 2), capped by the
+    index size."""
     grid = []
-    shortlist = 2 * k
-    while shortlist < min(live, max_shortlist):
+    step = 0
+    while (shortlist := int(round(2 * k * 2 ** (step / 2)))) < min(live, max_shortlist):
         grid.append(shortlist)
-        shortlist *= 2
+        step += 1
     grid.append(min(live, max_shortlist) if live > k else k)
     return sorted(set(max(s, k) for s in grid))
 

@@ -638,7 +638,7 @@ class Searcher:
         """Find the fastest funnel schedule that meets a recall target.
 
         Ground truth is :meth:`exact` at full dim on ``queries``. Candidate schedules vary the
-        first-stage dim (every indexed dim), its shortlist (``2k, 4k, ...`` up to
+        first-stage dim (every indexed dim), its shortlist (``2k, 2.8k, 4k, ...`` up to
         ``max_shortlist``), the HNSW ``ef`` (1x or 2x the shortlist) and how fast the later
         stages shrink: halving at each nesting dim (the paper's shape), shrinking by 3/4, or
         going straight to full dim. A schedule qualifies when the one-sided 95 % lower bound of
