@@ -4,6 +4,8 @@ Kernels are pure functions over C-contiguous arrays: they never validate (the ca
 ``searcher.py`` and ``classifier.py`` do), never allocate their outputs (the callers preallocate
 them, padded with ``-1`` / ``-inf``) and are compiled with explicit signatures and
 ``cache=True`` so that a process pays the compile cost once per machine, not once per run.
+The hot kernels release the GIL (``nogil=True``): queries from several threads run in
+parallel, as hnswlib's do.
 
 numba has no float16 arithmetic on the CPU, so float16 vector stores are handed to the kernels
 as their raw ``uint16`` bits together with a 65536-entry float32 lookup table
@@ -92,7 +94,7 @@ def _rerank_query(qi, queries, vectors, table, rows, partial, start, stop, query
     return scored
 
 
-@numba.njit(_RERANK_SIGNATURES, parallel=True, fastmath=True, cache=True)
+@numba.njit(_RERANK_SIGNATURES, parallel=True, fastmath=True, cache=True, nogil=True)
 def rerank_stage(queries, vectors, table, rows, partial, start, stop, query_norms, row_norms,
                  metric, out_rows, out_partial, out_scores):
     r"""Score candidates on the coordinates ``[start, stop)`` and keep the best of them.
@@ -122,7 +124,7 @@ def rerank_stage(queries, vectors, table, rows, partial, start, stop, query_norm
     return scored
 
 
-@numba.njit(_RERANK_SIGNATURES, fastmath=True, cache=True)
+@numba.njit(_RERANK_SIGNATURES, fastmath=True, cache=True, nogil=True)
 def rerank_stage_serial(queries, vectors, table, rows, partial, start, stop, query_norms,
                         row_norms, metric, out_rows, out_partial, out_scores):
     """:func:`rerank_stage` on one thread: no parallel start-up cost for small batches."""
@@ -133,7 +135,7 @@ def rerank_stage_serial(queries, vectors, table, rows, partial, start, stop, que
     return scored
 
 
-@numba.njit(["f4[:, ::1](f4[:, ::1], i8[::1])"], fastmath=False, cache=True)
+@numba.njit(["f4[:, ::1](f4[:, ::1], i8[::1])"], cache=True, nogil=True)
 def prefix_norms(batch, dims):
     r"""Norms of every row's prefixes: ``out[i, j]`` = :math:`\lVert x_{i, :dims_j} \rVert`."""
     out = np.empty((batch.shape[0], dims.shape[0]), dtype=np.float32)
@@ -185,3 +187,51 @@ def partial_from_graph(labels, distances, metric, query_norms, row_norms, out_ro
                 out_partial[qi, j] = 1.0 - distance
             else:
                 out_partial[qi, j] = (1.0 - distance) * query_norms[qi] * row_norms[row]
+
+
+@numba.njit(["void(f4[:, ::1], i8, f8, i8[::1], f4[::1], b1[::1])"], fastmath=True,
+            cache=True, nogil=True)
+def softmax_confidence(logits, kind, threshold, out_labels, out_confidence, out_stop):
+    r"""Arg-max label, softmax confidence and the stop decision ``confidence >= threshold``.
+
+    With :math:`l^* = \max_j l_j` and :math:`Z = \sum_j e^{l_j - l^*}`: ``kind`` 0 gives the
+    top probability :math:`1 / Z`; ``kind`` 1 the margin :math:`(1 - e^{l_2 - l^*}) / Z`
+    between the top two probabilities (:math:`l_2` the second largest logit). Max-subtracted,
+    so huge logits do not overflow.
+
+    A row that cannot reach ``threshold`` is known as soon as the partial sum of :math:`Z`
+    passes the bound the threshold sets; the sum stops there, ``out_stop`` is False and its
+    ``out_confidence`` is only an upper bound (the cascade never reports it). Terms below
+    :math:`e^{-30}` are skipped. Pass ``threshold=-inf`` for exact confidences everywhere.
+    """
+    n_classes = logits.shape[1]
+    for i in range(logits.shape[0]):
+        best = 0
+        top = logits[i, 0]
+        second = -np.inf
+        for j in range(1, n_classes):
+            value = logits[i, j]
+            if value > top:
+                second = top
+                top = value
+                best = j
+            elif value > second:
+                second = value
+        out_labels[i] = best
+        if kind == 0:
+            numerator = 1.0
+        else:
+            numerator = 1.0 - np.exp(second - top) if n_classes > 1 else 1.0
+        # confidence = numerator / total >= threshold  <=>  total <= numerator / threshold
+        bound = numerator / threshold if threshold > 0.0 else np.inf
+        total = 0.0
+        stopped_early = False
+        for j in range(n_classes):
+            diff = logits[i, j] - top
+            if diff > -30.0:
+                total += np.exp(diff)
+                if total > bound:
+                    stopped_early = True
+                    break
+        out_confidence[i] = numerator / total
+        out_stop[i] = not stopped_early and out_confidence[i] >= threshold

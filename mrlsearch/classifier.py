@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _kernels
 from ._errors import DimensionError, FormatError
 from ._validation import check_choice, check_dims, check_fraction, check_matrix
 
@@ -25,6 +26,8 @@ FORMAT_NAME = "mrlsearch.classifier"
 FORMAT_VERSION = 1
 CONFIDENCES = ("max_prob", "margin")
 OBJECTIVES = ("expected_dim", "compute")
+# cascade(): rows per block = this many logits (4 MiB of float32) / n_classes
+_BLOCK_FLOATS = 1 << 20
 # Candidate thresholds per dim in calibrate(): quantiles of that dim's validation confidences.
 _GRID_SIZE = 64
 
@@ -98,18 +101,19 @@ class CalibrationResult:
     curve: list[CurvePoint]
 
 
-def _softmax_confidence(logits: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and confidence (top probability, or top-1 minus top-2) of each row, stably."""
-    labels = np.argmax(logits, axis=1)
-    top = np.take_along_axis(logits, labels[:, None], axis=1)
-    exp = np.exp(logits - top)
-    total = exp.sum(axis=1)
-    if kind == "max_prob":
-        return labels, (1.0 / total).astype(np.float32)
-    if logits.shape[1] < 2:
-        return labels, np.ones(logits.shape[0], dtype=np.float32)
-    second = np.partition(exp, exp.shape[1] - 2, axis=1)[:, -2]
-    return labels, ((1.0 - second) / total).astype(np.float32)
+def _softmax_confidence(logits: np.ndarray, kind: str, threshold: float = -np.inf
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, confidence (top probability, or top-1 minus top-2) and ``confidence >=
+    threshold`` of each row. Rows that do not reach the threshold may carry an upper bound of
+    their confidence instead of its value (see :func:`_kernels.softmax_confidence`)."""
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    labels = np.empty(logits.shape[0], dtype=np.int64)
+    confidence = np.empty(logits.shape[0], dtype=np.float32)
+    stop = np.empty(logits.shape[0], dtype=bool)
+    if logits.shape[0]:
+        _kernels.softmax_confidence(logits, CONFIDENCES.index(kind), float(threshold), labels,
+                                    confidence, stop)
+    return labels, confidence, stop
 
 
 class Classifier:
@@ -201,6 +205,10 @@ class Classifier:
                                    "bias", dim=weight.shape[0], allow_1d=False)
         self = cls.__new__(cls)
         self._dims = dims
+        bounds = (0,) + dims
+        # (width, C) C-contiguous pieces of W.T, one per step of the cascade
+        self._slices = [np.ascontiguousarray(weight[:, a:b].T)
+                        for a, b in zip(bounds[:-1], bounds[1:])]
         self._weights = [weight]
         self._biases = [bias_row[0]]
         self._shared = True
@@ -299,12 +307,12 @@ class Classifier:
         previous = 0
         for i, m in enumerate(self._dims):
             if self._shared:
-                part = batch[:, previous:m] @ self._weights[0][:, previous:m].T
+                part = batch[:, previous:m] @ self._slices[i]
                 logits = part + self._biases[0] if logits is None else logits + part
             else:
                 weight, bias = self._head(m)
                 logits = batch[:, :m] @ weight.T + bias
-            labels[i], confidence[i] = _softmax_confidence(logits, kind)
+            labels[i], confidence[i], _ = _softmax_confidence(logits, kind)
             previous = m
         return labels, confidence
 
@@ -346,34 +354,55 @@ class Classifier:
         labels = np.zeros(n, dtype=np.int64)
         scores = np.zeros(n, dtype=np.float32)
         used = np.zeros(n, dtype=np.int64)
-        active = np.arange(n)
+        rows_in = np.zeros(len(self._dims), dtype=np.int64)
+        rows_stopped = np.zeros(len(self._dims), dtype=np.int64)
+        seconds = np.zeros(len(self._dims))
+        # Rows go through in blocks whose logits (block x n_classes) stay in cache: with many
+        # classes the logits, not the slices of x, are the bulk of the memory traffic.
+        block = max(64, _BLOCK_FLOATS // max(self._n_classes, 1))
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            self._cascade_block(batch[lo:hi], limits, kind, labels[lo:hi], scores[lo:hi],
+                                used[lo:hi], rows_in, rows_stopped, seconds)
+        stats = tuple(CascadeStage(m, int(rows_in[i]), int(rows_stopped[i]),
+                                   float(rows_stopped[i]) / n if n else 0.0, float(seconds[i]))
+                      for i, m in enumerate(self._dims))
+        expected = float(used.mean()) if n else float("nan")
+        return CascadeResult(labels, scores, used, expected, stats)
+
+    def _cascade_block(self, batch, limits, kind, labels, scores, used, rows_in, rows_stopped,
+                       seconds) -> None:
+        """Run the cascade over one block of rows, writing into the output views."""
+        active = np.arange(batch.shape[0])
         logits = None  # MRL-E running logits of the active rows
         previous = 0
-        stats = []
+        last = len(self._dims) - 1
         for i, m in enumerate(self._dims):
+            if active.size == 0:
+                break
             started = time.perf_counter()
-            rows_in = active.size
-            if rows_in == 0:
-                stats.append(CascadeStage(m, 0, 0, 0.0, 0.0))
-                continue
+            rows_in[i] += active.size
             if self._shared:
-                part = batch[active, previous:m] @ self._weights[0][:, previous:m].T
-                logits = part + self._biases[0] if logits is None else logits + part
+                part = batch[active, previous:m] @ self._slices[i]
+                if logits is None:
+                    part += self._biases[0]
+                else:
+                    part += logits
+                logits = part
             else:
                 weight, bias = self._head(m)
                 logits = batch[active, :m] @ weight.T + bias
-            predicted, conf = _softmax_confidence(logits, kind)
-            stop = conf >= limits[i] if i < len(self._dims) - 1 else np.ones(rows_in, dtype=bool)
+            threshold = limits[i] if i < last else -np.inf  # the last dim always answers
+            predicted, conf, stop = _softmax_confidence(logits, kind, threshold)
             done = active[stop]
             labels[done], scores[done], used[done] = predicted[stop], conf[stop], m
-            active = active[~stop]
-            if self._shared:
-                logits = logits[~stop]
+            rows_stopped[i] += done.size
+            if done.size:
+                active = active[~stop]
+                if self._shared:
+                    logits = logits[~stop]
             previous = m
-            stats.append(CascadeStage(m, rows_in, int(stop.sum()),
-                                      float(stop.sum()) / n, time.perf_counter() - started))
-        expected = float(used.mean()) if n else float("nan")
-        return CascadeResult(labels, scores, used, expected, tuple(stats))
+            seconds[i] += time.perf_counter() - started
 
     # ------------------------------------------------------------------ calibration
     def calibrate(

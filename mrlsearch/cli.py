@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._errors import MRLError
+from .classifier import Classifier
 from .searcher import Searcher
 
 __all__ = ["main"]
@@ -36,8 +37,25 @@ def _load_npy(path: str) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        lines = [line.rstrip("\n") for line in handle]
+    return [line for line in lines if line.strip()]
+
+
 def _cmd_index(args: argparse.Namespace) -> None:
-    vectors = _load_npy(args.vectors)
+    if args.model:
+        from .encoder import Encoder
+
+        encoder = Encoder(args.model)
+        vectors = encoder.encode(_read_lines(args.vectors), progress=True)
+        if args.dims is None:
+            args.dims = encoder.dims
+        if args.metric is None:
+            args.metric = encoder.metric
+    else:
+        vectors = _load_npy(args.vectors)
+    args.metric = args.metric or "cosine"
     if vectors.ndim != 2:
         raise MRLError(f"'VECTORS' must be a 2-D array (got shape {vectors.shape})")
     searcher = Searcher(vectors.shape[1], args.dims, metric=args.metric,
@@ -50,7 +68,16 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
 def _cmd_query(args: argparse.Namespace) -> None:
     searcher = Searcher.load(args.index, mmap=args.mmap)
-    queries = _load_npy(args.queries)
+    if args.text is not None:
+        if not args.model:
+            raise MRLError("--text needs --model MODEL_DIR to encode the query")
+        from .encoder import Encoder
+
+        queries = Encoder(args.model).encode(list(args.text))
+    elif args.queries is not None:
+        queries = _load_npy(args.queries)
+    else:
+        raise MRLError("give QUERIES.npy or --text")
     result = searcher.funnel(queries, k=args.k, stages=args.stages)
     if args.json:
         json.dump({"ids": result.ids.tolist(), "scores": result.scores.tolist()}, sys.stdout)
@@ -71,17 +98,43 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         print(f"saved the plan into {args.index}/manifest.json")
 
 
+def _cmd_cascade(args: argparse.Namespace) -> None:
+    classifier = Classifier.load(args.classifier)
+    if args.calibrate:
+        x_val, y_val = (_load_npy(p) for p in args.calibrate)
+        result = classifier.calibrate(x_val, y_val, max_drop=args.max_drop)
+        print(f"calibrated: accuracy {result.accuracy:.4f} (full dim {result.full_accuracy:.4f}) "
+              f"at expected dim {result.expected_dim:.1f}; thresholds "
+              + ", ".join(f"{d}:{t:.3f}" for d, t in zip(classifier.dims, result.thresholds)))
+        if args.save:
+            classifier.save(args.classifier)
+            print(f"saved the thresholds into {args.classifier}")
+    result = classifier.cascade(_load_npy(args.x), confidence=args.confidence)
+    if args.json:
+        json.dump({"labels": result.labels.tolist(), "dims": result.dims.tolist(),
+                   "confidence": result.confidence.tolist()}, sys.stdout)
+        print()
+        return
+    print(f"{len(result.labels)} rows, expected dim {result.expected_dim:.1f} of "
+          f"{classifier.dims[-1]}")
+    for stage in result.stats:
+        print(f"  dim {stage.dim:>5}: {stage.rows_stopped:>8} rows stopped ({stage.share:.1%})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrlsearch", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    index = commands.add_parser("index", help="build an index from a (n, dim) .npy file")
-    index.add_argument("vectors", help="(n, dim) float .npy file")
+    index = commands.add_parser("index", help="build an index from a .npy file (or texts)")
+    index.add_argument("vectors", help="(n, dim) float .npy file, or a text file with --model")
+    index.add_argument("--model", default=None,
+                       help="model directory: encode VECTORS as a text file, one text a line")
     index.add_argument("--out", required=True, help="index directory to write")
     index.add_argument("--dims", type=_int_list, default=None, help="nesting dims, e.g. 16,32,64")
     index.add_argument("--index-dims", type=_int_list, default=None, help="dims with an HNSW graph")
-    index.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine")
+    index.add_argument("--metric", choices=("cosine", "ip", "l2"), default=None,
+                       help="default: the model's metric, else cosine")
     index.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     index.add_argument("--M", type=int, default=16)
     index.add_argument("--ef-construction", type=int, default=200)
@@ -89,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = commands.add_parser("query", help="funnel search with a (q, dim) .npy of queries")
     query.add_argument("index", help="index directory")
-    query.add_argument("queries", help="(q, dim) or (dim,) .npy file")
+    query.add_argument("queries", nargs="?", default=None, help="(q, dim) or (dim,) .npy file")
+    query.add_argument("--text", action="append", default=None,
+                       help="a text query (repeatable); needs --model")
+    query.add_argument("--model", default=None, help="model directory for --text")
     query.add_argument("-k", type=int, default=10)
     query.add_argument("--stages", type=_stages, default=None, help="e.g. 16:200,64:50,384:10")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -103,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--target-recall", type=float, default=0.95)
     tune.add_argument("--save", action="store_true", help="store the plan in the index")
     tune.set_defaults(func=_cmd_tune)
+
+    cascade = commands.add_parser("cascade", help="classify rows with a cascade classifier")
+    cascade.add_argument("classifier", help="classifier .npz")
+    cascade.add_argument("x", help="(n, dim) .npy of embeddings")
+    cascade.add_argument("--calibrate", nargs=2, metavar=("X_VAL", "Y_VAL"),
+                         help="calibrate thresholds first on these .npy files")
+    cascade.add_argument("--max-drop", type=float, default=0.005)
+    cascade.add_argument("--confidence", choices=("max_prob", "margin"), default="max_prob")
+    cascade.add_argument("--save", action="store_true", help="store calibrated thresholds")
+    cascade.add_argument("--json", action="store_true", help="print labels as JSON")
+    cascade.set_defaults(func=_cmd_cascade)
     return parser
 
 

@@ -285,6 +285,30 @@ class Searcher:
                 )
             self._tombstone(np.asarray([self._row_of[int(i)] for i in targets], dtype=np.int64))
 
+    def compact(self, *, num_threads: int = -1, progress: bool | None = None) -> None:
+        """Rebuild the arrays and graphs without removed or replaced rows.
+
+        Removal only tombstones rows: they keep their memory and their place in the graphs
+        (hnswlib routes through them but never returns them). After many removals, compacting
+        frees that memory and gives graphs as good as a fresh build. Ids are kept.
+        """
+        with self._lock.write():
+            live = np.flatnonzero(~self._deleted[: self._rows])
+            vectors = np.ascontiguousarray(self._vectors[live])
+            ids = self._ids[live].copy()
+            next_id, plan = self._next_id, self._plan
+            self._rows = 0
+            self._vectors = np.empty((0, self._dim), dtype=self._dtype)
+            self._norms = np.empty((0, len(self._dims)), dtype=np.float32)
+            self._ids = np.empty(0, dtype=np.int64)
+            self._deleted = np.empty(0, dtype=bool)
+            self._row_of = {}
+            self._graphs = {}
+        if live.size:
+            self.add(vectors, ids, num_threads=num_threads, progress=progress)
+        with self._lock.write():
+            self._next_id, self._plan = next_id, plan
+
     def _tombstone(self, rows: np.ndarray) -> None:
         for row in rows.tolist():
             self._deleted[row] = True

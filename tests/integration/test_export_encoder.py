@@ -77,7 +77,7 @@ def test_reduced_precision_within_tolerance(tmp_path, example, kind, kwargs):
     if kind == "fp16":
         assert cosine.min() > 0.999
     else:  # int8 rounds activations per tensor: the mean is bounded, not every row
-        assert cosine.mean() > 0.95
+        assert cosine.mean() > 0.95  # at full dim; short prefixes are checked >= 0.90
     for report in manifest["parity"].values():
         assert 0.0 <= report["neighbour_agreement@10"] <= 1.0
 

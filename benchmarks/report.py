@@ -1,0 +1,159 @@
+"""Render docs/benchmarks.md from the JSON files the benchmarks wrote (never by hand).
+
+    python benchmarks/report.py [--results benchmarks/results] [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TARGETS = {
+    "funnel": "at recall@10 >= 0.95: funnel QPS >= 5x hnswlib full-dim and >= 1.5x the faiss "
+              "funnel; build >= 10x faster than hnswlib full-dim",
+    "cascade": "expected dim <= 1/8 of full dim at <= 0.5 point accuracy drop; cascade rows/s "
+               ">= 3x full-dim scoring for MRL-E heads at 1000 classes x 2048 dims",
+    "encode": "onnxruntime CPU fp32 >= torch eager; int8 >= 1.5x fp32 with success@10 within "
+              "1 point",
+    "train": "MRL per-dim accuracy >= FF - 1 point at every dim and >= FF + 5 points at the "
+             "smallest dims; MRL-E step time <= 1.15x FF",
+}
+
+
+def _fmt(value, digits=3):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |"
+              for row in rows]
+    return lines
+
+
+def funnel_section(report: dict) -> list[str]:
+    out = ["## Funnel retrieval (`benchmarks/funnel.py`)", ""]
+    out.append("Synthetic MRL-like vectors (`mrlsearch.datasets.synthetic_mrl`: 1000 clusters, "
+               "per-coordinate spread `(1+i)^-decay`), 500 tuning queries and 500 unseen test "
+               "queries; recall@10 against exact full-dim cosine search on the unseen queries. "
+               "Every method picks its setting on the *tuning* queries by the same rule "
+               "(one-sided 95 % lower bound of recall@10 >= 0.95): `Searcher.tune` for "
+               "mrlsearch, the smallest `ef` for hnswlib (marked `*`), the fastest "
+               "(shortlist, efSearch) for faiss. QPS: batch of 500 queries (best of 3) and one "
+               "query per call. `M=16, ef_construction=200` everywhere.")
+    for data in report["datasets"]:
+        out += ["", f"### {data['n']:,} x {data['dim']}, decay {data['decay']}", ""]
+        rows = [[r["method"], r["recall"], f"{r['qps_batch']:,.0f}", f"{r['qps_single']:,.0f}",
+                 f"{r['build_s']:.1f}", f"{r['memory_mb']:.0f}", r["detail"]]
+                for r in data["rows"]]
+        out += _table(["method", "recall@10", "QPS batch", "QPS single", "build s", "MB",
+                       "setting"], rows)
+        s = data["summary"]
+        out += ["", f"Summary: lean funnel (one graph) vs the hnswlib setting that qualified "
+                f"({s['hnswlib_matched']}): **{_fmt(s['funnel_vs_hnswlib_qps'], 2)}x** batch "
+                f"QPS, {_fmt(s.get('funnel_vs_hnswlib_single_qps'), 2)}x single-query QPS, "
+                f"build **{_fmt(s['hnswlib_vs_funnel_build'], 2)}x** faster; vs the best faiss "
+                f"funnel **{_fmt(s['funnel_vs_faiss_qps'], 2)}x** batch QPS."]
+    return out
+
+
+def cascade_section(report: dict) -> list[str]:
+    out = ["## Cascade classification (`benchmarks/cascade.py`)", "",
+           f"Thresholds calibrated on a validation split with max_drop {report['max_drop']}, "
+           "measured on a held-out split; rows/s of the whole batch (best of 3)."]
+    for task in report["tasks"]:
+        out += ["", f"### {task['task']}", ""]
+        rows = [[r["method"], r["accuracy"], f"{r['expected_dim']:.1f}",
+                 f"{r['rows_per_s']:,.0f}"] for r in task["rows"]]
+        out += _table(["method", "accuracy", "expected dim", "rows/s"], rows)
+        s = task["summary"]
+        shares = ", ".join(f"{d}: {v:.3f}" for d, v in s["share_per_dim"].items())
+        out += ["", f"Accuracy drop {s['accuracy_drop_points']:.2f} points, "
+                f"**{s['dim_reduction']:.1f}x** fewer dims on average, "
+                f"**{s['speedup_vs_full']:.2f}x** rows/s vs full dim. Share of rows ending at "
+                f"each dim: {shares}."]
+    return out
+
+
+def encode_section(report: dict) -> list[str]:
+    out = ["## Inference (`benchmarks/encode.py`)", "",
+           "Rows/s on the CPU (onnxruntime's CPUExecutionProvider; no GPU in this run). "
+           "Mean cosine to torch per prefix dim from the export's validation; success@10: "
+           "stdlib docstring summaries retrieving their own body among the test bodies."]
+    rows = [[r["backbone"], r["runtime"], f"{r['rows_per_s_batch1']:,.1f}",
+             f"{r['rows_per_s_batch256']:,.1f}",
+             ", ".join(f"{d}: {v}" for d, v in r.get("mean_cosine_vs_torch", {}).items()) or "-",
+             _fmt(r.get("success@10"))] for r in report["results"]]
+    out += [""] + _table(["backbone", "runtime", "rows/s batch 1", "rows/s batch 256",
+                          "mean cosine vs torch per dim", "success@10"], rows)
+    return out
+
+
+def train_section(report: dict) -> list[str]:
+    results = report["results"]
+    out = ["## Training (`benchmarks/train.py`)", "",
+           f"### digits: linear top-1 per dim (mean of {results.get('digits_seeds', 1)} seeds)",
+           ""]
+    digits = results["digits_linear_top1"]
+    dims = list(next(iter(digits.values())))
+    out += _table(["model"] + dims, [[k] + [v[d] for d in dims] for k, v in digits.items()])
+    doc = results["docstrings_recall@10"]
+    dims = list(next(iter(doc.values())))
+    pairs = results.get("docstrings_pairs", {})
+    out += ["", f"### docstrings: recall@10 per dim ({pairs.get('train', '?')} training pairs, "
+            f"{pairs.get('test', '?')} test pairs from held-out modules)", ""]
+    out += _table(["model"] + dims, [[k] + [v[d] for d in dims] for k, v in doc.items()])
+    ratios = results["step_ratio_vs_ff"]
+    seconds = results["step_seconds"]
+    out += ["", "### training step time (batch 256, MLP 512 -> 2048, 1000 classes, dims 8..2048)",
+            ""]
+    out += _table(["model", "ms / step", "vs FF"],
+                  [[k, f"{seconds[k] * 1e3:.1f}", f"{ratios[k]:.2f}x"] for k in seconds])
+    return out
+
+
+SECTIONS = {"funnel": funnel_section, "cascade": cascade_section, "encode": encode_section,
+            "train": train_section}
+
+
+def render(results_dir: Path) -> str:
+    reports = {name: json.loads((results_dir / f"{name}.json").read_text())
+               for name in SECTIONS if (results_dir / f"{name}.json").is_file()}
+    first = next(iter(reports.values()))
+    versions: dict = {}
+    for report in reports.values():
+        versions.update(report.get("versions", {}))
+    lines = ["# Benchmarks", "",
+             "Generated by `benchmarks/report.py` from the JSON in `benchmarks/results/`; "
+             "rerun with `python benchmarks/run_all.py`. Every figure below was measured by "
+             "those scripts, all methods of a table in one process on the same data.", "",
+             f"* machine: {first['machine'].get('cpu_count')} CPU cores, "
+             f"{first['machine'].get('platform')}, no GPU",
+             "* dates: " + ", ".join(f"{n} {r.get('date')}" for n, r in reports.items()),
+             "* versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
+             "Targets (from the issues) and whether they were met are discussed in "
+             "[Reading the numbers](#reading-the-numbers).", ""]
+    for name, report in reports.items():
+        lines += SECTIONS[name](report) + ["", f"Target: {TARGETS[name]}.", ""]
+    notes = results_dir / "NOTES.md"
+    if notes.is_file():
+        lines += ["## Reading the numbers", "", notes.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="benchmarks/results")
+    parser.add_argument("--out", default="docs/benchmarks.md")
+    args = parser.parse_args()
+    Path(args.out).write_text(render(Path(args.results)))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Durability, concurrency and deletion behaviour of Searcher."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrlsearch import Searcher
+from mrlsearch.datasets import synthetic_mrl
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_index_v1"
+
+
+def test_compact_keeps_answers_and_frees_tombstones():
+    vectors, queries = synthetic_mrl(3000, 64, n_queries=50, n_clusters=50, seed=3)
+    searcher = Searcher(64, (16, 32, 64), index_dims=(16,))
+    ids = searcher.add(vectors)
+    fresh_recall = searcher.funnel(queries, 10, [(16, 200), (64, 10)]).recall(searcher.exact(queries, 10))
+    rng = np.random.default_rng(0)
+    removed = rng.choice(ids, size=900, replace=False)
+    searcher.remove(removed)
+    searcher.add(vectors[removed] + 0.01, ids=removed)  # add back, slightly moved
+    searcher.remove(ids[:10])
+    before = searcher.exact(queries, 10)
+    searcher.compact()
+    assert searcher._rows == len(searcher) == 2990
+    after = searcher.exact(queries, 10)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    recall = searcher.funnel(queries, 10, [(16, 200), (64, 10)]).recall(after)
+    assert recall >= fresh_recall - 0.02
+    assert searcher.add(np.ones((1, 64))).tolist() == [3000]
+
+
+def test_queries_during_adds_and_removes_see_consistent_state():
+    vectors, queries = synthetic_mrl(4000, 32, n_queries=40, n_clusters=40, seed=4)
+    searcher = Searcher(32, (8, 16, 32), index_dims=(8,))
+    searcher.add(vectors[:2000])
+    removed: set[int] = set()
+    removed_lock = threading.Lock()
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 3.0
+
+    def reader():
+        try:
+            while time.monotonic() < stop:
+                with removed_lock:
+                    gone_before = set(removed)
+                result = searcher.funnel(queries, 10, [(8, 60), (32, 10)])
+                returned = set(result.ids[result.ids >= 0].tolist())
+                assert not returned & gone_before, "a removed id came back"
+        except BaseException as exc:  # noqa: BLE001 - collected and re-raised below
+            errors.append(exc)
+
+    def writer():
+        try:
+            start = 2000
+            while time.monotonic() < stop and start < 4000:
+                searcher.add(vectors[start:start + 100], ids=np.arange(start, start + 100))
+                victims = np.arange(start - 2000, start - 1950)
+                with removed_lock:
+                    searcher.remove(victims)
+                    removed.update(victims.tolist())
+                start += 100
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+    truth = searcher.exact(queries, 10)
+    assert not set(truth.ids.ravel().tolist()) & removed
+    assert searcher.funnel(queries, 10, [(8, 200), (32, 10)]).recall(truth) >= 0.9
+
+
+SAVER = textwrap.dedent("""
+    import sys, numpy as np
+    from mrlsearch import Searcher
+    path, n = sys.argv[1], int(sys.argv[2])
+    s = Searcher(32, (8, 32), index_dims=(8,))
+    s.add(np.random.default_rng(n).standard_normal((n, 32)))
+    print("ready", flush=True)
+    while True:
+        s.save(path)
+""")
+
+
+def test_killed_save_leaves_a_loadable_index(tmp_path):
+    path = tmp_path / "index"
+    first = Searcher(32, (8, 32), index_dims=(8,))
+    first.add(np.random.default_rng(0).standard_normal((500, 32)))
+    first.save(path)
+    rng = np.random.default_rng(1)
+    for attempt in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), "3000"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = Searcher.load(path)
+        assert len(loaded) in (500, 3000), f"attempt {attempt}: {len(loaded)} vectors"
+        loaded.exact(np.ones(32), k=3)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "index"]
+    # temporary siblings of killed saves stay behind (never loaded); the index itself is intact
+    assert all(name.startswith(".index.") for name in leftovers)
+
+
+def test_golden_index_v1_still_loads_and_answers_the_same():
+    if not GOLDEN.is_dir():
+        pytest.skip("golden index missing")
+    searcher = Searcher.load(GOLDEN)
+    expected = np.load(GOLDEN.parent / "golden_index_v1_expected.npz")
+    result = searcher.funnel(expected["queries"], 5, [(8, 50), (16, 20), (32, 5)])
+    np.testing.assert_array_equal(result.ids, expected["ids"])
+    np.testing.assert_allclose(result.scores, expected["scores"], rtol=1e-6)
+    assert searcher.metric == "cosine" and len(searcher) == 295
