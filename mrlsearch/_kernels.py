@@ -58,6 +58,7 @@ def _rerank_query(qi, queries, vectors, table, rows, partial, start, stop, query
     scored = 0
     keep = out_rows.shape[1]
     scores = np.empty(n_in, dtype=np.float32)
+    sums = np.empty(n_in, dtype=np.float32)  # inputs are never written
     for j in range(n_in):
         row = rows[qi, j]
         if row < 0:
@@ -69,12 +70,12 @@ def _rerank_query(qi, queries, vectors, table, rows, partial, start, stop, query
             for c in range(start, stop):
                 diff = queries[qi, c] - _to_f32(vectors[row, c], table)
                 acc += diff * diff
-            partial[qi, j] = acc
+            sums[j] = acc
             scores[j] = -acc
         else:
             for c in range(start, stop):
                 acc += queries[qi, c] * _to_f32(vectors[row, c], table)
-            partial[qi, j] = acc
+            sums[j] = acc
             if metric == 1:
                 denom = query_norms[qi] * row_norms[row]
                 scores[j] = acc / denom if denom > 0.0 else 0.0
@@ -85,7 +86,7 @@ def _rerank_query(qi, queries, vectors, table, rows, partial, start, stop, query
         if t < n_in and rows[qi, order[t]] >= 0:
             j = order[t]
             out_rows[qi, t] = rows[qi, j]
-            out_partial[qi, t] = partial[qi, j]
+            out_partial[qi, t] = sums[j]
             out_scores[qi, t] = scores[j]
         else:
             out_rows[qi, t] = -1

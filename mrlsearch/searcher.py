@@ -623,12 +623,18 @@ class Searcher:
         if partial is None:
             partial, previous_dim = np.zeros(rows.shape, dtype=np.float32), 0
         else:
-            partial, previous_dim = partial.copy(), schedule[0][0]
+            previous_dim = schedule[0][0]
         stats = []
         kernel = (_kernels.rerank_stage if n_queries >= _SERIAL_BELOW
                   else _kernels.rerank_stage_serial)
         for index, (prefix_dim, shortlist) in enumerate(schedule):
             started = time.perf_counter()
+            if index == 0 and previous_dim == prefix_dim and len(schedule) > 1:
+                # the graph returned exactly this shortlist with its running sums; the next
+                # stage scores and sorts them, so there is nothing to do here
+                stats.append(StageStats(prefix_dim, shortlist, int(np.count_nonzero(rows >= 0)),
+                                        first_seconds, first_method))
+                continue
             col = self._dims.index(prefix_dim)
             out_rows = np.empty((n_queries, shortlist), dtype=np.int64)
             out_partial = np.empty((n_queries, shortlist), dtype=np.float32)
