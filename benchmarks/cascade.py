@@ -17,27 +17,15 @@ Tasks
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
+
+from _common import best_time, write_report
 
 from mrlsearch import Classifier
 
 MAX_DROP = 0.005
-
-
-def best_time(run, repeats: int = 3):
-    out = run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - started)
-    return best, out
 
 
 def digits_task(seed: int):
@@ -132,19 +120,8 @@ def main() -> None:
     import sklearn
 
     tasks = [run_task(*digits_task(args.seed)), run_task(*synthetic_task(args.seed))]
-    report = {
-        "benchmark": "cascade",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "scikit-learn": sklearn.__version__},
-        "max_drop": MAX_DROP,
-        "tasks": tasks,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out}")
+    write_report(args.out, "cascade", {"numpy": np.__version__, "scikit-learn": sklearn.__version__},
+                 max_drop=MAX_DROP, tasks=tasks)
 
 
 if __name__ == "__main__":

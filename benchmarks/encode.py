@@ -11,9 +11,7 @@ of the reduced precisions is measured as success@10 on stdlib docstring pairs (q
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ from exporters import (  # noqa: E402
     load_digits_data,
 )
 from mrlsearch import Encoder  # noqa: E402
+from _common import write_report  # noqa: E402
 
 PRECISIONS = {"fp32": {}, "fp16": {"fp16": True}, "int8": {"quantize": "int8"}}
 
@@ -113,15 +112,9 @@ def main() -> None:
         bench_backbone("minilm-text", text, batch[:1], batch,
                        lambda texts: text.backbone.tokenize(texts), batch[:8], scratch, results,
                        quality)
-    report = {"benchmark": "encode", "date": time.strftime("%Y-%m-%d"),
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-              "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                           "onnxruntime": __import__("onnxruntime").__version__},
-              "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out}")
+    write_report(args.out, "encode", {"torch": torch.__version__,
+                                      "onnxruntime": __import__("onnxruntime").__version__},
+                 results=results)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ measured against exact full-dim cosine search. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import hnswlib
 import numpy as np
+
+from _common import best_time, write_report
 
 from mrlsearch import Searcher
 from mrlsearch.datasets import synthetic_mrl
@@ -38,17 +37,6 @@ def qualifies(ids: np.ndarray, truth: np.ndarray) -> bool:
     lower bound of mean recall on the *tuning* queries reaches the target."""
     recalls = recalls_at_k(ids, truth)
     return recalls.mean() - 1.645 * recalls.std(ddof=1) / np.sqrt(len(recalls)) >= TARGET
-
-
-def best_time(run, repeats: int = 3) -> tuple[float, object]:
-    """Warm up once, then the best wall time of ``repeats`` runs."""
-    out = run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - started)
-    return best, out
 
 
 def single_query_qps(run_one, queries: np.ndarray, limit: int = 200) -> float:
@@ -106,7 +94,6 @@ def bench_dataset(args, decay: float) -> dict:
     add_row("mrlsearch funnel (tuned, 1 graph)", recall_at_k(result.ids, truth),
             len(test) / seconds, single_query_qps(lambda q: lean.funnel(q, k), test), build_lean,
             memory_lean, f"index_dims=({plan.stages[0][0]},)")
-    del lean
     seconds, result = best_time(lambda: searcher.funnel(test, k, searcher.default_stages(k)))
     add_row("mrlsearch funnel (paper stages)", recall_at_k(result.ids, truth),
             len(test) / seconds,
@@ -219,20 +206,11 @@ def main() -> None:
     import faiss  # noqa: F401 - fail early with a clear ImportError when the dev extra is missing
     import numba
 
-    report = {
-        "benchmark": "funnel",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor()},
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "numba": numba.__version__, "hnswlib": getattr(hnswlib, "__version__", "0.8.0"),
-                     "faiss": faiss.__version__},
-        "datasets": [bench_dataset(args, decay) for decay in args.decays],
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out}")
+    datasets = [bench_dataset(args, decay) for decay in args.decays]
+    write_report(args.out, "funnel",
+                 {"numpy": np.__version__, "numba": numba.__version__,
+                  "hnswlib": getattr(hnswlib, "__version__", "0.8.0"), "faiss": faiss.__version__},
+                 datasets=datasets)
 
 
 if __name__ == "__main__":

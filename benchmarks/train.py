@@ -13,11 +13,8 @@ cost of a training step of MRL / MRL-E relative to FF.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +31,7 @@ from exporters import (  # noqa: E402
     load_digits_data,
 )
 from exporters.evaluate import embed_inputs  # noqa: E402
+from _common import write_report  # noqa: E402
 
 KINDS = {"MRL": False, "MRL-E": True, "FF": False}
 
@@ -131,14 +129,7 @@ def main() -> None:
     digits(results)
     docstrings(results)
     step_time(results)
-    report = {"benchmark": "train", "date": time.strftime("%Y-%m-%d"),
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-              "versions": {"python": platform.python_version(), "torch": torch.__version__},
-              "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out}")
+    write_report(args.out, "train", {"torch": torch.__version__}, results=results)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def part_a(out: Path, rows: list) -> dict:
                          "dims": list(dims), "num_classes": 10})
     history = Trainer(model, MatryoshkaLoss("cross_entropy", dims), lr=3e-3, epochs=15,
                       batch_size=64, seed=0, progress=False).fit(data)
-    print(f"   trained 15 epochs: validation top-1 per dim "
+    print("   trained 15 epochs: validation top-1 per dim "
           + ", ".join(f"{m}: {v['linear_top1']:.3f}" for m, v in history[-1]["val"].items()))
     manifest = export_onnx(model, out / "digits_model", data.x_val[:64])
     worst = max(r["max_abs_diff"] for r in manifest["parity"].values())

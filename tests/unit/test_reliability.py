@@ -1,6 +1,5 @@
 """Durability, concurrency and deletion behaviour of Searcher."""
 
-import os
 import signal
 import subprocess
 import sys
