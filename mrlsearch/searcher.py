@@ -292,6 +292,8 @@ class Searcher:
         (hnswlib routes through them but never returns them). After many removals, compacting
         frees that memory and gives graphs as good as a fresh build. Ids are kept.
         """
+        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+            raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
         with self._lock.write():
             live = np.flatnonzero(~self._deleted[: self._rows])
             vectors = np.ascontiguousarray(self._vectors[live])

@@ -132,6 +132,10 @@ def test_encoder_checks_files_and_inputs(tmp_path, example):
     with pytest.raises(ValueError, match="'inputs' must be finite"):
         encoder.encode(np.full((1, 24), np.nan))
     assert encoder.encode(np.empty((0, 24))).shape == (0, 32)
+    with pytest.raises(ValueError, match=r"'batch_size' must be a positive int \(got 0\)"):
+        encoder.encode(example, batch_size=0)
+    with pytest.raises(ValueError, match=r"'providers' must name at least one provider"):
+        Encoder(tmp_path / "m", providers=[])
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     (tmp_path / "m" / "classifier.npz").write_bytes(b"changed")
     with pytest.raises(FormatError, match="classifier.npz is corrupt"):

@@ -1,0 +1,66 @@
+"""Bad arguments to the torch side get clear errors before any work starts."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from exporters import MatryoshkaLoss, Trainer, build_model, export_onnx  # noqa: E402
+from exporters.data import load_digits_data  # noqa: E402
+
+
+def small_model(**extra):
+    config = {"backbone": "mlp", "in_features": 8, "embed_dim": 8, "hidden": [8],
+              "dims": [4, 8], "num_classes": 3, **extra}
+    return build_model(config)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"opset": 12}, ValueError, r"'opset' must be one of"),
+        ({"quantize": "int4"}, ValueError, r"'quantize' must be None or 'int8' \(got 'int4'\)"),
+        ({"fp16": True, "quantize": "int8"}, ValueError, r"'fp16' and 'quantize' are exclusive"),
+    ],
+)
+def test_export_argument_errors(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        export_onnx(small_model(), tmp_path / "m", np.zeros((2, 8), np.float32), **kwargs)
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_example_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"'example' must be a 2-D array \(got shape \(8,\)\)"):
+        export_onnx(small_model(), tmp_path / "m", np.zeros(8, np.float32))
+    with pytest.raises(TypeError, match=r"'model' must be an MRLModel"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "m", np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"epochs": 0}, ValueError, r"'epochs' must be a positive int \(got 0\)"),
+        ({"batch_size": 2.5}, ValueError, r"'batch_size' must be a positive int"),
+        ({"lr": -1.0}, ValueError, r"'lr' must be > 0 \(got -1.0\)"),
+    ],
+)
+def test_trainer_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Trainer(small_model(), MatryoshkaLoss("cross_entropy", (4, 8)), **kwargs)
+
+
+def test_trainer_rejects_mismatched_loss_and_data():
+    with pytest.raises(ValueError, match=r"'loss' dims \(4,\) must equal the head's dims"):
+        Trainer(small_model(), MatryoshkaLoss("cross_entropy", (4,)))
+    with pytest.raises(ValueError, match="needs a model with num_classes"):
+        Trainer(small_model(num_classes=None), MatryoshkaLoss("cross_entropy", (4, 8)))
+    trainer = Trainer(build_model({"backbone": "mlp", "in_features": 64, "embed_dim": 8,
+                                   "dims": [4, 8]}), MatryoshkaLoss("infonce", (4, 8)),
+                      progress=False)
+    with pytest.raises(TypeError, match="an infonce loss trains on PairData"):
+        trainer.fit(load_digits_data())
+
+
+def test_build_model_rejects_unknown_backbone():
+    with pytest.raises(ValueError, match=r"'backbone' must be one of mlp, adapter, text"):
+        build_model({"backbone": "cnn", "embed_dim": 8, "dims": [8]})
