@@ -138,15 +138,91 @@ def load_array(
     pages are read lazily and writes stay private to the process.
     """
     path = directory / name
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    wanted = " or ".join(str(np.dtype(d)) for d in dtypes)
+    # read the header first: a damaged header must not make numpy allocate what it claims
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise ValueError(f"unsupported .npy version {version}")
+            header_shape, fortran, header_dtype = readers[version](handle,
+                                                                   max_header_size=10_000)
+    except Exception as exc:  # numpy's header parser raises many types on damaged bytes
+        raise FormatError(f"{path} is not a readable .npy file ({exc!r})") from exc
+    if header_dtype not in [np.dtype(d) for d in dtypes] or fortran:
+        raise FormatError(f"{path} must hold {wanted} in C order (got {header_dtype})")
+    if len(header_shape) != len(shape) or any(
+        want is not None and got != want for got, want in zip(header_shape, shape)
+    ):
+        raise FormatError(f"{path} must have shape {shape} (got {header_shape})")
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="c" if mmap else None)
-    except (ValueError, OSError, EOFError) as exc:
-        raise FormatError(f"{path} is not a readable .npy file ({exc})") from exc
-    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
-    if array.dtype not in [np.dtype(d) for d in dtypes]:
-        raise FormatError(f"{path} must hold {' or '.join(map(str, dtypes))} (got {array.dtype})")
-    if array.ndim != len(shape) or any(
-        want is not None and got != want for got, want in zip(array.shape, shape)
-    ):
-        raise FormatError(f"{path} must have shape {shape} (got {array.shape})")
+    except Exception as exc:  # truncated data: ValueError, OSError, EOFError, ...
+        raise FormatError(f"{path} is not a readable .npy file ({exc!r})") from exc
+    if array.dtype != header_dtype or array.shape != tuple(header_shape):
+        raise FormatError(f"{path} changed while it was read")
     return array
+
+
+_HNSW_HEADER = np.dtype([
+    ("offset_level0", "<u8"), ("max_elements", "<u8"), ("count", "<u8"),
+    ("size_data_per_element", "<u8"), ("label_offset", "<u8"), ("offset_data", "<u8"),
+    ("max_level", "<i4"), ("entry_point", "<u4"), ("max_m", "<u8"), ("max_m0", "<u8"),
+    ("m", "<u8"), ("mult", "<f8"), ("ef_construction", "<u8"),
+])
+
+
+def check_hnsw_file(path: Path, *, rows: int, dim: int, M: int) -> None:
+    """Check an hnswlib graph file completely before hnswlib reads it.
+
+    hnswlib trusts its files: a foreign, truncated or edited graph can crash the process. This
+    checks the header against the index (element count, dim, M), every level-0 link count and
+    neighbour id and label, and walks the upper-level link lists to the exact end of the file.
+    Raises :class:`FormatError` naming the file and what is wrong.
+    """
+    from . import _kernels
+
+    buffer = np.fromfile(path, dtype=np.uint8)
+
+    def bad(what: str) -> FormatError:
+        return FormatError(f"{path} is not a valid hnswlib graph for this index ({what})")
+
+    if buffer.size < _HNSW_HEADER.itemsize:
+        raise bad(f"{buffer.size} bytes, shorter than the header")
+    header = buffer[: _HNSW_HEADER.itemsize].view(_HNSW_HEADER)[0]
+    max_m0, max_m = 2 * M, M
+    links0 = max_m0 * 4 + 4
+    per_element = links0 + dim * 4 + 8
+    expected = {"offset_level0": 0, "count": rows, "m": M, "max_m": max_m, "max_m0": max_m0,
+                "offset_data": links0, "label_offset": links0 + dim * 4,
+                "size_data_per_element": per_element}
+    for field, value in expected.items():
+        if int(header[field]) != value:
+            raise bad(f"header field {field} is {int(header[field])}, expected {value}")
+    max_level = int(header["max_level"])
+    if not 0 <= max_level < 64 or (rows and int(header["entry_point"]) >= rows):
+        raise bad(f"max level {max_level} / entry point {int(header['entry_point'])}")
+    if int(header["max_elements"]) < rows:
+        raise bad(f"capacity {int(header['max_elements'])} below {rows} elements")
+    start = _HNSW_HEADER.itemsize
+    level0_end = start + rows * per_element
+    if buffer.size < level0_end:
+        raise bad("truncated in the level-0 records")
+    records = buffer[start:level0_end].reshape(rows, per_element)
+    counts = records[:, :2].copy().view("<u2")[:, 0]
+    if counts.size and counts.max() > max_m0:
+        raise bad(f"a level-0 neighbour count of {int(counts.max())} exceeds {max_m0}")
+    neighbours = records[:, 4:links0].copy().view("<u4")
+    used = np.arange(max_m0)[None, :] < counts[:, None]
+    if neighbours.size and (neighbours[used] >= rows).any():
+        raise bad("a level-0 neighbour id beyond the element count")
+    labels = records[:, links0 + dim * 4:].copy().view("<u8")[:, 0]
+    if labels.size and (labels >= rows).any():
+        raise bad("a label beyond the element count")
+    end = _kernels.check_hnsw_upper_links(buffer, level0_end, rows, max_m * 4 + 4, max_m,
+                                          max_level, rows)
+    if end != buffer.size:
+        raise bad("upper-level link lists are inconsistent or the file has trailing bytes")

@@ -793,19 +793,31 @@ class Searcher:
         directory = _format.resolve_directory(path)
         manifest = _format.read_manifest(directory, format_name=FORMAT_NAME,
                                          versions=(FORMAT_VERSION,))
+        where = directory / _format.MANIFEST
+
+        def field_int(key: str, minimum: int = 0) -> int:
+            value = manifest.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise FormatError(f"{where} field {key!r} must be an int >= {minimum} "
+                                  f"(got {value!r})")
+            return value
+
+        rows, count, next_id = field_int("rows"), field_int("count"), field_int("next_id")
+        graphs = manifest.get("graphs")
+        if not isinstance(graphs, dict) or not all(
+                isinstance(d, str) and d.isdigit() and isinstance(n, str) for d, n in graphs.items()):
+            raise FormatError(f"{where} field 'graphs' must map dims to file names (got {graphs!r})")
         try:
             searcher = cls(
-                manifest["dim"], manifest["dims"], metric=manifest["metric"],
-                index_dims=manifest["index_dims"], M=manifest["M"],
-                ef_construction=manifest["ef_construction"], dtype=manifest["dtype"],
-                seed=manifest.get("seed", 100),
+                field_int("dim", 1), manifest["dims"], metric=manifest["metric"],
+                index_dims=manifest["index_dims"], M=field_int("M", 1),
+                ef_construction=field_int("ef_construction", 1), dtype=manifest["dtype"],
+                seed=field_int("seed") if "seed" in manifest else 100,
             )
-            rows = int(manifest["rows"])
-            graph_files = {int(d): name for d, name in manifest["graphs"].items()}
-            plan = manifest.get("plan")
-            next_id = int(manifest["next_id"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"{directory / _format.MANIFEST} has a bad field ({exc})") from exc
+            raise FormatError(f"{where} has a bad field ({exc})") from exc
+        graph_files = {int(d): name for d, name in graphs.items()}
+        plan = manifest.get("plan")
         if set(graph_files) != set(searcher.index_dims):
             raise FormatError(
                 f"{directory / _format.MANIFEST} lists graphs {sorted(graph_files)} but "
@@ -824,13 +836,12 @@ class Searcher:
         searcher._rows = rows
         live = np.flatnonzero(~searcher._deleted)
         searcher._row_of = dict(zip(searcher._ids[live].tolist(), live.tolist()))
-        if len(searcher._row_of) != live.size or int(manifest.get("count", -1)) != live.size:
+        if len(searcher._row_of) != live.size or count != live.size:
             raise FormatError(f"{directory / 'ids.npy'} does not match the manifest's count")
         searcher._next_id = next_id
         for prefix_dim, name in graph_files.items():
             graph_path = directory / name
-            if graph_path.stat().st_size < 96:
-                raise FormatError(f"{graph_path} is too short to be an hnswlib graph")
+            _format.check_hnsw_file(graph_path, rows=rows, dim=prefix_dim, M=searcher.M)
             graph = hnswlib.Index(space=_HNSW_SPACE[searcher.metric], dim=prefix_dim)
             try:
                 graph.load_index(str(graph_path), max_elements=max(rows, 1))
@@ -844,7 +855,7 @@ class Searcher:
         if plan is not None:
             try:
                 searcher.plan = FunnelPlan.from_dict(plan)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise FormatError(f"{directory / _format.MANIFEST} has a bad plan ({exc})") from exc
         return searcher
 
