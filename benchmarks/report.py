@@ -16,6 +16,8 @@ TARGETS = {
                ">= 3x full-dim scoring for MRL-E heads at 1000 classes x 2048 dims",
     "encode": "onnxruntime CPU fp32 >= torch eager; int8 >= 1.5x fp32 with success@10 within "
               "1 point",
+    "load": "queries/s with 1, 2, 4 threads and while a writer adds 10 % more vectors; "
+            "p50/p99 latency (a measurement, no target)",
     "train": "MRL per-dim accuracy >= FF - 1 point at every dim and >= FF + 5 points at the "
              "smallest dims; MRL-E step time <= 1.15x FF",
 }
@@ -117,8 +119,22 @@ def train_section(report: dict) -> list[str]:
     return out
 
 
+def load_section(report: dict) -> list[str]:
+    out = ["## Concurrent load (`benchmarks/load.py`)", "",
+           f"{report['n']:,} x {report['dim']} synthetic vectors (decay 1.0), tuned funnel "
+           f"({' -> '.join(f'{d}:{s}' for d, s in report['plan']['stages'])}), one query per "
+           "call from each thread, latency measured per call.", ""]
+    rows = [[f"{r['threads']} readers" + (f" + writer (+{r['vectors_added']:,} vectors)"
+                                         if r["writer"] else ""),
+             f"{r['qps']:,.0f}", f"{r['p50_us']:,.0f}", f"{r['p99_us']:,.0f}"]
+            for r in report["rows"]]
+    out += _table(["load", "queries/s", "p50 us", "p99 us"], rows)
+    out += ["", f"Recall@10 after the writes, same plan: {report['recall_after_writes']:.3f}."]
+    return out
+
+
 SECTIONS = {"funnel": funnel_section, "cascade": cascade_section, "encode": encode_section,
-            "train": train_section}
+            "train": train_section, "load": load_section}
 
 
 def render(results_dir: Path) -> str:
