@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._dims import check_nesting_dims
+from mrlsearch._validation import check_dims
 
 __all__ = ["MRLLinear", "MRLModel"]
 
@@ -40,7 +40,7 @@ class MRLLinear(nn.Module):
         super().__init__()
         self.in_features = int(in_features)
         self.num_classes = int(num_classes)
-        self.dims = check_nesting_dims(dims, max_dim=self.in_features)
+        self.dims = check_dims(dims, "dims", max_dim=self.in_features)
         self.efficient = bool(efficient)
         if self.efficient:
             self.shared = nn.Linear(self.in_features, self.num_classes)
@@ -113,7 +113,7 @@ class MRLModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.embed_dim = int(embed_dim)
-        self.dims = check_nesting_dims(dims, max_dim=self.embed_dim)
+        self.dims = check_dims(dims, "dims", max_dim=self.embed_dim)
         if metric not in ("cosine", "ip", "l2"):
             raise ValueError(f"'metric' must be one of 'cosine', 'ip', 'l2' (got {metric!r})")
         self.metric = metric
@@ -130,14 +130,11 @@ class MRLModel(nn.Module):
             raise RuntimeError("this MRLModel has no classification head (num_classes=None)")
         return self.head(self.forward(*inputs))
 
-    @torch.no_grad()
-    def embed(self, x: np.ndarray | torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
-        """Embeddings of vector input as a float32 numpy array (eval mode, no grad)."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        tensor = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        out = [self.forward(tensor[i:i + batch_size].to(device)).float().cpu()
-               for i in range(0, len(tensor), batch_size)]
-        self.train(was_training)
-        return torch.cat(out).numpy() if out else np.empty((0, self.embed_dim), np.float32)
+    def embed(self, x, *, batch_size: int = 1024) -> np.ndarray:
+        """Embeddings of vectors (or texts, for a text backbone) as a float32 numpy array.
+
+        Runs in eval mode without gradients; see :func:`exporters.evaluate.embed_inputs`.
+        """
+        from .evaluate import embed_inputs  # evaluate imports this module
+
+        return embed_inputs(self, x, batch_size=batch_size)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._dims import check_nesting_dims
+from mrlsearch._validation import check_dims
 
 __all__ = ["MatryoshkaLoss", "info_nce"]
 
@@ -55,7 +55,7 @@ class MatryoshkaLoss(nn.Module):
     def __init__(self, base: str | Callable, dims: Sequence[int], *,
                  weights: Sequence[float] | None = None, temperature: float = 0.05) -> None:
         super().__init__()
-        self.dims = check_nesting_dims(dims)
+        self.dims = check_dims(dims, "dims")
         if weights is None:
             weights = [1.0] * len(self.dims)
         weights = [float(w) for w in weights]

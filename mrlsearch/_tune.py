@@ -63,6 +63,7 @@ def search_plans(searcher: Searcher, batch: np.ndarray, truth: SearchResult, *, 
     # warm the kernels so the first measured schedule pays no compile or cache cost
     searcher._measure(batch[:2], SearchResult(truth.ids[:2], truth.scores[:2], truth.counts[:2]),
                       ((searcher.index_dims[0], k),), k, k)
+    query_norms = searcher._prefix_norms(batch)
     total = len(searcher.index_dims) * len(_EF_FACTORS) * len(grid)
     with tqdm(total=total, desc="mrlsearch: tuning", unit="shortlist",
               disable=None if progress is not False else True, leave=False) as bar:
@@ -76,11 +77,11 @@ def search_plans(searcher: Searcher, batch: np.ndarray, truth: SearchResult, *, 
                     ef = max(shortlist * ef_factor, shortlist)
                     with searcher._lock.read():
                         first = searcher._first_stage(batch, first_dim, shortlist, ef, -1,
-                                                   searcher._prefix_norms(batch))
+                                                      query_norms)
                     for decay in list(open_shapes):
                         stages = make_stages(searcher.dims, first_dim, shortlist, k, decay)
-                        _, recall, lower, seconds = searcher._measure(batch, truth, stages, ef, k,
-                                                                       first)
+                        _, recall, lower, seconds = searcher._measure(
+                            batch, truth, stages, ef, k, first, query_norms)
                         if recall > best_recall[0]:
                             best_recall = (recall, stages)
                         if lower >= target_recall:

@@ -717,10 +717,11 @@ class Searcher:
         return plan
 
     def _measure(self, batch: np.ndarray, truth: SearchResult, stages, ef: int, k: int,
-                 first: tuple | None = None):
+                 first: tuple | None = None, query_norms: np.ndarray | None = None):
         """Run one schedule; return (result, mean recall, lower bound, seconds/query)."""
         with self._lock.read():
-            query_norms = self._prefix_norms(batch)
+            if query_norms is None:
+                query_norms = self._prefix_norms(batch)
             if first is None:
                 first = self._first_stage(batch, stages[0][0], stages[0][1], ef, -1, query_norms)
             result = self._rerank(batch, first, stages, k, query_norms)

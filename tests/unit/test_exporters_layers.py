@@ -92,3 +92,18 @@ def test_head_errors():
         MRLLinear(16, 3, (8, 32))
     with pytest.raises(ValueError, match=r"'z' must have 16 features \(got 8\)"):
         MRLLinear(16, 3, (8, 16))(torch.zeros(2, 8))
+
+
+def test_embed_returns_numpy_forward_in_eval_mode():
+    from exporters import build_model
+
+    torch.manual_seed(4)
+    model = build_model({"backbone": "mlp", "in_features": 6, "embed_dim": 8, "hidden": [16],
+                         "dims": [4, 8]})
+    model.train()
+    x = torch.randn(5, 6)
+    got = model.embed(x.numpy(), batch_size=2)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(got), model(x))
+    assert got.dtype.name == "float32"
