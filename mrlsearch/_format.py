@@ -37,15 +37,35 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _discard_directory(directory: Path, token: str) -> None:
+    """Remove ``directory`` so that no crash can leave it half-deleted under its own name.
+
+    It is first renamed to a ``.trash-`` sibling (atomic), then deleted: a kill during the
+    deletion leaves only a trash directory, which nothing ever loads.
+    """
+    trash = directory.parent / f"{directory.name.split('.old-')[0]}.trash-{token}"
+    try:
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _backups(parent: Path, name: str) -> list[Path]:
+    return sorted(parent.glob(f".{name}.old-*")) if parent.is_dir() else []
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh sibling directory; on success it replaces ``target`` as a whole.
 
     Files are fsynced, then the directory, then it is renamed into place. An existing
-    ``target`` is moved aside first and removed only after the new one is in place, so a crash
-    leaves the old directory (or, between the two renames, its ``.old`` sibling, which
-    :func:`resolve_directory` finds). On an exception the temporary directory is removed and
-    ``target`` is untouched.
+    ``target`` is moved aside first (to a ``.old-`` sibling) and discarded only after the new
+    one is in place, so a crash leaves the old directory, the new one, or -- between the two
+    renames -- exactly one complete ``.old-`` sibling, which :func:`resolve_directory` finds.
+    Directories are discarded by renaming them to ``.trash-`` first, so a half-deleted
+    directory is never found under a name that loads. On an exception the temporary
+    directory is removed and ``target`` is untouched.
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
@@ -60,30 +80,37 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         for child in staging.iterdir():
             _fsync_path(child)
         _fsync_path(staging)
-        backup = parent / f".{target.name}.old-{token}"
-        if target.exists():
-            os.rename(target, backup)
+        if target.is_dir():
+            # backups left by an earlier crash are stale while the target itself is complete
+            for stale in _backups(parent, target.name):
+                _discard_directory(stale, uuid.uuid4().hex[:8])
+            os.rename(target, parent / f".{target.name}.old-{token}")
         os.rename(staging, target)
         _fsync_path(parent)
-        if backup.exists():
-            shutil.rmtree(backup)
+        for backup in _backups(parent, target.name):
+            _discard_directory(backup, uuid.uuid4().hex[:8])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def resolve_directory(path: str | os.PathLike) -> Path:
-    """Return ``path``, or the backup a crash between the two renames of a save left behind."""
+def resolve_directory(path: str | os.PathLike, *, what: str = "index",
+                      argument: str = "path") -> Path:
+    """Return ``path``, or the backup a crash between the two renames of a save left behind.
+
+    Should several backups exist (saves from several processes racing), the one whose
+    manifest was written last wins.
+    """
     path = Path(path)
     if path.is_dir():
         return path
     parent = path.parent if str(path.parent) else Path(".")
-    backups = sorted(parent.glob(f".{path.name}.old-*")) if parent.is_dir() else []
+    backups = [b for b in _backups(parent, path.name) if (b / MANIFEST).is_file()]
     if backups:
-        return backups[-1]
+        return max(backups, key=lambda backup: (backup / MANIFEST).stat().st_mtime_ns)
     if path.exists():
-        raise FormatError(f"'path' must be an index directory (got the file {path})")
-    raise FileNotFoundError(f"No index directory at {path}")
+        raise FormatError(f"{argument!r} must be a saved {what} directory (got the file {path})")
+    raise FileNotFoundError(f"No {what} directory at {path}")
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -71,9 +71,7 @@ class Encoder:
     def __init__(self, model_dir: str | os.PathLike, providers: str | Sequence[str] = "auto", *,
                  dim: int | None = None, normalize: bool = True, threads: int | None = None,
                  verify: bool = True) -> None:
-        self._dir = Path(model_dir)
-        if not self._dir.is_dir():
-            raise FileNotFoundError(f"No model directory at {self._dir}")
+        self._dir = _format.resolve_directory(model_dir, what="model", argument="model_dir")
         if verify:
             manifest = _format.read_manifest(self._dir, format_name=MODEL_FORMAT,
                                              versions=MODEL_VERSIONS)

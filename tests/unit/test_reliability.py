@@ -114,6 +114,31 @@ def test_killed_save_leaves_a_loadable_index(tmp_path):
     assert all(name.startswith(".index.") for name in leftovers)
 
 
+def test_load_skips_a_half_deleted_backup_and_takes_the_newest(tmp_path):
+    # the state a kill can leave between the two renames of a save, after an earlier kill
+    # during a deletion: the index is gone, one backup is complete, another is not
+    searcher = Searcher(16, (4, 16), index_dims=(4,))
+    searcher.add(np.random.default_rng(0).standard_normal((50, 16)))
+    searcher.save(tmp_path / "older")
+    searcher.add(np.random.default_rng(1).standard_normal((20, 16)))
+    searcher.save(tmp_path / "newer")
+    time.sleep(0.01)
+    (tmp_path / "newer").rename(tmp_path / ".index.old-00000000")
+    (tmp_path / "older").rename(tmp_path / ".index.old-ffffffff")
+    (tmp_path / ".index.old-ffffffff" / "manifest.json").touch()  # newest manifest ...
+    (tmp_path / ".index.old-ffffffff" / "manifest.json").unlink()  # ... then half deleted
+    assert len(Searcher.load(tmp_path / "index")) == 70
+
+
+def test_save_discards_stale_backups(tmp_path):
+    searcher = Searcher(16, (4, 16), index_dims=(4,))
+    searcher.add(np.random.default_rng(0).standard_normal((50, 16)))
+    searcher.save(tmp_path / "index")
+    searcher.save(tmp_path / ".index.old-12345678")  # a backup an earlier crash left behind
+    searcher.save(tmp_path / "index")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
 def test_golden_index_v1_still_loads_and_answers_the_same():
     if not GOLDEN.is_dir():
         pytest.skip("golden index missing")
