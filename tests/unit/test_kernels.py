@@ -56,3 +56,37 @@ def test_half_table_is_exact():
     finite = np.isfinite(bits.view(np.float16))
     np.testing.assert_array_equal(_kernels.HALF_TABLE[finite],
                                   bits.view(np.float16)[finite].astype(np.float32))
+
+
+def test_exp_shifted_matches_numpy():
+    row = np.concatenate([-np.geomspace(1e-8, 86.9, 5000), [0.0, -87.0, -90.0, -1e30]])
+    row = row.astype(np.float32)
+    out = np.empty(row.size, dtype=np.float32)
+    _kernels.exp_shifted(row, 0, row.size, np.float32(0.0), out)
+    exact = np.exp(row.astype(np.float64))
+    in_range = row >= -87.0
+    np.testing.assert_allclose(out[in_range], exact[in_range], rtol=2e-7)
+    assert (out[~in_range] <= np.exp(-87.0) * 1.0001).all()
+
+
+@pytest.mark.parametrize("kind", [0, 1])
+def test_softmax_confidence_matches_float64_softmax(kind):
+    rng = np.random.default_rng(kind)
+    logits = (rng.standard_normal((300, 1000)) * rng.uniform(0.1, 8.0, (300, 1))).astype(np.float32)
+    labels = np.empty(300, dtype=np.int64)
+    confidence = np.empty(300, dtype=np.float32)
+    stop = np.empty(300, dtype=bool)
+    _kernels.softmax_confidence(logits, kind, -np.inf, labels, confidence, stop)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
+    probs /= probs.sum(axis=1, keepdims=True)
+    top2 = np.sort(probs, axis=1)[:, ::-1]
+    expected = top2[:, 0] if kind == 0 else top2[:, 0] - top2[:, 1]
+    np.testing.assert_array_equal(labels, logits.argmax(axis=1))
+    np.testing.assert_allclose(confidence, expected, rtol=1e-6, atol=1e-9)
+    assert stop.all()
+    # with a threshold: stop exactly where the confidence reaches it; the rest carry an upper bound
+    threshold = float(np.median(expected))
+    _kernels.softmax_confidence(logits, kind, threshold, labels, confidence, stop)
+    clear = np.abs(expected - threshold) > 1e-6
+    np.testing.assert_array_equal(stop[clear], (expected >= threshold)[clear])
+    assert (confidence[~stop] >= expected[~stop] * (1 - 1e-6)).all()
