@@ -30,10 +30,15 @@ OBJECTIVES = ("expected_dim", "compute")
 _BLOCK_FLOATS = 1 << 20
 # Candidate thresholds per dim in calibrate(): quantiles of that dim's validation confidences.
 _GRID_SIZE = 64
+# Any threshold above this stops no row (confidences are at most 1): the dim is not tested.
+_UNTESTED = np.inf
 
 
 class CascadeStage(NamedTuple):
-    """One dim of a cascade run: rows scored there, rows that stopped there, wall time."""
+    """One dim of a cascade run: rows tested there, rows that stopped there, wall time.
+
+    A dim whose threshold is above 1 can stop no row and is skipped: ``rows_in`` is 0.
+    """
 
     dim: int
     rows_in: int
@@ -56,7 +61,8 @@ class CascadeResult:
     expected_dim : float
         Mean of ``dims`` (nan for an empty batch).
     stats : tuple of CascadeStage
-        Per nesting dim: rows scored, rows stopped, share of all rows stopped there, seconds.
+        Per nesting dim: rows tested (0 where the threshold is above 1 and the dim is
+        skipped), rows stopped, share of all rows stopped there, seconds.
     """
 
     labels: np.ndarray
@@ -91,6 +97,9 @@ class CalibrationResult:
         ``full_accuracy - max_drop``.
     curve : list of CurvePoint
         The greedy path from "every row at full dim" to "every row at the first dim".
+    cost : float
+        The objective at the chosen thresholds: the expected dim, or the mean work per row and
+        class for ``objective='compute'``.
     """
 
     thresholds: np.ndarray
@@ -99,6 +108,7 @@ class CalibrationResult:
     full_accuracy: float
     target_accuracy: float
     curve: list[CurvePoint]
+    cost: float
 
 
 def _softmax_confidence(logits: np.ndarray, kind: str, threshold: float = -np.inf
@@ -205,10 +215,8 @@ class Classifier:
                                    "bias", dim=weight.shape[0], allow_1d=False)
         self = cls.__new__(cls)
         self._dims = dims
-        bounds = (0,) + dims
-        # (width, C) C-contiguous pieces of W.T, one per step of the cascade
-        self._slices = [np.ascontiguousarray(weight[:, a:b].T)
-                        for a, b in zip(bounds[:-1], bounds[1:])]
+        # W.T, C-contiguous: the rows a:b are the (b - a, C) piece a cascade step multiplies by
+        self._weight_t = np.ascontiguousarray(weight.T)
         self._weights = [weight]
         self._biases = [bias_row[0]]
         self._shared = True
@@ -307,7 +315,7 @@ class Classifier:
         previous = 0
         for i, m in enumerate(self._dims):
             if self._shared:
-                part = batch[:, previous:m] @ self._slices[i]
+                part = batch[:, previous:m] @ self._weight_t[previous:m]
                 logits = part + self._biases[0] if logits is None else logits + part
             else:
                 weight, bias = self._head(m)
@@ -372,7 +380,12 @@ class Classifier:
 
     def _cascade_block(self, batch, limits, kind, labels, scores, used, rows_in, rows_stopped,
                        seconds) -> None:
-        """Run the cascade over one block of rows, writing into the output views."""
+        """Run the cascade over one block of rows, writing into the output views.
+
+        A dim whose threshold is above 1 cannot stop any row (confidences are at most 1): it is
+        not tested, and with MRL-E heads its slice of the logits is folded into the next
+        tested dim's product.
+        """
         active = np.arange(batch.shape[0])
         logits = None  # MRL-E running logits of the active rows
         previous = 0
@@ -380,14 +393,13 @@ class Classifier:
         for i, m in enumerate(self._dims):
             if active.size == 0:
                 break
+            if i < last and not limits[i] <= 1.0:
+                continue
             started = time.perf_counter()
             rows_in[i] += active.size
             if self._shared:
-                part = batch[active, previous:m] @ self._slices[i]
-                if logits is None:
-                    part += self._biases[0]
-                else:
-                    part += logits
+                part = batch[active, previous:m] @ self._weight_t[previous:m]
+                part += self._biases[0] if logits is None else logits
                 logits = part
             else:
                 weight, bias = self._head(m)
@@ -413,6 +425,8 @@ class Classifier:
         *,
         objective: str = "expected_dim",
         confidence: str = "max_prob",
+        test_cost: float = 100.0,
+        drop_sigmas: float = 0.0,
     ) -> CalibrationResult:
         """Choose per-dim thresholds that minimise cost at full-dim accuracy minus ``max_drop``.
 
@@ -421,7 +435,10 @@ class Classifier:
         dim's confidence quantiles, the threshold whose move saves the most cost per unit of
         accuracy lost on the validation rows (moves that lose nothing first). Every step is a
         point of :attr:`CalibrationResult.curve`; the cheapest point whose accuracy is at least
-        ``full_accuracy - max_drop`` is chosen and stored as :attr:`thresholds`.
+        ``full_accuracy - max_drop`` is chosen. Coordinate descent then refines it: one dim at
+        a time, every grid threshold and "no test" (``+inf``, the dim is skipped) is tried
+        with the others fixed, and the cheapest choice that stays on target is kept, until a
+        sweep changes nothing. The result is stored as :attr:`thresholds`.
 
         Parameters
         ----------
@@ -431,9 +448,21 @@ class Classifier:
             Accuracy (a fraction, 0.005 = half a point) the cascade may lose against the
             full-dim head on these rows.
         objective : {'expected_dim', 'compute'}, default='expected_dim'
-            Minimise the mean dim that answers, or the mean multiply-adds per row (for MRL
-            heads every visited dim recomputes from scratch; MRL-E grows incrementally).
+            Minimise the mean dim that answers, or the mean work per row and class: the
+            multiply-adds of the logits (MRL heads recompute at every tested dim, MRL-E grows
+            incrementally) plus ``test_cost`` for each dim whose confidence is tested.
         confidence : {'max_prob', 'margin'}, default='max_prob'
+        test_cost : float, default=100.0
+            Cost of one stop test (softmax and arg-max over the classes) in multiply-adds per
+            class, used by ``objective='compute'``. On the benchmark machine (2-core x86,
+            OpenBLAS) a test costs about as much as 100 dims of MRL-E logits
+            (docs/benchmarks.md); GPUs and CPUs with vector ``exp`` have a smaller ratio.
+        drop_sigmas : float, default=0.0
+            Keep a statistical margin: require ``drop + drop_sigmas * standard error <=
+            max_drop``, where drop is the mean over the rows of (full-dim correct - cascade
+            correct). 1.645 makes the promise a one-sided 95 % bound, so it holds on new rows
+            from the same distribution; 0 holds it on the calibration rows only (the chosen
+            point sits on the boundary, so new rows land slightly on either side).
 
         Returns
         -------
@@ -441,6 +470,13 @@ class Classifier:
         """
         max_drop = check_fraction(max_drop, "max_drop")
         objective = check_choice(objective, "objective", OBJECTIVES)
+        if not (isinstance(test_cost, (int, float, np.integer, np.floating))
+                and np.isfinite(test_cost) and test_cost >= 0):
+            raise ValueError(f"'test_cost' must be a finite number >= 0 (got {test_cost!r})")
+        test_cost = float(test_cost) if objective == "compute" else 0.0
+        if not (isinstance(drop_sigmas, (int, float, np.integer, np.floating))
+                and np.isfinite(drop_sigmas) and drop_sigmas >= 0):
+            raise ValueError(f"'drop_sigmas' must be a finite number >= 0 (got {drop_sigmas!r})")
         kind = check_choice(confidence, "confidence", CONFIDENCES)
         batch = self._check_x(x_val)
         truth = np.asarray(y_val)
@@ -457,30 +493,45 @@ class Classifier:
         labels, conf = self._all_dims(batch, kind)
         correct = labels == truth[None, :]
         dims = np.asarray(self._dims, dtype=np.float64)
-        stop_cost = dims if (self._shared or objective == "expected_dim") else np.cumsum(dims)
         n_dims, n = correct.shape
         full_accuracy = float(correct[-1].mean())
         target = full_accuracy - max_drop
 
         grids = [np.unique(np.quantile(conf[i], np.linspace(0.0, 1.0, _GRID_SIZE)))[::-1]
                  for i in range(n_dims - 1)]
-        position = [-1] * (n_dims - 1)  # -1: threshold +inf (nobody stops)
+        position = [-1] * (n_dims - 1)  # -1: threshold +inf (nobody stops, no test)
 
         def thresholds_at(pos) -> np.ndarray:
             values = np.full(n_dims, -np.inf)
             for i, p in enumerate(pos):
-                values[i] = np.inf if p < 0 else grids[i][p]
+                values[i] = _UNTESTED if p < 0 else grids[i][p]
             return values
 
-        def evaluate(values: np.ndarray) -> tuple[float, float, float]:
+        def stop_costs(values: np.ndarray) -> np.ndarray:
+            """Cost of a row that stops at each dim, given which dims are tested."""
+            tested = (values <= 1.0).astype(np.float64)
+            tested[-1] = 1.0
+            if objective == "expected_dim":
+                return dims
+            logits_cost = dims if self._shared else np.cumsum(dims * tested)
+            return logits_cost + test_cost * np.cumsum(tested)
+
+        full_correct = correct[-1].astype(np.float64)
+
+        def evaluate(values: np.ndarray) -> tuple[float, float, float, bool]:
+            """Accuracy, expected dim, cost, and whether the accuracy is on target."""
             stops = conf >= values[:, None]
             stops[-1] = True
             first = np.argmax(stops, axis=0)
-            accuracy = float(correct[first, np.arange(n)].mean())
-            return accuracy, float(dims[first].mean()), float(stop_cost[first].mean())
+            hits = correct[first, np.arange(n)]
+            drop = full_correct - hits
+            bound = drop.mean() + drop_sigmas * drop.std(ddof=1) / np.sqrt(n)
+            return (float(hits.mean()), float(dims[first].mean()),
+                    float(stop_costs(values)[first].mean()), bool(bound <= max_drop + 1e-12))
 
-        accuracy, expected, cost = evaluate(thresholds_at(position))
+        accuracy, expected, cost, on_target = evaluate(thresholds_at(position))
         curve = [CurvePoint(expected, accuracy, cost, tuple(thresholds_at(position)))]
+        feasible = [curve[0]] if on_target else []
         while True:
             best_move = None
             for i in range(n_dims - 1):
@@ -488,23 +539,48 @@ class Classifier:
                     continue
                 trial = list(position)
                 trial[i] += 1
-                acc, exp_dim, trial_cost = evaluate(thresholds_at(trial))
+                acc, exp_dim, trial_cost, trial_ok = evaluate(thresholds_at(trial))
                 saved = cost - trial_cost
                 lost = accuracy - acc
                 # rank: lossless savings first, then most saving per accuracy lost
                 key = (lost <= 0, saved / lost if lost > 0 else saved)
                 if best_move is None or key > best_move[0]:
-                    best_move = (key, trial, acc, exp_dim, trial_cost)
+                    best_move = (key, trial, acc, exp_dim, trial_cost, trial_ok)
             if best_move is None:
                 break
-            _, position, accuracy, expected, cost = best_move
+            _, position, accuracy, expected, cost, on_target = best_move
             curve.append(CurvePoint(expected, accuracy, cost, tuple(thresholds_at(position))))
+            if on_target:
+                feasible.append(curve[-1])
 
-        feasible = [p for p in curve if p.accuracy >= target - 1e-12]
+        # "every row at full dim" has no drop, so it is always on target
         chosen = min(feasible, key=lambda p: (p.cost, -p.accuracy))
+        chosen = self._refine(chosen, grids, evaluate)
         self._thresholds = self._check_thresholds(chosen.thresholds)
         return CalibrationResult(self._thresholds.copy(), chosen.accuracy, chosen.expected_dim,
-                                 full_accuracy, target, curve)
+                                 full_accuracy, target, curve, chosen.cost)
+
+    @staticmethod
+    def _refine(point: CurvePoint, grids, evaluate) -> CurvePoint:
+        """Coordinate descent from ``point``: per dim, try every grid threshold and "no test"
+        (``+inf``) with the others fixed; keep the cheapest that stays on target; repeat
+        until a sweep changes nothing."""
+        values = np.asarray(point.thresholds, dtype=np.float64)
+        for _ in range(16):
+            improved = False
+            for i, grid in enumerate(grids):
+                for candidate in (_UNTESTED, *grid):
+                    if candidate == values[i]:
+                        continue
+                    trial = values.copy()
+                    trial[i] = candidate
+                    accuracy, expected, cost, on_target = evaluate(trial)
+                    if on_target and (cost, -accuracy) < (point.cost, -point.accuracy):
+                        point, values, improved = (CurvePoint(expected, accuracy, cost,
+                                                              tuple(trial)), trial, True)
+            if not improved:
+                break
+        return point
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:

@@ -69,6 +69,10 @@ CLASSIFIER_CASES = [
     ("predict", lambda c: c.predict(np.ones((1, 16)), dim=5), DimensionError, "'dim'"),
     ("calibrate", lambda c: c.calibrate(np.ones((3, 16)), [0, 1]), DimensionError, "'y_val'"),
     ("calibrate", lambda c: c.calibrate(np.ones((3, 16)), [0, 1, 7]), ValueError, "'y_val'"),
+    ("calibrate", lambda c: c.calibrate(np.ones((3, 16)), [0, 1, 2], test_cost=-1),
+     ValueError, "'test_cost'"),
+    ("calibrate", lambda c: c.calibrate(np.ones((3, 16)), [0, 1, 2], drop_sigmas=float("nan")),
+     ValueError, "'drop_sigmas'"),
     ("calibrate", lambda c: c.calibrate(np.ones((3, 16)), [0, 1, 2], objective="x"),
      ValueError, "'objective'"),
 ]

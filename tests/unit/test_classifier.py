@@ -41,7 +41,7 @@ def test_cascade_equals_plain_loop(seed, shared, n, confidence):
     clf = make_heads(seed, shared=shared)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((n, DIMS[-1])) * 2
-    thresholds = rng.uniform(0.2, 1.0, len(DIMS))
+    thresholds = rng.uniform(0.2, 1.2, len(DIMS))  # above 1: the dim is skipped
     got = clf.cascade(x, thresholds, confidence=confidence)
     labels, dims = loop_cascade(clf, x, thresholds, confidence)
     # confidences exactly at a threshold could flip between float32 and float64; avoid them
@@ -82,6 +82,18 @@ def test_single_row_float64_and_empty_batch():
     empty = clf.cascade(np.empty((0, 16)), 0.5)
     assert empty.labels.shape == (0,) and np.isnan(empty.expected_dim)
     assert clf.predict(np.empty((0, 16))).shape == (0,)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_unreachable_thresholds_skip_the_dim(shared):
+    clf = make_heads(5, shared=shared)
+    x = np.random.default_rng(6).standard_normal((40, 16))
+    result = clf.cascade(x, thresholds=[1.5, 0.6, np.inf])
+    assert result.stats[0].rows_in == 0 and result.stats[2].rows_in == 0
+    assert result.stats[1].rows_in == 40
+    labels, dims = loop_cascade(clf, x, [1.5, 0.6, np.inf, -np.inf], "max_prob")
+    np.testing.assert_array_equal(result.dims, dims)
+    np.testing.assert_array_equal(result.labels, labels)
 
 
 def test_softmax_is_stable_for_huge_logits():
