@@ -10,6 +10,7 @@ from .backbones import MLP, FrozenAdapter, TextEncoder, minilm_path
 from .data import (
     ClassificationData,
     PairData,
+    docstring_modules,
     docstring_pairs,
     load_array_data,
     load_digits_data,
@@ -24,6 +25,7 @@ from .train import Trainer, seed_everything
 __all__ = [
     "build_model",
     "ClassificationData",
+    "docstring_modules",
     "docstring_pairs",
     "evaluate",
     "export_onnx",
