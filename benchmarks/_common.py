@@ -6,20 +6,12 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mrlsearch.benchmark import best_time
 
-def best_time(run: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
-    """Warm up once, then the best wall time of ``repeats`` runs, with the last output."""
-    out = run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - started)
-    return best, out
+__all__ = ["best_time", "write_report"]
 
 
 def write_report(out: str | os.PathLike, name: str, versions: dict, **payload: Any) -> None:

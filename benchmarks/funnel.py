@@ -18,6 +18,8 @@ import numpy as np
 from _common import best_time, write_report
 
 from mrlsearch import Searcher
+from mrlsearch.benchmark import qualifies as qualifies_for
+from mrlsearch.benchmark import recalls_at_k, searcher_memory_mb, single_query_qps
 from mrlsearch.datasets import synthetic_mrl
 
 TARGET = 0.95
@@ -27,24 +29,8 @@ def recall_at_k(ids: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(recalls_at_k(ids, truth)))
 
 
-def recalls_at_k(ids: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    k = truth.shape[1]
-    return np.array([np.intersect1d(a[:k], b).size / k for a, b in zip(ids, truth)])
-
-
 def qualifies(ids: np.ndarray, truth: np.ndarray) -> bool:
-    """The rule Searcher.tune applies, used for every method's setting: the one-sided 95 %
-    lower bound of mean recall on the *tuning* queries reaches the target."""
-    recalls = recalls_at_k(ids, truth)
-    return recalls.mean() - 1.645 * recalls.std(ddof=1) / np.sqrt(len(recalls)) >= TARGET
-
-
-def single_query_qps(run_one, queries: np.ndarray, limit: int = 200) -> float:
-    run_one(queries[0])
-    started = time.perf_counter()
-    for query in queries[:limit]:
-        run_one(query)
-    return min(limit, len(queries)) / (time.perf_counter() - started)
+    return qualifies_for(ids, truth, TARGET)
 
 
 def bench_dataset(args, decay: float) -> dict:
@@ -76,8 +62,7 @@ def bench_dataset(args, decay: float) -> dict:
     plan = searcher.tune(fit, k=k, target_recall=TARGET, progress=False)
     tune_s = time.perf_counter() - started
     seconds, result = best_time(lambda: searcher.funnel(test, k))
-    memory = (searcher._vectors[: searcher._rows].nbytes + searcher._norms[: searcher._rows].nbytes
-              + sum(g.index_file_size() for g in searcher._graphs.values())) / 2**20
+    memory = searcher_memory_mb(searcher)
     add_row("mrlsearch funnel (tuned)", recall_at_k(result.ids, truth), len(test) / seconds,
             single_query_qps(lambda q: searcher.funnel(q, k), test), build_funnel, memory,
             f"{plan} tune {tune_s:.0f}s")
@@ -89,8 +74,7 @@ def bench_dataset(args, decay: float) -> dict:
     build_lean = time.perf_counter() - started
     lean.plan = plan
     seconds, result = best_time(lambda: lean.funnel(test, k))
-    memory_lean = (lean._vectors[: lean._rows].nbytes + lean._norms[: lean._rows].nbytes
-                   + sum(g.index_file_size() for g in lean._graphs.values())) / 2**20
+    memory_lean = searcher_memory_mb(lean)
     add_row("mrlsearch funnel (tuned, 1 graph)", recall_at_k(result.ids, truth),
             len(test) / seconds, single_query_qps(lambda q: lean.funnel(q, k), test), build_lean,
             memory_lean, f"index_dims=({plan.stages[0][0]},)")

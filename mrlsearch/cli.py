@@ -102,7 +102,8 @@ def _cmd_cascade(args: argparse.Namespace) -> None:
     classifier = Classifier.load(args.classifier)
     if args.calibrate:
         x_val, y_val = (_load_npy(p) for p in args.calibrate)
-        result = classifier.calibrate(x_val, y_val, max_drop=args.max_drop)
+        result = classifier.calibrate(x_val, y_val, max_drop=args.max_drop,
+                                      objective=args.objective)
         print(f"calibrated: accuracy {result.accuracy:.4f} (full dim {result.full_accuracy:.4f}) "
               f"at expected dim {result.expected_dim:.1f}; thresholds "
               + ", ".join(f"{d}:{t:.3f}" for d, t in zip(classifier.dims, result.thresholds)))
@@ -119,6 +120,64 @@ def _cmd_cascade(args: argparse.Namespace) -> None:
           f"{classifier.dims[-1]}")
     for stage in result.stats:
         print(f"  dim {stage.dim:>5}: {stage.rows_stopped:>8} rows stopped ({stage.share:.1%})")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .benchmark import compare
+
+    rng = np.random.default_rng(args.seed)
+    if Path(args.source).is_dir():
+        source = Searcher.load(args.source, mmap=args.mmap)
+        if args.queries is None:
+            if len(source) < 8:
+                raise MRLError(f"the index holds {len(source)} vectors; bench needs at least 8")
+            live = np.flatnonzero(~source._deleted[: source._rows])
+            picked = rng.choice(live, size=min(args.n_queries, len(live)), replace=False)
+            queries = np.asarray(source._vectors[picked], dtype=np.float32)
+            print(f"queries: {len(queries)} stored vectors (each finds itself; pass --queries "
+                  f"for real ones)")
+    else:
+        vectors = _load_npy(args.source)
+        if vectors.ndim != 2:
+            raise MRLError(f"'SOURCE' must be a 2-D array (got shape {vectors.shape})")
+        source = vectors
+        if args.queries is None:
+            if len(vectors) < 2 * args.n_queries:
+                raise MRLError(f"'SOURCE' has {len(vectors)} rows: too few to hold out "
+                               f"{args.n_queries} queries (use --n-queries or --queries)")
+            held_out = rng.choice(len(vectors), size=args.n_queries, replace=False)
+            queries = vectors[held_out]
+            source = np.delete(vectors, held_out, axis=0)
+            print(f"queries: {len(queries)} rows held out of {args.source} (not indexed)")
+    if args.queries is not None:
+        queries = _load_npy(args.queries)
+    report = compare(source, queries, k=args.k, target_recall=args.target_recall,
+                     metric=args.metric, index_dims=args.index_dims, methods=args.methods)
+    print()
+    print(report.table())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_json(out / "bench.json")
+        wrote = [str(out / "bench.json")]
+        if report.plot(out / "bench.png"):
+            wrote.append(str(out / "bench.png"))
+        else:
+            print("no plot: matplotlib is not installed")
+        print("wrote " + ", ".join(wrote))
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from .benchmark import METHODS
+
+    names = tuple(part for part in text.split(",") if part)
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected some of {','.join(METHODS)} (got {text!r})")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,10 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
     cascade.add_argument("--calibrate", nargs=2, metavar=("X_VAL", "Y_VAL"),
                          help="calibrate thresholds first on these .npy files")
     cascade.add_argument("--max-drop", type=float, default=0.005)
+    cascade.add_argument("--objective", choices=("expected_dim", "compute"),
+                         default="expected_dim", help="what --calibrate minimises")
     cascade.add_argument("--confidence", choices=("max_prob", "margin"), default="max_prob")
     cascade.add_argument("--save", action="store_true", help="store calibrated thresholds")
     cascade.add_argument("--json", action="store_true", help="print labels as JSON")
     cascade.set_defaults(func=_cmd_cascade)
+
+    bench = commands.add_parser(
+        "bench", help="funnel vs hnswlib full-dim vs exact vs faiss on your data",
+        description="Side-by-side recall@k and queries/s of the tuned funnel, hnswlib at full "
+                    "dim, exact numpy search and (when installed) a faiss funnel. Half of the "
+                    "queries tune every method to the target recall, half measure.")
+    bench.add_argument("source", help="index directory or (n, dim) .npy of vectors")
+    bench.add_argument("--queries", default=None,
+                       help="(q, dim) .npy of queries (default: --n-queries rows held out of "
+                            "the vectors, or sampled from the index)")
+    bench.add_argument("--n-queries", type=int, default=1000)
+    bench.add_argument("-k", type=int, default=10)
+    bench.add_argument("--target-recall", type=float, default=0.95)
+    bench.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine",
+                       help="for a .npy source (an index keeps its own)")
+    bench.add_argument("--index-dims", type=_int_list, default=None,
+                       help="for a .npy source: dims with an HNSW graph")
+    bench.add_argument("--methods", type=_methods, default=("funnel", "exact", "hnswlib", "faiss"),
+                       help="comma-separated subset of funnel,exact,hnswlib,faiss")
+    bench.add_argument("--out", default=None, help="directory for bench.json and bench.png")
+    bench.add_argument("--mmap", action="store_true", help="memory-map an index's vectors")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the query sample")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

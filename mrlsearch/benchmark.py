@@ -1,0 +1,373 @@
+"""Side-by-side comparison on your own data: funnel vs hnswlib full-dim vs exact vs faiss.
+
+Every method runs in this process on the same vectors and the same queries. Half of the
+queries tune each method (the funnel's stage schedule, hnswlib's ``ef``, the faiss funnel's
+shortlist) by one rule -- the one-sided 95 % lower bound of recall@k must reach the target --
+and the other half measure recall@k against exact search at full dim, batch and single-query
+throughput. ``mrlsearch bench`` prints the table and writes JSON and a plot;
+``benchmarks/funnel.py`` and ``benchmarks/scale.py`` are built on the same functions.
+
+Examples
+--------
+>>> import numpy as np
+>>> from mrlsearch.benchmark import compare
+>>> from mrlsearch.datasets import synthetic_mrl
+>>> vectors, queries = synthetic_mrl(3000, 64, n_queries=100, n_clusters=30, seed=0)
+>>> report = compare(vectors, queries, k=10, methods=("funnel", "exact"), progress=False)
+>>> [row.method for row in report.rows]
+['mrlsearch funnel (tuned)', 'exact numpy (BLAS matmul)']
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from ._validation import check_choice, check_fraction, check_matrix, check_positive_int
+from .searcher import Searcher
+
+__all__ = ["BenchReport", "BenchRow", "METHODS", "best_time", "compare", "qualifies",
+           "recalls_at_k", "searcher_memory_mb", "single_query_qps"]
+
+#: methods :func:`compare` knows, in the order they run.
+METHODS = ("funnel", "exact", "hnswlib", "faiss")
+_EF_GRID = (10, 20, 30, 40, 60, 80, 120, 160, 320, 640)
+_SHORTLIST_GRID = (20, 40, 80, 160, 320, 640, 1280)
+
+
+def best_time(run: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
+    """Warm up once, then the best wall time of ``repeats`` runs, with the last output."""
+    out = run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = run()
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def recalls_at_k(ids: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-query recall@k of ``ids`` (n, >= k) against ``truth`` (n, k)."""
+    k = truth.shape[1]
+    return np.array([np.intersect1d(a[:k], b).size / k for a, b in zip(ids, truth)])
+
+
+def qualifies(ids: np.ndarray, truth: np.ndarray, target: float) -> bool:
+    """The rule :meth:`Searcher.tune` applies, used for every method's setting: the one-sided
+    95 % lower bound of mean recall on the *tuning* queries reaches ``target``."""
+    recalls = recalls_at_k(ids, truth)
+    spread = recalls.std(ddof=1) if len(recalls) > 1 else 0.0
+    return recalls.mean() - 1.645 * spread / np.sqrt(len(recalls)) >= target
+
+
+def single_query_qps(run_one: Callable[[np.ndarray], Any], queries: np.ndarray,
+                     limit: int = 200) -> float:
+    """Queries per second when ``run_one`` is called with one query at a time."""
+    run_one(queries[0])
+    started = time.perf_counter()
+    for query in queries[:limit]:
+        run_one(query)
+    return min(limit, len(queries)) / (time.perf_counter() - started)
+
+
+def searcher_memory_mb(searcher: Searcher) -> float:
+    """Vectors, prefix norms and graphs of a Searcher, in MiB."""
+    rows = searcher._rows
+    return (searcher._vectors[:rows].nbytes + searcher._norms[:rows].nbytes
+            + sum(graph.index_file_size() for graph in searcher._graphs.values())) / 2**20
+
+
+@dataclass
+class BenchRow:
+    """One method's measurements. ``build_s`` is None for an index that was loaded."""
+
+    method: str
+    recall: float
+    qps_batch: float
+    qps_single: float
+    build_s: float | None
+    memory_mb: float
+    detail: str = ""
+
+
+@dataclass
+class BenchReport:
+    """What :func:`compare` measured: rows per method plus the setting of the comparison."""
+
+    n: int
+    dim: int
+    k: int
+    metric: str
+    target_recall: float
+    n_tune_queries: int
+    n_test_queries: int
+    rows: list[BenchRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The rows as a fixed-width text table."""
+        header = (f"{'method':<36} {'recall@' + str(self.k):>9} {'QPS batch':>10} "
+                  f"{'QPS single':>10} {'build s':>8} {'MiB':>8}  detail")
+        lines = [header, "-" * len(header)]
+        for row in self.rows:
+            build = "loaded" if row.build_s is None else f"{row.build_s:.1f}"
+            lines.append(f"{row.method:<36} {row.recall:>9.3f} {row.qps_batch:>10.0f} "
+                         f"{row.qps_single:>10.0f} {build:>8} {row.memory_mb:>8.1f}  {row.detail}")
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def plot(self, path: str | os.PathLike) -> bool:
+        """Recall@k against batch QPS, one point per row, as a PNG. Returns False (and writes
+        nothing) when matplotlib is not installed."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return False
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for row in self.rows:
+            axis.scatter(row.qps_batch, row.recall, s=30)
+            axis.annotate(row.method, (row.qps_batch, row.recall), fontsize=7,
+                          xytext=(4, 2), textcoords="offset points")
+        axis.axhline(self.target_recall, color="grey", lw=0.8, ls="--")
+        axis.set_xscale("log")
+        axis.set_xlabel("queries/s (batch)")
+        axis.set_ylabel(f"recall@{self.k} vs exact")
+        axis.set_title(f"{self.n:,} x {self.dim}, {self.metric}")
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return True
+
+
+def _exact_numpy(vectors: np.ndarray, metric: str, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Brute force with one BLAS matmul per batch: the baseline every library is held to."""
+    base = vectors.astype(np.float32)
+    if metric == "cosine":
+        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
+    squared = (base * base).sum(axis=1) if metric == "l2" else None
+
+    def search(queries: np.ndarray) -> np.ndarray:
+        queries = np.atleast_2d(queries).astype(np.float32)
+        scores = queries @ base.T
+        if squared is not None:
+            scores = 2 * scores - squared  # -||q - x||^2 up to a per-query constant
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        return np.take_along_axis(top, order, axis=1)
+
+    return search
+
+
+def _tuned_hnswlib(vectors, metric, k, fit, truth_fit, target, M, ef_construction, threads):
+    graph = hnswlib.Index(space=metric, dim=vectors.shape[1])
+    graph.init_index(max_elements=len(vectors), M=M, ef_construction=ef_construction)
+    started = time.perf_counter()
+    graph.add_items(vectors, num_threads=threads)
+    build_s = time.perf_counter() - started
+    for ef in _EF_GRID:
+        graph.set_ef(max(ef, k))
+        if qualifies(graph.knn_query(fit, k=k)[0], truth_fit, target):
+            return graph, max(ef, k), build_s
+    return graph, None, build_s
+
+
+def _faiss_funnel(vectors, metric, k, fit, truth_fit, target, first_dim, M, ef_construction):
+    """faiss's own funnel: HNSW over the first ``first_dim`` coordinates, exact refine."""
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    base = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    remap = faiss.RemapDimensionsTransform(base.shape[1], first_dim, False)
+    hnsw = faiss.IndexHNSWFlat(first_dim, M, faiss_metric)
+    hnsw.hnsw.efConstruction = ef_construction
+    index = faiss.IndexRefineFlat(faiss.IndexPreTransform(remap, hnsw))
+    started = time.perf_counter()
+    index.train(base)
+    index.add(base)
+    build_s = time.perf_counter() - started
+
+    def prepare(queries):
+        queries = np.atleast_2d(queries).astype(np.float32)
+        if metric == "cosine":
+            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-30)
+        return queries
+
+    best = None
+    for shortlist in _SHORTLIST_GRID:
+        for ef_factor in (1, 2):
+            hnsw.hnsw.efSearch = shortlist * ef_factor
+            index.k_factor = shortlist / k
+            seconds, (_, ids) = best_time(lambda: index.search(prepare(fit), k), repeats=2)
+            if qualifies(ids, truth_fit, target) and (best is None or seconds < best[0]):
+                best = (seconds, shortlist, ef_factor)
+                break  # a longer shortlist at this ef only costs more
+    if best is None:
+        return None
+    _, shortlist, ef_factor = best
+    hnsw.hnsw.efSearch = shortlist * ef_factor
+    index.k_factor = shortlist / k
+    memory_mb = faiss.serialize_index(index).nbytes / 2**20
+    detail = f"{first_dim}d HNSW, shortlist {shortlist}, efSearch {shortlist * ef_factor}"
+    return (lambda queries: index.search(prepare(queries), k)[1]), build_s, memory_mb, detail
+
+
+def compare(
+    source: Searcher | np.ndarray,
+    queries: np.ndarray,
+    *,
+    k: int = 10,
+    target_recall: float = 0.95,
+    metric: str = "cosine",
+    index_dims: Sequence[int] | None = None,
+    M: int = 16,
+    ef_construction: int = 200,
+    methods: Sequence[str] = METHODS,
+    progress: bool = True,
+) -> BenchReport:
+    """Measure the funnel against hnswlib full-dim, exact search and faiss on one dataset.
+
+    Parameters
+    ----------
+    source : Searcher or array-like of shape (n, dim)
+        A built (or loaded) index -- its vectors feed the other methods -- or the vectors to
+        index (a Searcher is then built with ``metric``, ``index_dims``, ``M``,
+        ``ef_construction``).
+    queries : array-like of shape (n_queries, dim)
+        At least 4 queries: the first half tunes every method, the second half measures.
+    k : int, default=10
+    target_recall : float, default=0.95
+        Each method runs at its cheapest setting whose lower 95 % bound of recall@k on the
+        tuning half reaches this.
+    metric : {'cosine', 'ip', 'l2'}, default='cosine'
+        Ignored for a Searcher source (its own metric is used).
+    index_dims, M, ef_construction
+        Index parameters when ``source`` is an array; hnswlib and faiss use ``M`` and
+        ``ef_construction`` (for a Searcher source, its own).
+    methods : sequence of {'funnel', 'exact', 'hnswlib', 'faiss'}, default all
+        ``'faiss'`` is skipped with a note when faiss is not installed.
+    progress : bool, default=True
+        Print each row as it is measured.
+
+    Returns
+    -------
+    BenchReport
+    """
+    k = check_positive_int(k, "k")
+    target_recall = check_fraction(target_recall, "target_recall")
+    methods = [check_choice(method, "methods", METHODS) for method in methods]
+    if isinstance(source, Searcher):
+        searcher = source
+        if len(searcher) == 0:
+            raise ValueError("'source' must hold vectors (got an empty Searcher)")
+        metric, M, ef_construction = searcher.metric, searcher.M, searcher.ef_construction
+        live = ~searcher._deleted[: searcher._rows]
+        vectors = np.asarray(searcher._vectors[: searcher._rows][live], dtype=np.float32)
+        row_ids = searcher._ids[: searcher._rows][live]
+        build_s: float | None = None
+    else:
+        metric = check_choice(metric, "metric", ("cosine", "ip", "l2"))
+        shape = np.shape(source)
+        vectors, _ = check_matrix(source, "source", dim=shape[-1] if len(shape) else 0,
+                                  allow_1d=False, dtype=np.float32)
+        searcher = Searcher(vectors.shape[1], metric=metric, index_dims=index_dims, M=M,
+                            ef_construction=ef_construction)
+        started = time.perf_counter()
+        row_ids = searcher.add(vectors)
+        build_s = time.perf_counter() - started
+    queries, _ = check_matrix(queries, "queries", dim=vectors.shape[1], allow_1d=False,
+                              dtype=np.float32)
+    if len(queries) < 4:
+        raise ValueError(f"'queries' must hold at least 4 rows (got {len(queries)})")
+    if k > len(vectors):
+        raise ValueError(f"'k' must be at most the number of vectors {len(vectors)} (got {k})")
+    half = len(queries) // 2
+    fit, test = queries[:half], queries[half:]
+    report = BenchReport(len(vectors), vectors.shape[1], k, metric, target_recall, len(fit),
+                         len(test))
+    truth = searcher.exact(test, k).ids
+    truth_fit = searcher.exact(fit, k).ids
+    # hnswlib / numpy / faiss answer row positions; the truth is in the Searcher's ids
+    position_of = np.full(int(row_ids.max()) + 1, -1, dtype=np.int64)
+    position_of[row_ids] = np.arange(len(row_ids))
+    truth_rows, truth_fit_rows = position_of[truth], position_of[truth_fit]
+    threads = os.cpu_count() or 1
+
+    def add(row: BenchRow) -> None:
+        report.rows.append(row)
+        if progress:
+            build = "loaded" if row.build_s is None else f"{row.build_s:.1f}s"
+            print(f"  {row.method:<36} recall@{k} {row.recall:.3f}  QPS batch "
+                  f"{row.qps_batch:9.0f}  single {row.qps_single:7.0f}  build {build:>7}  "
+                  f"{row.memory_mb:8.1f} MiB  {row.detail}", flush=True)
+
+    def recall(ids: np.ndarray, reference: np.ndarray) -> float:
+        return float(recalls_at_k(ids, reference).mean())
+
+    plan = None
+    if "funnel" in methods:
+        started = time.perf_counter()
+        plan = searcher.tune(fit, k=k, target_recall=target_recall, set_default=False,
+                             progress=False)
+        tune_s = time.perf_counter() - started
+        seconds, result = best_time(lambda: searcher.funnel(test, k, plan))
+        add(BenchRow("mrlsearch funnel (tuned)", recall(result.ids, truth), len(test) / seconds,
+                     single_query_qps(lambda q: searcher.funnel(q, k, plan), test), build_s,
+                     searcher_memory_mb(searcher), f"{plan} (tune {tune_s:.0f}s)"))
+    if "exact" in methods:
+        exact_numpy = _exact_numpy(vectors, metric, k)
+        seconds, ids = best_time(lambda: exact_numpy(test), repeats=1)
+        add(BenchRow("exact numpy (BLAS matmul)", recall(ids, truth_rows), len(test) / seconds,
+                     single_query_qps(exact_numpy, test, limit=50), 0.0,
+                     vectors.nbytes / 2**20))
+    if "hnswlib" in methods:
+        graph, ef, hnsw_build_s = _tuned_hnswlib(vectors, metric, k, fit, truth_fit_rows,
+                                                 target_recall, M, ef_construction, threads)
+        if ef is None:
+            report.notes.append(f"hnswlib full-dim: no ef up to {_EF_GRID[-1]} reached "
+                                f"{target_recall} on the tuning queries")
+        else:
+            seconds, (ids, _) = best_time(lambda: graph.knn_query(test, k=k))
+            add(BenchRow("hnswlib full-dim", recall(ids, truth_rows), len(test) / seconds,
+                         single_query_qps(lambda q: graph.knn_query(q, k=k), test),
+                         hnsw_build_s, graph.index_file_size() / 2**20, f"ef={ef}"))
+        del graph
+    if "faiss" in methods:
+        if importlib.util.find_spec("faiss") is None:
+            report.notes.append("faiss is not installed: no faiss funnel row "
+                                "(pip install faiss-cpu)")
+        else:
+            first_dim = plan.stages[0][0] if plan is not None else searcher.index_dims[0]
+            found = _faiss_funnel(vectors, metric, k, fit, truth_fit_rows, target_recall,
+                                  first_dim, M, ef_construction)
+            if found is None:
+                report.notes.append(f"faiss funnel at {first_dim} dims: no shortlist up to "
+                                    f"{_SHORTLIST_GRID[-1]} reached {target_recall}")
+            else:
+                run, faiss_build_s, memory_mb, detail = found
+                seconds, ids = best_time(lambda: run(test))
+                add(BenchRow("faiss funnel (HNSW prefix + refine)", recall(ids, truth_rows),
+                             len(test) / seconds, single_query_qps(run, test), faiss_build_s,
+                             memory_mb, detail))
+    return report

@@ -1,0 +1,100 @@
+"""mrlsearch.benchmark.compare and ``mrlsearch bench``: every row is measured against exact."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mrlsearch import Searcher
+from mrlsearch.benchmark import compare, qualifies, recalls_at_k
+from mrlsearch.cli import main
+from mrlsearch.datasets import synthetic_mrl
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_mrl(3000, 64, n_queries=120, n_clusters=40, decay=1.0, seed=5)
+
+
+def brute_force(vectors, queries, k):
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = queries.astype(np.float64) @ normed.T.astype(np.float64)
+    return np.argsort(-scores, axis=1)[:, :k]
+
+
+def test_recall_helpers():
+    truth = np.array([[1, 2], [3, 4]])
+    np.testing.assert_allclose(recalls_at_k(np.array([[2, 1], [3, 9]]), truth), [1.0, 0.5])
+    assert qualifies(np.array([[1, 2], [3, 4]]), truth, 0.99)
+    assert not qualifies(np.array([[1, 2], [3, 9]]), truth, 0.9)
+
+
+def test_compare_rows_are_measured_against_brute_force(data):
+    vectors, queries = data
+    report = compare(vectors, queries, k=10, target_recall=0.9, index_dims=(16,),
+                     methods=("funnel", "exact", "hnswlib"), progress=False)
+    rows = {row.method: row for row in report.rows}
+    assert set(rows) == {"mrlsearch funnel (tuned)", "exact numpy (BLAS matmul)",
+                         "hnswlib full-dim"}
+    # exact numpy is exact: its recall against the Searcher's exact search is 1
+    assert rows["exact numpy (BLAS matmul)"].recall == pytest.approx(1.0, abs=1e-3)
+    truth = brute_force(vectors, queries[60:], 10)
+    searcher = Searcher(64, metric="cosine", index_dims=(16,))
+    searcher.add(vectors)
+    plan = searcher.tune(queries[:60], k=10, target_recall=0.9, progress=False)
+    independent = recalls_at_k(searcher.funnel(queries[60:], 10, plan).ids, truth).mean()
+    assert rows["mrlsearch funnel (tuned)"].recall == pytest.approx(independent, abs=0.02)
+    for row in report.rows:
+        assert row.recall >= 0.85 and row.qps_batch > 0 and row.qps_single > 0
+    assert "recall@10" in report.table()
+    assert json.loads(json.dumps(report.to_dict()))["n"] == 3000
+
+
+def test_compare_on_a_loaded_index_keeps_its_ids_and_plan(tmp_path, data):
+    vectors, queries = data
+    searcher = Searcher(64, metric="cosine", index_dims=(16,))
+    searcher.add(vectors, ids=np.arange(3000) * 7 + 3)  # ids are not row positions
+    searcher.remove([3, 10])
+    report = compare(searcher, queries, k=5, target_recall=0.9,
+                     methods=("exact", "hnswlib"), progress=False)
+    assert report.n == 2998
+    for row in report.rows:
+        assert row.recall >= 0.9
+    assert searcher.plan is None
+
+
+def test_compare_rejects_bad_input(data):
+    vectors, queries = data
+    with pytest.raises(ValueError, match="'queries'"):
+        compare(vectors, queries[:3], progress=False)
+    with pytest.raises(ValueError, match="'methods'"):
+        compare(vectors, queries, methods=("annoy",), progress=False)
+    with pytest.raises(ValueError, match="'source'"):
+        compare(Searcher(64), queries, progress=False)
+
+
+def test_bench_command_writes_table_json_and_plot(tmp_path, data, capsys):
+    vectors, _ = data
+    np.save(tmp_path / "vectors.npy", vectors)
+    assert main(["bench", str(tmp_path / "vectors.npy"), "--n-queries", "100", "--index-dims",
+                 "16", "--target-recall", "0.9", "--methods", "funnel,exact",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "held out" in out and "mrlsearch funnel (tuned)" in out
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["n"] == 2900 and len(report["rows"]) == 2
+    assert (tmp_path / "out" / "bench.png").stat().st_size > 1000
+
+
+def test_bench_command_on_an_index_and_usage_errors(tmp_path, data, capsys):
+    vectors, queries = data
+    searcher = Searcher(64, index_dims=(16,))
+    searcher.add(vectors)
+    searcher.save(tmp_path / "index")
+    np.save(tmp_path / "queries.npy", queries)
+    assert main(["bench", str(tmp_path / "index"), "--queries", str(tmp_path / "queries.npy"),
+                 "--methods", "exact", "--target-recall", "0.9"]) == 0
+    assert "exact numpy" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", str(tmp_path / "index"), "--methods", "annoy"])
+    assert stop.value.code == 2
