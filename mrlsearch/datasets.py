@@ -34,8 +34,8 @@ def synthetic_mrl(
         Database size and dim.
     n_queries : int, default=0
     n_clusters : int, default=1000
-    decay : float, default=0.5
-        Spectrum exponent (default 0.6); larger makes short prefixes more informative (an easier funnel).
+    decay : float, default=0.6
+        Spectrum exponent; larger makes short prefixes more informative (an easier funnel).
     cluster_scale : float, default=1.0
         Spread of cluster centres relative to the within-cluster noise.
     seed : int, default=0

@@ -5,7 +5,6 @@ mapping may become resident (the kernel maps whole neighbourhoods of a faulted p
 ahead), but they are clean page cache that the kernel reclaims under pressure.
 """
 
-import numpy as np
 import pytest
 
 from mrlsearch import Searcher
