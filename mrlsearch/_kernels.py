@@ -190,6 +190,73 @@ def partial_from_graph(labels, distances, metric, query_norms, row_norms, out_ro
                 out_partial[qi, j] = (1.0 - distance) * query_norms[qi] * row_norms[row]
 
 
+_FUSED_SIGNATURES = [
+    "void(f4[:, ::1], {store}[:, ::1], f4[::1], u8[:, ::1], f4[:, ::1], i8[::1], i8[::1], "
+    "i8[::1], b1, f4[:, ::1], f4[:, ::1], i8, i8[::1], i8[:, ::1], f4[:, ::1], i8[::1], "
+    "i8[::1])".format(store=store)
+    for store in ("f4", "u2")
+]
+
+
+@numba.njit(_FUSED_SIGNATURES, fastmath=True, cache=True, nogil=True)
+def funnel_stages_serial(queries, vectors, table, labels, distances, stage_dims, stage_cols,
+                         stage_keeps, skip_first, query_norms, row_norms, metric, id_of_row,
+                         out_ids, out_scores, out_counts, out_scored):
+    """Every rerank stage of a funnel in one call, for small batches (one thread).
+
+    Starts from hnswlib's ``labels``/``distances`` at ``stage_dims[0]`` (see
+    :func:`partial_from_graph`), runs :func:`rerank_stage_serial`'s work for each stage ``s``
+    over the coordinates ``[stage_dims[s - 1], stage_dims[s])`` keeping ``stage_keeps[s]``,
+    and writes the top ``out_ids.shape[1]`` as user ids (``id_of_row``) with their scores.
+    ``skip_first``: the graph returned exactly the first shortlist, so stage 0 has nothing to
+    do. ``query_norms`` / ``row_norms`` hold the prefix norms at every nesting dim; column
+    ``stage_cols[s]`` is stage ``s``'s. ``out_scored[s]`` receives the candidates stage ``s``
+    scored. One call instead of one per stage: for a single query the dispatch of each call
+    costs more than its arithmetic.
+    """
+    n_queries = labels.shape[0]
+    rows = np.empty(labels.shape, dtype=np.int64)
+    partial = np.empty(labels.shape, dtype=np.float32)
+    partial_from_graph(labels, distances, metric, query_norms[:, stage_cols[0]],
+                       row_norms[:, stage_cols[0]], rows, partial)
+    scores = np.empty((n_queries, 0), dtype=np.float32)
+    previous = stage_dims[0]
+    for stage in range(stage_dims.shape[0]):
+        if stage == 0 and skip_first:
+            scored = 0
+            for qi in range(n_queries):
+                for j in range(rows.shape[1]):
+                    if rows[qi, j] >= 0:
+                        scored += 1
+            out_scored[0] = scored
+            continue
+        keep = stage_keeps[stage]
+        stop = stage_dims[stage]
+        col = stage_cols[stage]
+        out_rows = np.empty((n_queries, keep), dtype=np.int64)
+        out_partial = np.empty((n_queries, keep), dtype=np.float32)
+        scores = np.empty((n_queries, keep), dtype=np.float32)
+        scored = 0
+        for qi in range(n_queries):
+            scored += _rerank_query(qi, queries, vectors, table, rows, partial, previous, stop,
+                                    query_norms[:, col], row_norms[:, col], metric, out_rows,
+                                    out_partial, scores)
+        out_scored[stage] = scored
+        rows, partial, previous = out_rows, out_partial, stop
+    k = out_ids.shape[1]
+    for qi in range(n_queries):
+        count = 0
+        for t in range(k):
+            row = rows[qi, t]
+            out_scores[qi, t] = scores[qi, t]
+            if row >= 0:
+                out_ids[qi, t] = id_of_row[row]
+                count += 1
+            else:
+                out_ids[qi, t] = -1
+        out_counts[qi] = count
+
+
 # exp(x) for x <= 0 in float32 (used by softmax_confidence): x = n ln2 + r with |r| <= ln2 / 2
 # (ln2 split in two for an exact n ln2), e^r by its degree-7 Taylor polynomial (truncation
 # < 1e-8), 2^n written straight into the exponent bits. Adding 1.5 * 2^23 rounds x / ln2 to the

@@ -22,11 +22,14 @@ class StageStats(NamedTuple):
     candidates : int
         Candidates scored in the stage, over all queries.
     seconds : float
-        Wall time of the stage for the whole batch.
-    method : {'hnsw', 'exhaustive', 'rerank'}
+        Wall time of the stage for the whole batch. Fused stages share one timing: it is
+        reported on the last stage and the earlier fused stages show 0.0.
+    method : {'hnsw', 'exhaustive', 'rerank', 'fused'}
         ``'hnsw'`` for a graph search, ``'exhaustive'`` when the first stage scanned every live
         vector (its shortlist covered the index, or the graph returned too few), ``'rerank'``
-        for the incremental stages.
+        for the incremental stages, ``'fused'`` for incremental stages of a small batch
+        (under 8 queries), which run together in one kernel call because the cost of a call
+        exceeds the arithmetic of one query's stage.
     """
 
     dim: int

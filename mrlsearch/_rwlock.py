@@ -22,20 +22,12 @@ class RWLock:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._read_side = _ReadSide(self)
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+    def read(self) -> _ReadSide:
+        """Context manager holding the read side (a plain object, not a generator: queries
+        take it once per call, so its cost is part of every query's latency)."""
+        return self._read_side
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -51,3 +43,26 @@ class RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+class _ReadSide:
+    """``with lock.read():`` -- one object shared by every thread; it keeps no per-use state."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: RWLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        lock = self._lock
+        with lock._cond:
+            while lock._writer or lock._writers_waiting:
+                lock._cond.wait()
+            lock._readers += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        lock = self._lock
+        with lock._cond:
+            lock._readers -= 1
+            if lock._readers == 0 and lock._writers_waiting:
+                lock._cond.notify_all()

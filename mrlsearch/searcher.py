@@ -142,6 +142,7 @@ class Searcher:
         self._graphs: dict[int, hnswlib.Index] = {}
         self._plan: FunnelPlan | None = None
         self._checked_stages: dict = {}
+        self._fused_arrays: dict = {}
         self._lock = RWLock()
 
     # ------------------------------------------------------------------ properties
@@ -358,7 +359,16 @@ class Searcher:
 
     # ------------------------------------------------------------------ checks
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
-        batch, _ = check_matrix(queries, "queries", dim=self._dim)
+        batch = None
+        if (type(queries) is np.ndarray and queries.shape == (self._dim,)
+                and (queries.dtype == np.float32 or queries.dtype == np.float64)):
+            # the common single-query call: skip the general conversion (the checks it
+            # would make hold) and test finiteness with one reduction
+            row = np.ascontiguousarray(queries, dtype=np.float32)
+            if np.isfinite(row.dot(row)):
+                batch = row.reshape(1, self._dim)
+        if batch is None:
+            batch, _ = check_matrix(queries, "queries", dim=self._dim)
         if not self._row_of:
             raise ValueError("the index is empty: add vectors before searching")
         return batch
@@ -375,7 +385,11 @@ class Searcher:
         self, stages: object, k: int, ef: int | None
     ) -> tuple[tuple[tuple[int, int], ...], int]:
         try:  # schedules repeat from call to call: validate each one once
-            key = (tuple(tuple(stage) for stage in stages), k, ef)
+            if type(stages) is not tuple:
+                stages_key = tuple(tuple(stage) for stage in stages)
+            else:
+                stages_key = stages
+            key = (stages_key, k, ef)
             hash(key)
         except TypeError:
             key = None
@@ -488,6 +502,10 @@ class Searcher:
         schedule, ef = self._check_stages(stages, k, ef)
         with self._lock.read():
             query_norms = self._prefix_norms(batch)
+            if batch.shape[0] < _SERIAL_BELOW:
+                result = self._fused_funnel(batch, schedule, k, ef, query_norms)
+                if result is not None:
+                    return result
             first = self._first_stage(batch, schedule[0][0], schedule[0][1], ef, num_threads,
                                       query_norms)
             return self._rerank(batch, first, schedule, k, query_norms)
@@ -604,6 +622,63 @@ class Searcher:
         rows, _ = self._exact_rows(batch, prefix_dim, shortlist)
         return rows, None, time.perf_counter() - started, "exhaustive"
 
+    def _fused_funnel(
+        self, batch: np.ndarray, schedule: tuple[tuple[int, int], ...], k: int, ef: int,
+        query_norms: np.ndarray,
+    ) -> SearchResult | None:
+        """Small batches: the graph search, then every rerank stage in one kernel call.
+
+        Returns None when the general path must run instead (the first shortlist covers the
+        index, or hnswlib cannot fill it after heavy deletion).
+        """
+        prefix_dim, shortlist = schedule[0]
+        if shortlist >= len(self._row_of):
+            return None
+        graph = self._graphs[prefix_dim]
+        started = time.perf_counter()
+        graph.set_ef(ef)
+        try:
+            labels, distances = graph.knn_query(np.ascontiguousarray(batch[:, :prefix_dim]),
+                                                k=shortlist, num_threads=1)
+        except RuntimeError:
+            return None
+        graph_seconds = time.perf_counter() - started
+        arrays = self._fused_arrays.get(schedule)
+        if arrays is None:
+            arrays = (np.array([d for d, _ in schedule], dtype=np.int64),
+                      np.array([self._dims.index(d) for d, _ in schedule], dtype=np.int64),
+                      np.array([keep for _, keep in schedule], dtype=np.int64))
+            if len(self._fused_arrays) < 256:
+                self._fused_arrays[schedule] = arrays
+        store, table = self._store()
+        n_queries = batch.shape[0]
+        ids = np.empty((n_queries, k), dtype=np.int64)
+        scores = np.empty((n_queries, k), dtype=np.float32)
+        counts = np.empty(n_queries, dtype=np.int64)
+        scored = np.empty(len(schedule), dtype=np.int64)
+        skip_first = len(schedule) > 1
+        _kernels.funnel_stages_serial(batch, store, table, labels, distances, *arrays,
+                                      skip_first, query_norms, np.asarray(self._norms),
+                                      _kernels.METRIC_CODES[self._metric], self._ids, ids,
+                                      scores, counts, scored)
+        rerank_seconds = time.perf_counter() - started - graph_seconds
+        if not skip_first:
+            stats = (StageStats(prefix_dim, shortlist, int(scored[0]),
+                                graph_seconds + rerank_seconds, "hnsw"),)
+        else:
+            last = len(schedule) - 1
+            stats = (StageStats(prefix_dim, shortlist, int(scored[0]), graph_seconds, "hnsw"),) \
+                + tuple(StageStats(dim, keep, int(scored[i]),
+                                   rerank_seconds if i == last else 0.0, "fused")
+                        for i, (dim, keep) in enumerate(schedule) if i > 0)
+        return SearchResult(ids, scores, counts, stats)
+
+    def _store(self) -> tuple[np.ndarray, np.ndarray]:
+        """The vector store as the kernels take it, with its float16 lookup table."""
+        if self._dtype == "float16":
+            return np.asarray(self._vectors.view(np.uint16)), _kernels.HALF_TABLE
+        return np.asarray(self._vectors), _kernels.NO_TABLE
+
     def _rerank(
         self,
         batch: np.ndarray,
@@ -616,11 +691,7 @@ class Searcher:
         rows, partial, first_seconds, first_method = first
         n_queries = batch.shape[0]
         metric = _kernels.METRIC_CODES[self._metric]
-        if self._dtype == "float16":
-            store, table = self._vectors.view(np.uint16), _kernels.HALF_TABLE
-        else:
-            store, table = self._vectors, _kernels.NO_TABLE
-        store = np.asarray(store)
+        store, table = self._store()
         # running sums from the graph already cover the first stage's prefix
         if partial is None:
             partial, previous_dim = np.zeros(rows.shape, dtype=np.float32), 0

@@ -79,6 +79,28 @@ def test_single_query_and_search():
     assert hnsw.stats[0].dim == 16
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("stages", [[(8, 60), (16, 30), (48, 5)], [(16, 40), (48, 7)],
+                                    [(8, 9)], [(16, 200), (32, 50), (48, 10)]])
+def test_small_batches_take_the_fused_path_with_the_same_answers(metric, dtype, stages):
+    searcher, vectors, queries, _ = build(metric, dtype=dtype)
+    k = stages[-1][1] - 1
+    batch = searcher.funnel(queries[:16], k, stages)  # >= 8 queries: one kernel per stage
+    assert all(stage.method != "fused" for stage in batch.stats)
+    for i in (0, 5):
+        small = searcher.funnel(queries[i:i + 3], k, stages)  # < 8 queries: one fused call
+        np.testing.assert_array_equal(small.ids, batch.ids[i:i + 3])
+        np.testing.assert_allclose(small.scores, batch.scores[i:i + 3], rtol=1e-6)
+        np.testing.assert_array_equal(small.counts, batch.counts[i:i + 3])
+    assert [(s.dim, s.shortlist) for s in small.stats] == [tuple(s) for s in stages]
+    assert small.stats[0].method == "hnsw"
+    assert all(s.method == "fused" for s in small.stats[1:])
+    assert small.stats[0].candidates == 3 * stages[0][1]
+    one = searcher.funnel(queries[0].astype(np.float64), k, stages)
+    np.testing.assert_array_equal(one.ids, batch.ids[:1])
+
+
 def test_default_stages_follow_the_paper():
     searcher = Searcher(384, (16, 32, 64, 128, 256, 384), index_dims=(16,))
     assert searcher.default_stages(10) == ((16, 200), (32, 100), (64, 50), (128, 25),
