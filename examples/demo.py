@@ -23,20 +23,12 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def timed(run, repeats: int = 3):
-    out = run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - started)
-    return best, out
+from mrlsearch.benchmark import best_time as timed  # noqa: E402
+from mrlsearch.benchmark import recalls_at_k  # noqa: E402
 
 
 def recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([np.intersect1d(a[:k], b).size / k for a, b in zip(ids, truth)]))
+    return float(recalls_at_k(ids, truth).mean())
 
 
 def part_a(out: Path, rows: list) -> dict:

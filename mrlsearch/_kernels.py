@@ -151,9 +151,9 @@ def prefix_norms(batch, dims):
     return out
 
 
-@numba.njit(["void(i8[:, ::1], i8[::1], i8[:, ::1], i8[::1])"], cache=True)
-def rows_to_ids(rows, id_of_row, out_ids, out_counts):
-    """Map stored rows to user ids (-1 stays -1) and count the valid results per query."""
+@numba.njit(inline="always")
+def _rows_to_ids(rows, id_of_row, out_ids, out_counts):
+    """Body of :func:`rows_to_ids` (``rows`` may be wider than ``out_ids``)."""
     for qi in range(rows.shape[0]):
         count = 0
         for t in range(out_ids.shape[1]):
@@ -164,6 +164,12 @@ def rows_to_ids(rows, id_of_row, out_ids, out_counts):
             else:
                 out_ids[qi, t] = -1
         out_counts[qi] = count
+
+
+@numba.njit(["void(i8[:, ::1], i8[::1], i8[:, ::1], i8[::1])"], cache=True)
+def rows_to_ids(rows, id_of_row, out_ids, out_counts):
+    """Map stored rows to user ids (-1 stays -1) and count the valid results per query."""
+    _rows_to_ids(rows, id_of_row, out_ids, out_counts)
 
 
 @numba.njit(["void(u8[:, ::1], f4[:, ::1], i8, f4[:], f4[:], i8[:, ::1], f4[:, ::1])"],
@@ -243,18 +249,8 @@ def funnel_stages_serial(queries, vectors, table, labels, distances, stage_dims,
                                     out_partial, scores)
         out_scored[stage] = scored
         rows, partial, previous = out_rows, out_partial, stop
-    k = out_ids.shape[1]
-    for qi in range(n_queries):
-        count = 0
-        for t in range(k):
-            row = rows[qi, t]
-            out_scores[qi, t] = scores[qi, t]
-            if row >= 0:
-                out_ids[qi, t] = id_of_row[row]
-                count += 1
-            else:
-                out_ids[qi, t] = -1
-        out_counts[qi] = count
+    out_scores[:, :] = scores[:, : out_scores.shape[1]]
+    _rows_to_ids(rows, id_of_row, out_ids, out_counts)
 
 
 # exp(x) for x <= 0 in float32 (used by softmax_confidence): x = n ln2 + r with |r| <= ln2 / 2

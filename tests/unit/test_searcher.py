@@ -73,9 +73,11 @@ def test_single_query_and_search():
     many = searcher.funnel(queries[:1], k=5)
     assert one.ids.shape == (1, 5)
     np.testing.assert_array_equal(one.ids, many.ids)
-    hnsw = searcher.search(queries, k=5, dim=16)
+    # ef well above k: a multi-threaded build differs from run to run, and at ef=k the
+    # recall of a 600-vector graph wanders around 0.9
+    hnsw = searcher.search(queries, k=5, dim=16, ef=40)
     exact16 = searcher.exact(queries, k=5, dim=16)
-    assert hnsw.recall(exact16) >= 0.9
+    assert hnsw.recall(exact16) >= 0.95
     assert hnsw.stats[0].dim == 16
 
 
