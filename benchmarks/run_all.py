@@ -1,6 +1,6 @@
 """Run every benchmark one after the other, then regenerate docs/benchmarks.md.
 
-    python benchmarks/run_all.py            # about 25 minutes on 2 cores
+    python benchmarks/run_all.py            # about an hour on 2 cores
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("funnel", "cascade", "encode", "train", "load")
+BENCHMARKS = ("funnel", "scale", "cascade", "encode", "train", "load")
 
 
 def main() -> None:
