@@ -168,6 +168,9 @@ def test_save_load_answers_identically(tmp_path, mmap):
     after = loaded.funnel(queries, k=10, stages=stages)
     np.testing.assert_array_equal(before.ids, after.ids)
     np.testing.assert_array_equal(before.scores, after.scores)
+    single = loaded.funnel(queries[3], k=10, stages=stages)  # the fused small-batch path
+    assert single.stats[-1].method == "fused"
+    np.testing.assert_array_equal(single.ids[0], before.ids[3])
     assert (len(loaded), loaded.dims, loaded.metric, loaded.index_dims) == (
         len(searcher), searcher.dims, searcher.metric, searcher.index_dims)
     # a loaded index keeps accepting vectors, ids continue after the last one
