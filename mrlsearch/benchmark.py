@@ -268,7 +268,7 @@ def compare(
     methods : sequence of {'funnel', 'exact', 'hnswlib', 'faiss'}, default all
         ``'faiss'`` is skipped with a note when faiss is not installed.
     progress : bool, default=True
-        Print each row as it is measured.
+        Print what is being measured, and each row's recall and QPS when done.
 
     Returns
     -------
@@ -277,6 +277,10 @@ def compare(
     k = check_positive_int(k, "k")
     target_recall = check_fraction(target_recall, "target_recall")
     methods = [check_choice(method, "methods", METHODS) for method in methods]
+
+    def start(what: str) -> None:
+        if progress:
+            print(f"{what} ...", flush=True)
     if isinstance(source, Searcher):
         searcher = source
         if len(searcher) == 0:
@@ -293,6 +297,8 @@ def compare(
                                   allow_1d=False, dtype=np.float32)
         searcher = Searcher(vectors.shape[1], metric=metric, index_dims=index_dims, M=M,
                             ef_construction=ef_construction)
+        start(f"building the mrlsearch index ({len(vectors):,} x {vectors.shape[1]}, graphs at "
+              f"{searcher.index_dims})")
         started = time.perf_counter()
         row_ids = searcher.add(vectors)
         build_s = time.perf_counter() - started
@@ -317,16 +323,15 @@ def compare(
     def add(row: BenchRow) -> None:
         report.rows.append(row)
         if progress:
-            build = "loaded" if row.build_s is None else f"{row.build_s:.1f}s"
-            print(f"  {row.method:<36} recall@{k} {row.recall:.3f}  QPS batch "
-                  f"{row.qps_batch:9.0f}  single {row.qps_single:7.0f}  build {build:>7}  "
-                  f"{row.memory_mb:8.1f} MiB  {row.detail}", flush=True)
+            print(f"  {row.method}: recall@{k} {row.recall:.3f}, {row.qps_batch:,.0f} QPS batch",
+                  flush=True)
 
     def recall(ids: np.ndarray, reference: np.ndarray) -> float:
         return float(recalls_at_k(ids, reference).mean())
 
     plan = None
     if "funnel" in methods:
+        start(f"measuring the funnel (tune on {len(fit)} queries, measure on {len(test)})")
         started = time.perf_counter()
         plan = searcher.tune(fit, k=k, target_recall=target_recall, set_default=False,
                              progress=False)
@@ -336,12 +341,15 @@ def compare(
                      single_query_qps(lambda q: searcher.funnel(q, k, plan), test), build_s,
                      searcher_memory_mb(searcher), f"{plan} (tune {tune_s:.0f}s)"))
     if "exact" in methods:
+        start("measuring exact numpy search")
         exact_numpy = _exact_numpy(vectors, metric, k)
         seconds, ids = best_time(lambda: exact_numpy(test), repeats=1)
         add(BenchRow("exact numpy (BLAS matmul)", recall(ids, truth_rows), len(test) / seconds,
                      single_query_qps(exact_numpy, test, limit=50), 0.0,
                      vectors.nbytes / 2**20))
     if "hnswlib" in methods:
+        start(f"measuring hnswlib at full dim (build {len(vectors):,} x {vectors.shape[1]}, "
+              "then the smallest ef on target)")
         graph, ef, hnsw_build_s = _tuned_hnswlib(vectors, metric, k, fit, truth_fit_rows,
                                                  target_recall, M, ef_construction, threads)
         if ef is None:
@@ -359,6 +367,7 @@ def compare(
                                 "(pip install faiss-cpu)")
         else:
             first_dim = plan.stages[0][0] if plan is not None else searcher.index_dims[0]
+            start(f"measuring the faiss funnel (HNSW over {first_dim} dims + exact refine)")
             found = _faiss_funnel(vectors, metric, k, fit, truth_fit_rows, target_recall,
                                   first_dim, M, ef_construction)
             if found is None:
