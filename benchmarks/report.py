@@ -63,6 +63,10 @@ def funnel_section(report: dict) -> list[str]:
                 f"QPS, {_fmt(s.get('funnel_vs_hnswlib_single_qps'), 2)}x single-query QPS, "
                 f"build **{_fmt(s['hnswlib_vs_funnel_build'], 2)}x** faster; vs the best faiss "
                 f"funnel **{_fmt(s['funnel_vs_faiss_qps'], 2)}x** batch QPS."]
+        if s.get("float16_vs_hnswlib_qps") is not None:
+            out[-1] += (f" The same plan over float16 vectors: "
+                        f"{_fmt(s['float16_vs_hnswlib_qps'], 2)}x hnswlib, "
+                        f"{_fmt(s.get('float16_vs_faiss_qps'), 2)}x faiss batch QPS.")
     return out
 
 
