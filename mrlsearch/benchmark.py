@@ -101,7 +101,10 @@ class BenchRow:
 
 @dataclass
 class BenchReport:
-    """What :func:`compare` measured: rows per method plus the setting of the comparison."""
+    """What :func:`compare` measured: rows per method plus the setting of the comparison.
+
+    ``funnel_plan`` is the plan the funnel row ran (``FunnelPlan.to_dict()``), if it ran.
+    """
 
     n: int
     dim: int
@@ -112,6 +115,7 @@ class BenchReport:
     n_test_queries: int
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    funnel_plan: dict | None = None
 
     def table(self) -> str:
         """The rows as a fixed-width text table."""
@@ -336,6 +340,7 @@ def compare(
         plan = searcher.tune(fit, k=k, target_recall=target_recall, set_default=False,
                              progress=False)
         tune_s = time.perf_counter() - started
+        report.funnel_plan = plan.to_dict()
         seconds, result = best_time(lambda: searcher.funnel(test, k, plan))
         add(BenchRow("mrlsearch funnel (tuned)", recall(result.ids, truth), len(test) / seconds,
                      single_query_qps(lambda q: searcher.funnel(q, k, plan), test), build_s,

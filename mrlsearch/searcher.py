@@ -746,8 +746,10 @@ class Searcher:
         stages shrink: halving at each nesting dim (the paper's shape), shrinking by 3/4, or
         going straight to full dim. A schedule qualifies when the one-sided 95 % lower bound of
         its mean recall@k (mean - 1.645 standard errors over the queries) reaches
-        ``target_recall``, which keeps a margin for queries not seen here. Of those, the one
-        with the least measured time per query wins.
+        ``target_recall``, which keeps a margin for queries not seen here. Of those, the six
+        fastest are timed again end to end (graph search included, best of three runs) and
+        the fastest wins, so that plans a few microseconds apart do not swap with the
+        machine's noise from one call to the next.
 
         Parameters
         ----------
