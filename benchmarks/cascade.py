@@ -163,6 +163,9 @@ def run_task(name, clf, x_val, y_val, x_test, y_test) -> dict:
             "calibration_expected_dim": calibration.expected_dim,
             "thresholds": [float(t) for t in calibration.thresholds],
             "tested_dims": [s.dim for s in result.stats if s.rows_in],
+            # the calibration path on the validation rows (at most ~200 points), for the plot
+            "curve": [[p.expected_dim, p.accuracy] for p in
+                      calibration.curve[::max(1, len(calibration.curve) // 200)]],
             "share_per_dim": {str(s.dim): s.share for s in result.stats},
         }
         print(f"  {label}: drop {summary['accuracy_drop_points']:.2f} "

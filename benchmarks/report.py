@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 TARGETS = {
     "funnel": "at recall@10 >= 0.95: funnel QPS >= 5x hnswlib full-dim and >= 1.5x the faiss "
               "funnel; build >= 10x faster than hnswlib full-dim",
@@ -67,6 +69,7 @@ def funnel_section(report: dict) -> list[str]:
             out[-1] += (f" The same plan over float16 vectors: "
                         f"{_fmt(s['float16_vs_hnswlib_qps'], 2)}x hnswlib, "
                         f"{_fmt(s.get('float16_vs_faiss_qps'), 2)}x faiss batch QPS.")
+    out += ["", "![funnel](img/funnel.png)"]
     return out
 
 
@@ -86,6 +89,8 @@ def cascade_section(report: dict) -> list[str]:
                     f"**{s['dim_reduction']:.1f}x** fewer "
                     f"dims on average, **{s['speedup_vs_full']:.2f}x** rows/s vs full dim; dims "
                     f"tested: {s['tested_dims']}; share of rows ending at each dim: {shares}."]
+    if any("curve" in o for t in report["tasks"] for o in t["objectives"].values()):
+        out += ["", "![cascade](img/cascade.png)"]
     return out
 
 
@@ -174,6 +179,7 @@ def scale_section(report: dict) -> list[str]:
 def scale_plot(report: dict, path: Path) -> None:
     """Build time and QPS against n, funnel vs hnswlib full-dim (log-log)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -203,9 +209,79 @@ def scale_plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def funnel_plot(report: dict, path: Path) -> None:
+    """Recall@10 against batch QPS per dataset: hnswlib's ef sweep as a line, the rest as
+    points."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = report["datasets"]
+    figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5),
+                                squeeze=False)
+    for axis, data in zip(axes[0], datasets):
+        sweep = [r for r in data["rows"] if r["method"].startswith("hnswlib")]
+        axis.plot([r["qps_batch"] for r in sweep], [r["recall"] for r in sweep], "s-",
+                  color="C1", label="hnswlib full dim (ef sweep)")
+        others = [r for r in data["rows"]
+                  if not r["method"].startswith(("hnswlib", "exact"))]
+        for row, marker in zip(others, "o^vDPX*hp"):
+            color = "C2" if row["method"].startswith("faiss") else "C0"
+            axis.scatter(row["qps_batch"], row["recall"], color=color, marker=marker, s=40,
+                         zorder=3, label=row["method"])
+        axis.axhline(0.95, color="grey", lw=0.8, ls="--")
+        axis.set(xscale="log", xlabel="queries/s (batch of 500)", ylabel="recall@10",
+                 title=f"{data['n']:,} x {data['dim']}, decay {data['decay']}")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 SECTIONS = {"funnel": funnel_section, "scale": scale_section, "cascade": cascade_section,
             "encode": encode_section, "train": train_section, "load": load_section}
-PLOTS = {"scale": scale_plot}
+def cascade_plot(report: dict, path: Path) -> None:
+    """Accuracy against expected dim per task: calibration paths (validation rows) and the
+    chosen points measured on the test rows."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in report["tasks"] if any("curve" in o for o in t["objectives"].values())]
+    if not tasks:
+        return
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        full = task["rows"][0]
+        axis.axhline(full["accuracy"], color="grey", ls="--", lw=0.8,
+                     label=f"full dim ({task['dims'][-1]}), test rows")
+        rows = {r["method"]: r for r in task["rows"]}
+        for color, (label, summary) in zip(("C0", "C1", "C2"), task["objectives"].items()):
+            if "curve" not in summary:
+                continue
+            curve = np.array(summary["curve"])
+            axis.plot(curve[:, 0], curve[:, 1], "-", color=color, lw=1, alpha=0.7,
+                      label=f"{label}: path (validation)")
+            chosen = rows[f"cascade ({label})"]
+            axis.scatter(chosen["expected_dim"], chosen["accuracy"], color=color, zorder=3,
+                         edgecolor="black", label=f"{label}: chosen (test)")
+        axis.set(xscale="log", xlabel="expected dim", ylabel="accuracy",
+                 title=task["task"].split(" (")[0])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.legend(fontsize=6, loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+PLOTS = {"funnel": funnel_plot, "scale": scale_plot, "cascade": cascade_plot}
 
 
 def render(results_dir: Path) -> str:
@@ -239,6 +315,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/benchmarks.md")
     args = parser.parse_args()
     results = Path(args.results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(render(results))
     print(f"wrote {args.out}")
     for name, plot in PLOTS.items():
