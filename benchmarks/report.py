@@ -176,13 +176,26 @@ def scale_section(report: dict) -> list[str]:
     return out
 
 
-def scale_plot(report: dict, path: Path) -> None:
-    """Build time and QPS against n, funnel vs hnswlib full-dim (log-log)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (the dev extra installs matplotlib)."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    _pyplot().close(figure)
+
+
+def scale_plot(report: dict, path: Path) -> None:
+    """Build time and QPS against n, funnel vs hnswlib full-dim (log-log)."""
+    plt = _pyplot()
 
     points = report["points"]
     n = [p["n"] for p in points]
@@ -203,20 +216,13 @@ def scale_plot(report: dict, path: Path) -> None:
     qps.set(xscale="log", yscale="log", xlabel="vectors", ylabel="queries/s at recall@10 >= 0.95")
     qps.legend(fontsize=8)
     figure.suptitle(f"dim {report['dim']}, 2 CPU cores")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def funnel_plot(report: dict, path: Path) -> None:
     """Recall@10 against batch QPS per dataset: hnswlib's ef sweep as a line, the rest as
     points."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     datasets = report["datasets"]
     figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5),
@@ -234,12 +240,9 @@ def funnel_plot(report: dict, path: Path) -> None:
         axis.axhline(0.95, color="grey", lw=0.8, ls="--")
         axis.set(xscale="log", xlabel="queries/s (batch of 500)", ylabel="recall@10",
                  title=f"{data['n']:,} x {data['dim']}, decay {data['decay']}")
-        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.xaxis.set_minor_formatter(plt.NullFormatter())
         axis.legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 SECTIONS = {"funnel": funnel_section, "scale": scale_section, "cascade": cascade_section,
@@ -247,11 +250,7 @@ SECTIONS = {"funnel": funnel_section, "scale": scale_section, "cascade": cascade
 def cascade_plot(report: dict, path: Path) -> None:
     """Accuracy against expected dim per task: calibration paths (validation rows) and the
     chosen points measured on the test rows."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     tasks = [t for t in report["tasks"] if any("curve" in o for o in t["objectives"].values())]
     if not tasks:
@@ -273,12 +272,9 @@ def cascade_plot(report: dict, path: Path) -> None:
                          edgecolor="black", label=f"{label}: chosen (test)")
         axis.set(xscale="log", xlabel="expected dim", ylabel="accuracy",
                  title=task["task"].split(" (")[0])
-        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.xaxis.set_minor_formatter(plt.NullFormatter())
         axis.legend(fontsize=6, loc="lower right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 PLOTS = {"funnel": funnel_plot, "scale": scale_plot, "cascade": cascade_plot}
