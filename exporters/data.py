@@ -214,6 +214,9 @@ def docstring_modules(*, min_per_class: int = 30, seed: int = 0) -> Classificati
     """
     import warnings
 
+    if isinstance(min_per_class, bool) or not isinstance(min_per_class, int) or min_per_class < 5:
+        raise ValueError(f"'min_per_class' must be an int >= 5, enough for a 60/20/20 split "
+                         f"(got {min_per_class!r})")
     by_module: dict[str, list[str]] = {}
     seen = set()
     for name in _stdlib_module_names():

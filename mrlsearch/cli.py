@@ -26,6 +26,16 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints (got {text!r})") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int (got {text!r})")
+    return value
+
+
 def _stages(text: str) -> list[tuple[int, int]]:
     try:
         return [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
@@ -241,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--queries", default=None,
                        help="(q, dim) .npy of queries (default: --n-queries rows held out of "
                             "the vectors, or sampled from the index)")
-    bench.add_argument("--n-queries", type=int, default=1000)
-    bench.add_argument("-k", type=int, default=10)
+    bench.add_argument("--n-queries", type=_positive_int, default=1000)
+    bench.add_argument("-k", type=_positive_int, default=10)
     bench.add_argument("--target-recall", type=float, default=0.95)
     bench.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine",
                        help="for a .npy source (an index keeps its own)")

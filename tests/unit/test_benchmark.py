@@ -96,6 +96,8 @@ def test_bench_command_on_an_index_and_usage_errors(tmp_path, data, capsys):
     assert main(["bench", str(tmp_path / "index"), "--queries", str(tmp_path / "queries.npy"),
                  "--methods", "exact", "--target-recall", "0.9"]) == 0
     assert "exact numpy" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as stop:
-        main(["bench", str(tmp_path / "index"), "--methods", "annoy"])
-    assert stop.value.code == 2
+    for bad in (["--methods", "annoy"], ["--n-queries", "0"], ["-k", "-3"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["bench", str(tmp_path / "index"), *bad])
+        assert stop.value.code == 2
+    assert "positive int" in capsys.readouterr().err

@@ -64,3 +64,31 @@ def test_trainer_rejects_mismatched_loss_and_data():
 def test_build_model_rejects_unknown_backbone():
     with pytest.raises(ValueError, match=r"'backbone' must be one of mlp, adapter, text"):
         build_model({"backbone": "cnn", "embed_dim": 8, "dims": [8]})
+
+
+@pytest.mark.parametrize("value", [0, 2, 3.5, True])
+def test_docstring_modules_rejects_a_bad_class_minimum(value):
+    from exporters import docstring_modules
+
+    with pytest.raises(ValueError, match="'min_per_class'"):
+        docstring_modules(min_per_class=value)
+
+
+def test_docstring_modules_is_a_clean_split():
+    from exporters import docstring_modules
+
+    data = docstring_modules(min_per_class=30, seed=0)
+    splits = [(data.x_train, data.y_train), (data.x_val, data.y_val), (data.x_test, data.y_test)]
+    texts = [set(x) for x, _ in splits]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    for x, y in splits:
+        assert len(x) == len(y) and all(isinstance(t, str) and len(t) >= 40 for t in x)
+    # every class is in every split, and it has at least min_per_class texts in all
+    for _, y in splits:
+        assert set(y.tolist()) == set(range(data.num_classes))
+    counts = np.bincount(np.concatenate([y for _, y in splits]))
+    assert counts.min() >= 30 and len(data.class_names) == data.num_classes
+    with pytest.raises(TypeError, match="in_features"):
+        _ = data.in_features
+    again = docstring_modules(min_per_class=30, seed=0)
+    assert again.x_test == data.x_test  # deterministic
