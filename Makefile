@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[cpu,text,train,dev]'
+	$(PY) -m pip install --quiet -e '.[cpu,text,train,dev,distributed]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -66,3 +66,44 @@ class _ReadSide:
             lock._readers -= 1
             if lock._readers == 0 and lock._writers_waiting:
                 lock._cond.notify_all()
+
+
+class EfGate:
+    """Lets searches of one hnswlib graph run together only while they use the same ``ef``.
+
+    hnswlib keeps the search breadth per index (``set_ef``), not per query, so two threads
+    searching one graph with different ``ef`` would each search with whichever value was set
+    last. Searches with the current ``ef`` join freely; one with another ``ef`` waits until the
+    graph's searches in flight finish, then sets its own. While such a search waits, new
+    searches queue behind it, so a stream of same-``ef`` queries cannot starve it.
+    """
+
+    __slots__ = ("_active", "_cond", "_ef", "_graph", "_waiting")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._graph: object = None
+        self._ef: int | None = None
+        self._active = 0
+        self._waiting = 0
+
+    def acquire(self, graph, ef: int) -> None:
+        """Wait until ``graph`` can be searched with ``ef``, and set it."""
+        with self._cond:
+            same = self._graph is graph and self._ef == ef
+            if self._active and not (same and not self._waiting):
+                self._waiting += 1
+                while self._active:
+                    self._cond.wait()
+                self._waiting -= 1
+            if self._graph is not graph or self._ef != ef:
+                graph.set_ef(ef)
+                self._graph, self._ef = graph, ef
+            self._active += 1
+
+    def release(self) -> None:
+        """End a search started with :meth:`acquire`."""
+        with self._cond:
+            self._active -= 1
+            if self._active == 0 and self._waiting:
+                self._cond.notify_all()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import _format, _kernels
 from ._errors import DimensionError, FormatError
 from ._results import FunnelPlan, SearchResult, StageStats, recall_per_query
-from ._rwlock import RWLock
+from ._rwlock import EfGate, RWLock
 from ._validation import (
     check_choice,
     check_dims,
@@ -143,6 +143,7 @@ class Searcher:
         self._plan: FunnelPlan | None = None
         self._checked_stages: dict = {}
         self._fused_arrays: dict = {}
+        self._ef_gates: dict[int, EfGate] = {}
         self._lock = RWLock()
 
     # ------------------------------------------------------------------ properties
@@ -598,16 +599,14 @@ class Searcher:
             rows = np.full((n_queries, shortlist), -1, dtype=np.int64)
             rows[:, :live] = np.flatnonzero(~self._deleted[: self._rows])
             return rows, None, time.perf_counter() - started, "exhaustive"
-        graph = self._graphs[prefix_dim]
         query_part = np.ascontiguousarray(batch[:, :prefix_dim])
         if n_queries < _SERIAL_BELOW:
             num_threads = 1
         search_ef = ef
         for _ in range(3):
-            graph.set_ef(search_ef)
             try:
-                labels, distances = graph.knn_query(query_part, k=shortlist,
-                                                    num_threads=num_threads)
+                labels, distances = self._knn(prefix_dim, query_part, shortlist, search_ef,
+                                              num_threads)
             except RuntimeError:
                 # hnswlib found fewer than `shortlist` live neighbours (many deletions cut the
                 # graph): widen the search, then fall back to a scan rather than fail.
@@ -622,6 +621,20 @@ class Searcher:
         rows, _ = self._exact_rows(batch, prefix_dim, shortlist)
         return rows, None, time.perf_counter() - started, "exhaustive"
 
+    def _knn(self, prefix_dim: int, query_part: np.ndarray, shortlist: int, ef: int,
+             num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """hnswlib search of the graph at ``prefix_dim`` with ``ef``, safe against threads
+        that search the same graph with another ``ef`` (see :class:`EfGate`)."""
+        graph = self._graphs[prefix_dim]
+        gate = self._ef_gates.get(prefix_dim)
+        if gate is None:
+            gate = self._ef_gates.setdefault(prefix_dim, EfGate())
+        gate.acquire(graph, ef)
+        try:
+            return graph.knn_query(query_part, k=shortlist, num_threads=num_threads)
+        finally:
+            gate.release()
+
     def _fused_funnel(
         self, batch: np.ndarray, schedule: tuple[tuple[int, int], ...], k: int, ef: int,
         query_norms: np.ndarray,
@@ -634,12 +647,10 @@ class Searcher:
         prefix_dim, shortlist = schedule[0]
         if shortlist >= len(self._row_of):
             return None
-        graph = self._graphs[prefix_dim]
         started = time.perf_counter()
-        graph.set_ef(ef)
         try:
-            labels, distances = graph.knn_query(np.ascontiguousarray(batch[:, :prefix_dim]),
-                                                k=shortlist, num_threads=1)
+            labels, distances = self._knn(prefix_dim, np.ascontiguousarray(batch[:, :prefix_dim]),
+                                          shortlist, ef, 1)
         except RuntimeError:
             return None
         graph_seconds = time.perf_counter() - started

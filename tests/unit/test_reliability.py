@@ -81,6 +81,36 @@ def test_queries_during_adds_and_removes_see_consistent_state():
     assert searcher.funnel(queries, 10, [(8, 200), (32, 10)]).recall(truth) >= 0.9
 
 
+def test_threads_with_different_ef_each_search_with_their_own():
+    # hnswlib keeps ef per index: without the gate, a thread searching at ef=10 and one at
+    # ef=300 would each get whichever value the other set last
+    vectors, queries = synthetic_mrl(4000, 32, n_queries=40, n_clusters=40, decay=0.3, seed=2)
+    searcher = Searcher(32, (8, 32), index_dims=(8,))
+    searcher.add(vectors)
+    stages = [(8, 10), (32, 10)]
+    expected = {ef: searcher.funnel(queries, 10, stages, ef=ef).ids for ef in (10, 300)}
+    assert (expected[10] != expected[300]).any()  # the two settings do answer differently
+    errors = []
+
+    def worker(ef):
+        try:
+            for _ in range(15):
+                for i, query in enumerate(queries):
+                    got = searcher.funnel(query, 10, stages, ef=ef).ids[0]
+                    if not np.array_equal(got, expected[ef][i]):
+                        errors.append((ef, i))
+                        return
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(ef,)) for ef in (10, 300, 10, 300)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+
+
 SAVER = textwrap.dedent("""
     import sys, numpy as np
     from mrlsearch import Searcher
