@@ -184,7 +184,7 @@ def _set_metadata(proto: onnx.ModelProto, entries: dict) -> None:
 
 def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 17,
                 fp16: bool = False, quantize: str | None = None, validate: bool = True,
-                atol: float | None = None, normalize: bool = True) -> dict:
+                atol: float | None = None, normalize: bool | None = None) -> dict:
     """Export ``model`` to ``out_dir`` (written atomically) and return its manifest.
 
     Parameters
@@ -207,8 +207,13 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
     atol : float, optional
         Max abs diff allowed (default per precision: 1e-4 fp32, 5e-2 fp16; int8 checks the
         cosine only).
-    normalize : bool, default=True
+    normalize : bool, optional
         Written to the manifest: the Encoder's default for L2-normalising each prefix (cosine).
+        Default: ``False`` when the model has classification heads (:class:`MRLLinear` is
+        trained on the raw embedding, so ``Encoder(model_dir)`` must hand the heads raw
+        vectors), else ``True``. The manifest also records ``"classifier_input"``: ``"raw"``.
+        Asking for ``normalize=True`` with heads raises ``ValueError``: the heads would get
+        vectors they were not trained on.
     """
     if not isinstance(model, MRLModel):
         raise TypeError(f"'model' must be an MRLModel (got {type(model).__name__})")
@@ -219,6 +224,12 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
     if fp16 and quantize:
         raise ValueError("'fp16' and 'quantize' are exclusive: pick one precision")
     precision = "int8" if quantize else "fp16" if fp16 else "fp32"
+    if normalize is None:
+        normalize = model.head is None
+    elif normalize and model.head is not None and model.metric == "cosine":
+        raise ValueError("'normalize' must be False (or None) for a model with classification "
+                         "heads: they were trained on the raw embedding, and Encoder follows "
+                         "the manifest by default")
     model = model.cpu().eval()
     batch = _example_tensors(model, example)
     text = _is_text(model)
@@ -278,6 +289,7 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
                 "embed_dim": model.embed_dim,
                 "metric": model.metric,
                 "normalize": bool(normalize),
+                "classifier_input": "raw" if model.head is not None else None,
                 "opset": opset,
                 "ir_version": IR_FOR_OPSET[opset],
                 "precision": precision,

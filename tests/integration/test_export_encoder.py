@@ -52,18 +52,24 @@ def test_vector_round_trip_every_prefix(tmp_path, example, backbone):
     assert proto.ir_version == manifest["ir_version"]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["mrl.dims"] == "4,8,16,32" and meta["mrl.metric"] == "cosine"
+    # the heads were trained on the raw embedding: the manifest says so, Encoder follows it
+    assert manifest["normalize"] is False and manifest["classifier_input"] == "raw"
     encoder = Encoder(tmp_path / "m")
-    assert encoder.provider == "CPUExecutionProvider"
+    assert encoder.provider == "CPUExecutionProvider" and encoder.normalize is False
     assert encoder.dims == (4, 8, 16, 32) and encoder.metric == "cosine"
     fresh = np.random.default_rng(1).standard_normal((7, 24)).astype(np.float32)
+    normalised = Encoder(tmp_path / "m", normalize=True)
     for m in encoder.dims:
         np.testing.assert_allclose(encoder.encode(fresh, dim=m, batch_size=3),
+                                   torch_prefix(model, fresh, m, normalize=False), atol=1e-5)
+        np.testing.assert_allclose(normalised.encode(fresh, dim=m, batch_size=3),
                                    torch_prefix(model, fresh, m), atol=1e-5)
     clf = Classifier.load(tmp_path / "m" / "classifier.npz")
     with torch.no_grad():
         logits = model.classify(torch.as_tensor(fresh))
-    np.testing.assert_array_equal(clf.predict(encoder.encode(fresh) * 0 + torch_prefix(
-        model, fresh, 32, normalize=False)), logits[-1].argmax(1).numpy())
+    z = encoder.encode(fresh)
+    for m, torch_logits in zip(encoder.dims, logits):  # defaults chained: torch's answers
+        np.testing.assert_array_equal(clf.predict(z, dim=m), torch_logits.argmax(1).numpy())
 
 
 @pytest.mark.parametrize("kind, kwargs", [("fp16", {"fp16": True}), ("int8", {"quantize": "int8"})])
@@ -71,7 +77,7 @@ def test_reduced_precision_within_tolerance(tmp_path, example, kind, kwargs):
     model = vector_model()
     manifest = export_onnx(model, tmp_path / kind, example, **kwargs)
     assert manifest["precision"] == kind
-    encoder = Encoder(tmp_path / kind)
+    encoder = Encoder(tmp_path / kind, normalize=True)
     got = encoder.encode(example)
     cosine = np.sum(got * torch_prefix(model, example, 32), axis=1)
     if kind == "fp16":
