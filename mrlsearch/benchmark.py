@@ -1,10 +1,10 @@
-"""Side-by-side comparison on your own data: funnel vs hnswlib full-dim vs exact vs faiss.
+"""Side-by-side comparison on your own data: the funnel vs hnswlib, exact, faiss and usearch.
 
 Every method runs in this process on the same vectors and the same queries. Half of the
-queries tune each method (the funnel's stage schedule, hnswlib's ``ef``, the faiss funnel's
-shortlist) by one rule -- the one-sided 95 % lower bound of recall@k must reach the target --
-and the other half measure recall@k against exact search at full dim, batch and single-query
-throughput. ``mrlsearch bench`` prints the table and writes JSON and a plot;
+queries tune each method (the funnel's stage schedule, hnswlib's and usearch's ``ef``, the
+faiss funnel's and usearch int8's shortlist) by one rule -- the one-sided 95 % lower bound of
+recall@k must reach the target -- and the other half measure recall@k against exact search at
+full dim, batch and single-query throughput. ``mrlsearch bench`` prints the table and writes JSON and a plot;
 ``benchmarks/funnel.py`` and ``benchmarks/scale.py`` are built on the same functions.
 
 Examples
@@ -39,9 +39,11 @@ __all__ = ["BenchReport", "BenchRow", "METHODS", "best_time", "compare", "qualif
            "recalls_at_k", "searcher_memory_mb", "single_query_qps"]
 
 #: methods :func:`compare` knows, in the order they run.
-METHODS = ("funnel", "exact", "hnswlib", "faiss")
+METHODS = ("funnel", "exact", "hnswlib", "faiss", "usearch-f16", "usearch-i8")
+_DEFAULT_METHODS = METHODS[:4]  # the usearch rows run when asked for
 _EF_GRID = (10, 20, 30, 40, 60, 80, 120, 160, 320, 640)
 _SHORTLIST_GRID = (20, 40, 80, 160, 320, 640, 1280)
+_USEARCH_METRICS = {"cosine": "cos", "ip": "ip", "l2": "l2sq"}
 
 
 def best_time(run: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
@@ -237,6 +239,93 @@ def _faiss_funnel(vectors, metric, k, fit, truth_fit, target, first_dim, M, ef_c
     return (lambda queries: index.search(prepare(queries), k)[1]), build_s, memory_mb, detail
 
 
+def _normalized(rows: np.ndarray, metric: str) -> np.ndarray:
+    rows = np.ascontiguousarray(np.atleast_2d(rows), dtype=np.float32)
+    if metric == "cosine":
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-30)
+    return rows
+
+
+def _usearch_keys(matches: Any, count: int) -> np.ndarray:
+    """(n, count) int64 keys of usearch ``Matches``/``BatchMatches``; -1 where it found fewer."""
+    keys = np.atleast_2d(np.asarray(matches.keys)).astype(np.int64)
+    # one query answers Matches, trimmed to what it found; a batch answers padded BatchMatches
+    found = np.atleast_1d(np.asarray(getattr(matches, "counts", keys.shape[1])))
+    keys[np.arange(keys.shape[1])[None, :] >= found[:, None]] = -1
+    return keys[:, :count] if keys.shape[1] >= count else np.pad(
+        keys, ((0, 0), (0, count - keys.shape[1])), constant_values=-1)
+
+
+def _rescore(base: np.ndarray, squared: np.ndarray | None, queries: np.ndarray,
+             candidates: np.ndarray, k: int, block: int = 64) -> np.ndarray:
+    """The best ``k`` of each query's ``candidates`` (-1 = none) by exact float32 score."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), block):
+        ids = candidates[start: start + block]
+        valid = ids >= 0
+        rows = base[np.where(valid, ids, 0)]  # (b, s, dim)
+        scores = np.einsum("bsd,bd->bs", rows, queries[start: start + block])
+        if squared is not None:
+            scores = 2 * scores - squared[np.where(valid, ids, 0)]
+        scores[~valid] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        out[start: start + block] = np.take_along_axis(ids, np.take_along_axis(top, order, 1), 1)
+    return out
+
+
+def _usearch(vectors, metric, k, fit, truth_fit, target, dtype, M, ef_construction, threads):
+    """usearch HNSW with ``dtype`` storage ('f16' or 'i8'), ``ef`` (``expansion_search``)
+    tuned by :func:`qualifies`. For 'i8' each query fetches a shortlist of ``s >= k`` from the
+    int8 graph and rescores it exactly at float32; (shortlist, ef) is the fastest setting on
+    the tuning queries among the smallest qualifying ``ef`` per shortlist.
+
+    Returns ``(run, build_s, memory_mb, detail)`` with ``run(queries) -> ids (n, k)``, or None
+    when no setting on the grids qualifies (then ``build_s`` is lost with it).
+    """
+    from usearch.index import Index
+
+    base = _normalized(vectors, metric)
+    index = Index(ndim=base.shape[1], metric=_USEARCH_METRICS[metric], dtype=dtype,
+                  connectivity=M, expansion_add=ef_construction, expansion_search=_EF_GRID[0])
+    started = time.perf_counter()
+    index.add(np.arange(len(base), dtype=np.uint64), base, threads=threads)
+    build_s = time.perf_counter() - started
+    memory_mb = index.memory_usage / 2**20
+    squared = (base * base).sum(axis=1) if metric == "l2" else None
+
+    def make_run(shortlist: int, ef: int) -> Callable[[np.ndarray], np.ndarray]:
+        def run(queries: np.ndarray) -> np.ndarray:
+            queries = _normalized(queries, metric)
+            index.expansion_search = ef  # one index per runner: no other caller shares it
+            found = _usearch_keys(index.search(queries, shortlist, threads=threads), shortlist)
+            return found[:, :k] if dtype != "i8" else _rescore(base, squared, queries, found, k)
+        return run
+
+    if dtype != "i8":
+        best = next(((0.0, k, ef) for ef in sorted({max(ef, k) for ef in _EF_GRID})
+                     if qualifies(make_run(k, ef)(fit), truth_fit, target)), None)
+    else:
+        best = None
+        for shortlist in sorted({k, *(s for s in _SHORTLIST_GRID if s > k)}):
+            for ef in sorted({max(ef, shortlist) for ef in _EF_GRID}):
+                seconds, ids = best_time(lambda: make_run(shortlist, ef)(fit), repeats=2)
+                if qualifies(ids, truth_fit, target):
+                    break  # a larger ef at this shortlist only costs more
+            else:
+                continue
+            if best is not None and seconds > 2 * best[0]:
+                break  # longer shortlists only get slower from here
+            if best is None or seconds < best[0]:
+                best = (seconds, shortlist, ef)
+    if best is None:
+        return None
+    _, shortlist, ef = best
+    detail = f"{dtype}, ef={ef}" + (f", shortlist {shortlist} rescored at float32"
+                                     if dtype == "i8" else "")
+    return make_run(shortlist, ef), build_s, memory_mb, detail
+
+
 def compare(
     source: Searcher | np.ndarray,
     queries: np.ndarray,
@@ -247,7 +336,7 @@ def compare(
     index_dims: Sequence[int] | None = None,
     M: int = 16,
     ef_construction: int = 200,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = _DEFAULT_METHODS,
     progress: bool = True,
 ) -> BenchReport:
     """Measure the funnel against hnswlib full-dim, exact search and faiss on one dataset.
@@ -267,10 +356,13 @@ def compare(
     metric : {'cosine', 'ip', 'l2'}, default='cosine'
         Ignored for a Searcher source (its own metric is used).
     index_dims, M, ef_construction
-        Index parameters when ``source`` is an array; hnswlib and faiss use ``M`` and
-        ``ef_construction`` (for a Searcher source, its own).
-    methods : sequence of {'funnel', 'exact', 'hnswlib', 'faiss'}, default all
-        ``'faiss'`` is skipped with a note when faiss is not installed.
+        Index parameters when ``source`` is an array; hnswlib, faiss and usearch use ``M``
+        (usearch's ``connectivity``) and ``ef_construction`` (``expansion_add``); for a
+        Searcher source, its own.
+    methods : sequence of {'funnel', 'exact', 'hnswlib', 'faiss', 'usearch-f16', 'usearch-i8'}
+        Default ``('funnel', 'exact', 'hnswlib', 'faiss')``.
+        ``'faiss'`` and the usearch methods are skipped with a note when faiss or usearch is not
+        installed. ``'usearch-i8'`` rescores its int8 shortlist at float32.
     progress : bool, default=True
         Print what is being measured, and each row's recall and QPS when done.
 
@@ -384,4 +476,24 @@ def compare(
                 add(BenchRow("faiss funnel (HNSW prefix + refine)", recall(ids, truth_rows),
                              len(test) / seconds, single_query_qps(run, test), faiss_build_s,
                              memory_mb, detail))
+    for method in ("usearch-f16", "usearch-i8"):
+        if method not in methods:
+            continue
+        if importlib.util.find_spec("usearch") is None:
+            report.notes.append(f"usearch is not installed: no {method} row (pip install usearch)")
+            continue
+        dtype = method.split("-")[1]
+        start(f"measuring usearch with {dtype} storage (build {len(vectors):,} x "
+              f"{vectors.shape[1]}, then the cheapest setting on target)")
+        found = _usearch(vectors, metric, k, fit, truth_fit_rows, target_recall, dtype, M,
+                         ef_construction, threads)
+        if found is None:
+            report.notes.append(f"{method}: no setting on the grids reached {target_recall} on "
+                                "the tuning queries")
+            continue
+        run, usearch_build_s, memory_mb, detail = found
+        seconds, ids = best_time(lambda: run(test))
+        add(BenchRow(f"usearch {dtype}" + (" + float rescoring" if dtype == "i8" else ""),
+                     recall(ids, truth_rows), len(test) / seconds, single_query_qps(run, test),
+                     usearch_build_s, memory_mb, detail))
     return report
