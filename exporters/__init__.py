@@ -17,10 +17,11 @@ from .data import (
 )
 from .evaluate import evaluate, write_metrics
 from .export import ExportValidationError, export_onnx, validate_onnx
+from .interop import export_sentence_transformer, export_wordllama, load_wordllama
 from .layers import MRLLinear, MRLModel
 from .losses import MatryoshkaLoss, info_nce
 from .models import build_model, load_run, save_run
-from .train import Trainer, seed_everything
+from .train import Trainer, fit_adapter, seed_everything
 
 __all__ = [
     "build_model",
@@ -29,12 +30,16 @@ __all__ = [
     "docstring_pairs",
     "evaluate",
     "export_onnx",
+    "export_sentence_transformer",
+    "export_wordllama",
     "ExportValidationError",
+    "fit_adapter",
     "FrozenAdapter",
     "info_nce",
     "load_array_data",
     "load_digits_data",
     "load_run",
+    "load_wordllama",
     "MatryoshkaLoss",
     "minilm_path",
     "MLP",

@@ -6,7 +6,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["MLP", "FrozenAdapter", "TextEncoder", "minilm_path"]
@@ -35,23 +37,89 @@ class MLP(nn.Module):
 
 
 class FrozenAdapter(nn.Module):
-    """An MRL projection trained on precomputed (frozen) embeddings.
+    """An MRL projection trained on precomputed (frozen) embeddings that starts as the raw model.
 
-    ``x -> x @ A + MLP(x)``: a linear map (initialised from the top principal-like directions by
-    default init) plus a small residual MLP. Cheap to train on the CPU because the expensive
-    encoder ran once, offline.
+    ``x -> x @ W.T (+ b) (+ MLP(x))``. ``W`` starts as the identity (``init='identity'``:
+    step 0 *is* the raw model at every prefix), a random orthogonal map (``'orthogonal'``:
+    equal to the raw model at full dim, since a rotation keeps every cosine) or the PCA
+    rotation of data given to :meth:`init_pca` (``'pca'``: step 0 is PCA-ordered truncation,
+    full dim unchanged). The optional residual MLP (``hidden > 0``) has a zero-initialised
+    output layer, so it adds nothing at step 0 either. Training can then only move away from
+    the raw model where the loss says so; :func:`exporters.fit_adapter` also keeps the best
+    validation epoch, step 0 included.
+
+    Parameters
+    ----------
+    in_features : int
+    embed_dim : int, optional
+        Output dim (default: ``in_features``). With ``embed_dim < in_features`` the identity
+        and PCA inits keep the first ``embed_dim`` directions.
+    hidden : int, default=0
+        Width of the residual MLP; 0 for a purely linear adapter.
+    init : {'identity', 'orthogonal', 'pca'}, default='identity'
+        ``'pca'`` starts as the identity until :meth:`init_pca` is called.
+    bias : bool, default=False
+
+    Examples
+    --------
+    >>> adapter = FrozenAdapter(8)
+    >>> x = torch.randn(3, 8)
+    >>> bool(torch.allclose(adapter(x), x))
+    True
     """
 
-    def __init__(self, in_features: int, embed_dim: int, hidden: int = 512) -> None:
+    INITS = ("identity", "orthogonal", "pca")
+
+    def __init__(self, in_features: int, embed_dim: int | None = None, hidden: int = 0, *,
+                 init: str = "identity", bias: bool = False) -> None:
         super().__init__()
-        self.linear = nn.Linear(int(in_features), int(embed_dim))
-        self.residual = nn.Sequential(nn.Linear(int(in_features), int(hidden)), nn.GELU(),
-                                      nn.Linear(int(hidden), int(embed_dim)))
-        self.config = {"in_features": int(in_features), "embed_dim": int(embed_dim),
-                       "hidden": int(hidden)}
+        if init not in self.INITS:
+            raise ValueError(f"'init' must be one of {', '.join(self.INITS)} (got {init!r})")
+        in_features = int(in_features)
+        embed_dim = int(embed_dim or in_features)
+        hidden = int(hidden or 0)
+        if in_features < 1 or embed_dim < 1 or hidden < 0:
+            raise ValueError(f"'in_features' and 'embed_dim' must be positive and 'hidden' >= 0 "
+                             f"(got {in_features}, {embed_dim}, {hidden})")
+        self.linear = nn.Linear(in_features, embed_dim, bias=bool(bias))
+        with torch.no_grad():
+            if init == "orthogonal":
+                nn.init.orthogonal_(self.linear.weight)
+            else:
+                self.linear.weight.copy_(torch.eye(embed_dim, in_features))
+            if self.linear.bias is not None:
+                self.linear.bias.zero_()
+        self.residual = None
+        if hidden:
+            self.residual = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(),
+                                          nn.Linear(hidden, embed_dim))
+            with torch.no_grad():
+                self.residual[-1].weight.zero_()
+                self.residual[-1].bias.zero_()
+        self.config = {"in_features": in_features, "embed_dim": embed_dim, "hidden": hidden,
+                       "init": init, "bias": bool(bias)}
+
+    @torch.no_grad()
+    def init_pca(self, x) -> FrozenAdapter:
+        """Set ``W`` to the principal axes of ``x`` (rows), largest variance first.
+
+        The rows are not centred: the map stays a rotation, so full-dim cosines are unchanged.
+        Returns ``self``.
+        """
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        if x.ndim != 2 or x.shape[1] != self.linear.in_features:
+            raise ValueError(f"'x' must have shape (n, {self.linear.in_features}) "
+                             f"(got {tuple(x.shape)})")
+        x = F.normalize(x, dim=1)
+        _, _, vh = torch.linalg.svd(x.double(), full_matrices=True)
+        self.linear.weight.copy_(vh[: self.linear.out_features].float())
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) + self.residual(x)
+        out = self.linear(x)
+        if self.residual is not None:
+            out = out + self.residual(x)
+        return out
 
 
 def minilm_path() -> Path:
@@ -107,6 +175,10 @@ class TextEncoder(nn.Module):
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.config = {"model_path": str(self.model_path), "embed_dim": self.embed_dim,
                        "trainable": self.trainable, "max_length": self.max_length}
+
+    def tokenizer_json(self) -> str:
+        """The tokenizer as JSON (written next to the exported ONNX file)."""
+        return (self.model_path / "tokenizer.json").read_text(encoding="utf-8")
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input_ids, attention_mask)`` int64 tensors, padded to the longest text."""

@@ -63,7 +63,12 @@ class _EmbeddingWrapper(nn.Module):
 
 
 def _is_text(model: MRLModel) -> bool:
-    return isinstance(model.backbone, TextEncoder)
+    """Text backbones tokenise: TextEncoder, and the interop wrappers (``tokenize`` +
+    ``tokenizer_json``)."""
+    backbone = model.backbone
+    return isinstance(backbone, TextEncoder) or (
+        callable(getattr(backbone, "tokenize", None))
+        and callable(getattr(backbone, "tokenizer_json", None)))
 
 
 def _example_tensors(model: MRLModel, example) -> tuple[torch.Tensor, ...]:
@@ -279,7 +284,8 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
         with atomic_directory(out_dir) as staging:
             shutil.copy(final, staging / "model.onnx")
             if text:
-                shutil.copy(model.backbone.model_path / "tokenizer.json", staging / "tokenizer.json")
+                (staging / "tokenizer.json").write_text(model.backbone.tokenizer_json(),
+                                                        encoding="utf-8")
             if model.head is not None:
                 model.head.to_classifier().save(staging / "classifier.npz")
             manifest = {
@@ -295,6 +301,9 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
                 "precision": precision,
                 "inputs": input_names,
                 "max_length": model.backbone.max_length if text else None,
+                "add_special_tokens": bool(getattr(model.backbone, "add_special_tokens", True))
+                if text else None,
+                "source": getattr(model.backbone, "source", None),
                 "parity": parity,
                 "files": {p.name: sha256_file(p) for p in sorted(staging.iterdir())},
             }

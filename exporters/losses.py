@@ -14,17 +14,34 @@ __all__ = ["MatryoshkaLoss", "info_nce"]
 
 
 def info_nce(queries: torch.Tensor, positives: torch.Tensor, *,
-             temperature: float = 0.05) -> torch.Tensor:
+             temperature: float = 0.05, symmetric: bool = False) -> torch.Tensor:
     """In-batch InfoNCE (multiple-negatives ranking) over cosine similarities.
 
     Row ``i`` of ``queries`` should match row ``i`` of ``positives``; every other row of the
     batch is a negative. Both sides are L2-normalised.
+
+    Parameters
+    ----------
+    queries, positives : tensor of shape (batch, dim)
+    temperature : float, default=0.05
+    symmetric : bool, default=False
+        Average the query -> positive and the positive -> query losses (each positive must
+        also find its query among all queries of the batch), as CLIP does.
+
+    Examples
+    --------
+    >>> q = torch.eye(4)
+    >>> round(float(info_nce(q, q, symmetric=True)), 4)  # every row finds itself
+    0.0
     """
     q = F.normalize(queries, dim=-1)
     p = F.normalize(positives, dim=-1)
     logits = q @ p.T / temperature
     targets = torch.arange(q.shape[0], device=q.device)
-    return F.cross_entropy(logits, targets)
+    loss = F.cross_entropy(logits, targets)
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(logits.T, targets))
+    return loss
 
 
 class MatryoshkaLoss(nn.Module):
@@ -43,6 +60,8 @@ class MatryoshkaLoss(nn.Module):
         ``c_m`` per dim; default 1 for every dim, as in the paper.
     temperature : float, default=0.05
         For ``'infonce'``.
+    symmetric : bool, default=False
+        For ``'infonce'``: query -> positive and positive -> query (see :func:`info_nce`).
 
     Examples
     --------
@@ -53,7 +72,8 @@ class MatryoshkaLoss(nn.Module):
     """
 
     def __init__(self, base: str | Callable, dims: Sequence[int], *,
-                 weights: Sequence[float] | None = None, temperature: float = 0.05) -> None:
+                 weights: Sequence[float] | None = None, temperature: float = 0.05,
+                 symmetric: bool = False) -> None:
         super().__init__()
         self.dims = check_dims(dims, "dims")
         if weights is None:
@@ -74,6 +94,7 @@ class MatryoshkaLoss(nn.Module):
             raise ValueError(f"'temperature' must be > 0 (got {temperature})")
         self.base = base
         self.temperature = float(temperature)
+        self.symmetric = bool(symmetric)
 
     def per_dim(self, outputs, target=None) -> torch.Tensor:
         """The base loss at every dim, a ``(len(dims),)`` tensor (unweighted)."""
@@ -90,7 +111,8 @@ class MatryoshkaLoss(nn.Module):
         if self.base == "infonce":
             queries, positives = outputs
             return torch.stack([info_nce(queries[:, :m], positives[:, :m],
-                                         temperature=self.temperature) for m in self.dims])
+                                         temperature=self.temperature,
+                                         symmetric=self.symmetric) for m in self.dims])
         tensors = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         return torch.stack([self.base(*(t[..., :m] for t in tensors), target)
                             if target is not None else self.base(*(t[..., :m] for t in tensors))
@@ -105,4 +127,4 @@ class MatryoshkaLoss(nn.Module):
         """JSON-able configuration (saved with checkpoints)."""
         return {"base": self.base if isinstance(self.base, str) else repr(self.base),
                 "dims": list(self.dims), "weights": list(self.weights),
-                "temperature": self.temperature}
+                "temperature": self.temperature, "symmetric": self.symmetric}

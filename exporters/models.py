@@ -25,7 +25,9 @@ def build_model(config: dict) -> MRLModel:
         backbone = MLP(config["in_features"], embed_dim, config.get("hidden", (256,)),
                        dropout=config.get("dropout", 0.0))
     elif kind == "adapter":
-        backbone = FrozenAdapter(config["in_features"], embed_dim, config.get("hidden", 512))
+        backbone = FrozenAdapter(config["in_features"], embed_dim, config.get("hidden", 0),
+                                 init=config.get("init", "identity"),
+                                 bias=config.get("bias", "init" not in config))  # old runs: bias
     else:
         path = config.get("model_path") or str(minilm_path())
         backbone = TextEncoder(path, embed_dim, trainable=config.get("trainable", False),

@@ -21,7 +21,7 @@ from .evaluate import evaluate
 from .layers import MRLModel
 from .losses import MatryoshkaLoss
 
-__all__ = ["Trainer", "seed_everything"]
+__all__ = ["Trainer", "fit_adapter", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -227,3 +227,128 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
         return state
 
+
+
+def _recall_per_dim(model: MRLModel, queries: np.ndarray, positives: np.ndarray,
+                    dims, k: int = 10) -> dict[int, float]:
+    from .evaluate import _retrieval_metrics, embed_inputs
+
+    q, p = embed_inputs(model, queries), embed_inputs(model, positives)
+    return {m: _retrieval_metrics(q, p, m, k)[f"recall@{k}"] for m in dims}
+
+
+def fit_adapter(data: PairData, dims, *, embed_dim: int | None = None, hidden: int = 0,
+                init: str = "identity", epochs: int = 4, batch_size: int = 512,
+                lr: float = 2e-3, temperature: float = 0.05, symmetric: bool = True,
+                max_full_drop: float = 0.005, seed: int = 0, device: str = "auto",
+                progress: bool = False) -> tuple[MRLModel, list[dict]]:
+    """Train an MRL :class:`FrozenAdapter` on precomputed embeddings that never loses to them.
+
+    The adapter starts as the raw model (identity, orthogonal or PCA rotation: step 0 equals
+    the raw embedding at full dim), trains with the symmetric in-batch InfoNCE summed over
+    ``dims`` (large batches: every other row is a negative), and keeps the state - epoch 0,
+    the raw model, included - with the best mean validation recall@10 over ``dims`` among
+    those whose full-dim validation recall is at least the raw model's minus
+    ``max_full_drop``. So on the validation split the result is never worse than the raw
+    embedding at full dim by more than ``max_full_drop``.
+
+    Parameters
+    ----------
+    data : PairData
+        Vectors (float arrays): ``train_*`` to train, ``val_*`` to choose the epoch.
+    dims : sequence of int
+        Nesting dims, strictly increasing; the last is the output dim unless ``embed_dim``.
+    embed_dim : int, optional
+    hidden : int, default=0
+        Residual MLP width (0: linear adapter).
+    init : {'identity', 'orthogonal', 'pca'}, default='identity'
+        ``'pca'`` fits the rotation on the training queries and positives.
+    epochs, batch_size, lr : training schedule (Adam, constant rate)
+    temperature : float, default=0.05
+    symmetric : bool, default=True
+        query -> positive and positive -> query InfoNCE.
+    max_full_drop : float, default=0.005
+        How much full-dim validation recall@10 an epoch may lose against the raw embedding.
+    seed : int, default=0
+    device : str, default='auto'
+    progress : bool, default=False
+        Print one line per epoch.
+
+    Returns
+    -------
+    (MRLModel, list of dict)
+        The model (backbone ``FrozenAdapter``, metric cosine) on the CPU and one record per
+        epoch (0 = before training): ``{"epoch", "loss", "val": {dim: recall@10}, "kept"}``.
+
+    Examples
+    --------
+    >>> model, history = fit_adapter(features, dims=(16, 64, 384))  # doctest: +SKIP
+    >>> [h["val"][16] for h in history]                             # doctest: +SKIP
+    """
+    from .backbones import FrozenAdapter
+
+    train_q = np.asarray(data.train_queries, dtype=np.float32)
+    train_p = np.asarray(data.train_positives, dtype=np.float32)
+    if train_q.ndim != 2 or train_q.shape != train_p.shape:
+        raise ValueError("'data' must hold 2-D float arrays of equal shape (embed texts first: "
+                         f"got {train_q.shape} and {train_p.shape})")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"'{name}' must be a positive int (got {value!r})")
+    seed_everything(seed)
+    in_features = train_q.shape[1]
+    dims = tuple(int(d) for d in dims)
+    embed_dim = int(embed_dim or dims[-1])
+    backbone = FrozenAdapter(in_features, embed_dim, hidden, init=init)
+    if init == "pca":
+        backbone.init_pca(np.concatenate([train_q, train_p]))
+    model = MRLModel(backbone, embed_dim, dims)
+    loss_fn = MatryoshkaLoss("infonce", dims, temperature=temperature, symmetric=symmetric)
+    device_ = _resolve_device(device)
+    val_q = np.asarray(data.val_queries, dtype=np.float32)
+    val_p = np.asarray(data.val_positives, dtype=np.float32)
+
+    def validate() -> dict[int, float]:
+        model.cpu()
+        scores = _recall_per_dim(model, val_q, val_p, dims)
+        model.to(device_)
+        return scores
+
+    start = validate()
+    floor = start[dims[-1]] - max_full_drop
+    history = [{"epoch": 0, "loss": None, "val": start, "kept": True}]
+    best_score = float(np.mean(list(start.values())))
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    n = len(train_q)
+    steps = max(1, n // batch_size)
+    q_all = torch.as_tensor(train_q, device=device_)
+    p_all = torch.as_tensor(train_p, device=device_)
+    model.to(device_)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.as_tensor(rng.permutation(n), device=device_)
+        running = 0.0
+        for step in range(steps):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            loss = loss_fn((model(q_all[index]), model(p_all[index])))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach())
+        scores = validate()
+        score = float(np.mean(list(scores.values())))
+        keep = scores[dims[-1]] >= floor and score > best_score
+        if keep:
+            best_score = score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            for record in history:
+                record["kept"] = False
+        history.append({"epoch": epoch, "loss": running / steps, "val": scores, "kept": keep})
+        if progress:
+            print(f"epoch {epoch}: loss {running / steps:.4f}, val recall@10 "
+                  + ", ".join(f"{m}:{v:.3f}" for m, v in scores.items())
+                  + (" (kept)" if keep else ""), flush=True)
+    model.load_state_dict(best_state)
+    return model.cpu().eval(), history
