@@ -24,6 +24,10 @@ TARGETS = {
             "p50/p99 latency (a measurement, no target)",
     "train": "MRL per-dim accuracy >= FF - 1 point at every dim and >= FF + 5 points at the "
              "smallest dims; MRL-E step time <= 1.15x FF",
+    "distributed": "1M vectors, 1 vs 2 vs 4 shards on this machine: fan-out + merge overhead "
+                   "per query, batch throughput, build time; merged recall >= single-node "
+                   "recall - 0.005 at the same plan; sizing for 100M and 1B vectors at 768 "
+                   "dims from the measured per-shard figures",
 }
 
 
@@ -176,6 +180,55 @@ def scale_section(report: dict) -> list[str]:
     return out
 
 
+def distributed_section(report: dict) -> list[str]:
+    ref = report["single_node"]
+    out = ["## Sharded search on Ray (`benchmarks/distributed.py`)", "",
+           f"{report['n']:,} x {report['dim']} synthetic vectors (decay {report['decay']}), "
+           f"float16, one HNSW graph over {report['index_dim']} dims (`M={report['M']}, "
+           f"ef_construction={report['ef_construction']}`), local Ray cluster with "
+           f"{report['cpus']} CPUs on this machine. A single in-process Searcher is tuned "
+           f"(recall@10 >= 0.95, lower bound) and its plan ({ref['plan']}) is set on every "
+           "sharded searcher. Single queries: one `funnel` call per query; *slowest shard* is "
+           "the time spent inside the slowest shard's Searcher call, *overhead* the rest "
+           "(fan-out, Ray transfers, merge). Batch: the "
+           f"{report['test_queries']} test queries in one call (best of 3); stream: "
+           f"`search_batches` over {report['stream_queries']:,} queries in batches of "
+           f"{report['batch_size']}. *1 shard-thread us/query*: one shard's directory timed on "
+           "one thread in the driver (the per-shard cost the sizing grows).", ""]
+    rows = [["single node (in process)", f"{ref['build_s']:.1f}", "-", f"{ref['recall']:.3f}",
+             f"{ref['p50_ms']:.2f}", "-", "-", f"{ref['qps_batch']:,.0f}", "-", "-"]]
+    for r in report["rows"]:
+        rows.append([f"{r['n_shards']} shard(s)", f"{r['build_s']:.1f}", f"{r['load_s']:.1f}",
+                     f"{r['recall']:.3f}", f"{r['p50_ms']:.2f}", f"{r['shard_p50_ms']:.2f}",
+                     f"{r['overhead_p50_ms']:.2f}", f"{r['qps_batch']:,.0f}",
+                     f"{r['qps_stream']:,.0f}", f"{r['shard_single_thread_us']:.0f}"])
+    out += _table(["setup", "build s", "load s", "recall@10", "single p50 ms",
+                   "slowest shard ms", "overhead ms", "QPS batch", "QPS stream",
+                   "1 shard-thread us/query"], rows)
+    tuned = report.get("sharded_tune")
+    if tuned:
+        out += ["", f"`ShardedSearcher.tune` on {tuned['n_shards']} shards ({tuned['tune_s']:.0f} "
+                f"s): {tuned['plan']}; recall@10 {tuned['recall']:.3f} on the test queries, "
+                f"{tuned['qps_batch']:,.0f} QPS in batch."]
+    probe = report["probe"]
+    out += ["", f"### Sizing: 100M and 1B vectors at {probe['dim']} dims", "",
+            f"Measured on a {probe['n']:,} x {probe['dim']} probe index (plan {probe['plan']}, "
+            f"recall@10 {probe['recall']:.3f}): {probe['ram_bytes_per_vector']:.0f} B per "
+            f"vector in RAM (graph {probe['graph_bytes_per_vector']:.0f} B), "
+            f"{probe['vector_bytes_per_vector']:.0f} B per vector memory-mapped, "
+            f"{probe['single_thread_us']:.0f} us per query on one thread.", ""]
+    rows = [[f"{s['vectors']:,}", str(s["n_shards"]), f"{s['ram_gb_per_shard']:.1f}",
+             f"{s['vectors_gb_per_shard']:.0f}", str(s["shards_per_node"]), str(s["nodes"]),
+             f"{s['shard_cost_us']:.0f}", f"{s['qps_per_node_cpu']:,.0f}",
+             f"{s['page_cache_hit']:.0%}", f"{s['qps_per_node_io']:,.0f}",
+             f"{s['qps_per_node']:,.0f}"] for s in report["sizing"]]
+    out += _table(["vectors", "shards", "RAM GB/shard", "mmap GB/shard", "shards/node",
+                   "nodes", "us/query/shard", "QPS/node (CPU)", "page-cache hit",
+                   "QPS/node (I/O)", "QPS/node"], rows)
+    out += ["", "Assumptions:", ""] + [f"* {a}" for a in report["assumptions"]]
+    return out
+
+
 def _pyplot():
     """matplotlib's pyplot on the file-only Agg backend (the dev extra installs matplotlib)."""
     import matplotlib
@@ -246,7 +299,8 @@ def funnel_plot(report: dict, path: Path) -> None:
 
 
 SECTIONS = {"funnel": funnel_section, "scale": scale_section, "cascade": cascade_section,
-            "encode": encode_section, "train": train_section, "load": load_section}
+            "encode": encode_section, "train": train_section, "load": load_section,
+            "distributed": distributed_section}
 def cascade_plot(report: dict, path: Path) -> None:
     """Accuracy against expected dim per task: calibration paths (validation rows) and the
     chosen points measured on the test rows."""
