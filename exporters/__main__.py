@@ -3,6 +3,12 @@
     python -m exporters train --data digits --backbone mlp --dims 8,16,32,64 --out runs/digits
     python -m exporters train --data docstrings --backbone adapter --dims 16,32,64,384 --out runs/doc
     python -m exporters export runs/digits --out models/digits [--fp16 | --int8]
+    python -m exporters export-st MODEL_DIR --out models/minilm [--adapter runs/doc] [--int8]
+    python -m exporters export-wordllama --out models/wordllama
+
+``train --backbone adapter`` trains :func:`exporters.fit_adapter` on sentence-transformers
+features (the packaged MiniLM unless ``--features-model``): identity start, symmetric InfoNCE,
+batch 512, the best validation epoch kept (epoch 0, the raw model, included).
 
 Exit codes: 0 ok, 1 error (one line, the traceback with --debug), 2 usage.
 """
@@ -40,17 +46,44 @@ def _load_data(name: str, *, max_pairs: int | None, seed: int, max_length: int):
     return load_array_data(path, seed=seed)
 
 
-def _featurise(pairs, max_length: int):
-    """MiniLM mean-pooled features of every text of a PairData (for the adapter backbone)."""
-    from .data import PairData
-    from .evaluate import embed_inputs
-    from .models import build_model
+def _featurise(pairs, max_length: int, model_path: str | None = None):
+    """``SentenceTransformer.encode`` of every text of a PairData (for the adapter backbone):
+    what ``export-st --adapter`` feeds the adapter at inference."""
+    from sentence_transformers import SentenceTransformer
 
-    encoder = build_model({"backbone": "text", "embed_dim": 384, "dims": [384],
-                           "max_length": max_length})
+    from .backbones import minilm_path
+    from .data import PairData
+
+    model = SentenceTransformer(str(model_path or minilm_path()), device="cpu",
+                                local_files_only=True)
+    model.max_seq_length = max_length
     fields = ("train_queries", "train_positives", "val_queries", "val_positives",
               "test_queries", "test_positives")
-    return PairData(*(embed_inputs(encoder, getattr(pairs, f), batch_size=64) for f in fields))
+    return PairData(*(model.encode(list(getattr(pairs, f)), batch_size=64,
+                                   convert_to_numpy=True).astype(np.float32) for f in fields))
+
+
+def _train_adapter(args, data, texts: bool) -> None:
+    from .evaluate import evaluate, write_metrics
+    from .models import model_config, save_run
+    from .train import fit_adapter
+
+    if texts:
+        data = _featurise(data, args.max_length, args.features_model)
+    model, history = fit_adapter(data, args.dims, embed_dim=args.embed_dim,
+                                 hidden=args.adapter_hidden, init=args.init,
+                                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, device=args.device, progress=True)
+    metrics = evaluate(model, data, dims=args.dims)
+    metrics.update(history=[{**h, "val": {str(m): v for m, v in h["val"].items()}}
+                            for h in history], kind="MRL adapter", data=args.data,
+                   features_model=args.features_model or "all-MiniLM-L6-v2 (packaged)")
+    out = Path(args.out)
+    save_run(model, model_config(model, "adapter"), out)
+    write_metrics(metrics, out / "metrics.json")
+    last = metrics["per_dim"][args.dims[-1]]
+    print(f"wrote {out}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items())
+          + f" at {args.dims[-1]} dims")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -64,12 +97,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
                       max_length=args.max_length)
     classification = isinstance(data, ClassificationData)
     texts = not classification and isinstance(data.train_queries, list)
-    if texts and args.backbone == "adapter":
-        data = _featurise(data, args.max_length)
     if texts and args.backbone == "mlp":
         raise ValueError("--backbone mlp takes vectors: use adapter or text for docstrings")
     if not texts and args.backbone == "text":
         raise ValueError("--backbone text takes texts: use --data docstrings")
+    adapter_on_pairs = args.backbone == "adapter" and not classification
+    args.epochs = args.epochs or (4 if adapter_on_pairs else 20)
+    args.batch_size = args.batch_size or (512 if adapter_on_pairs else 64)
+    if adapter_on_pairs:
+        return _train_adapter(args, data, texts)
     in_features = (data.in_features if classification else
                    None if texts else int(np.asarray(data.train_queries).shape[1]))
     embed_dim = args.embed_dim or args.dims[-1]
@@ -81,7 +117,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.backbone == "mlp":
         config.update(in_features=in_features, hidden=args.hidden)
     elif args.backbone == "adapter":
-        config.update(in_features=in_features, hidden=args.hidden[0] if args.hidden else 512)
+        config.update(in_features=in_features, hidden=args.adapter_hidden, init=args.init)
     else:
         config.update(trainable=args.trainable, max_length=args.max_length)
     model = build_model(config)
@@ -120,6 +156,34 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(json.dumps({"dims": manifest["dims"], "metric": manifest["metric"]}))
 
 
+def _cmd_export_st(args: argparse.Namespace) -> None:
+    from .interop import export_sentence_transformer
+    from .models import load_run
+
+    adapter = load_run(args.adapter)[0] if args.adapter else None
+    manifest = export_sentence_transformer(args.model, args.out, adapter=adapter,
+                                           dims=args.dims, max_length=args.max_length,
+                                           opset=args.opset, fp16=args.fp16,
+                                           quantize="int8" if args.int8 else None)
+    _report_export(args.model, args.out, manifest)
+
+
+def _cmd_export_wordllama(args: argparse.Namespace) -> None:
+    from .interop import export_wordllama
+
+    manifest = export_wordllama(args.out, dims=args.dims, config=args.config, dim=args.dim,
+                                opset=args.opset, fp16=args.fp16)
+    _report_export("WordLlama " + args.config, args.out, manifest)
+
+
+def _report_export(source, out, manifest: dict) -> None:
+    worst = max(r["max_abs_diff"] for r in manifest["parity"].values())
+    print(f"exported {source} to {out} ({manifest['precision']}, opset {manifest['opset']}, "
+          f"IR {manifest['ir_version']}); max abs diff vs torch {worst:.2e}")
+    print(json.dumps({"dims": manifest["dims"], "metric": manifest["metric"],
+                      "normalize": manifest["normalize"]}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exporters",
                                      description="Train MRL models and export them to ONNX.")
@@ -131,15 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", choices=("mlp", "adapter", "text"), default="mlp")
     train.add_argument("--dims", type=_int_list, required=True, help="nesting dims, e.g. 8,16,64")
     train.add_argument("--embed-dim", type=int, default=None, help="default: the last dim")
-    train.add_argument("--hidden", type=_int_list, default=[256], help="hidden widths")
+    train.add_argument("--hidden", type=_int_list, default=[256], help="hidden widths (mlp)")
+    train.add_argument("--adapter-hidden", type=int, default=0,
+                       help="adapter: residual MLP width (0: linear adapter)")
+    train.add_argument("--init", choices=("identity", "orthogonal", "pca"), default="identity",
+                       help="adapter: starting map (each equals the raw model at full dim)")
+    train.add_argument("--features-model", default=None,
+                       help="adapter on texts: local sentence-transformers model directory "
+                            "(default: the packaged all-MiniLM-L6-v2)")
     train.add_argument("--efficient", action="store_true", help="MRL-E head (shared weight)")
     train.add_argument("--ff", action="store_true",
                        help="fixed-feature baseline: loss at the full dim only")
     train.add_argument("--trainable", action="store_true", help="fine-tune the transformer")
     train.add_argument("--max-length", type=int, default=128, help="tokens per text")
     train.add_argument("--max-pairs", type=int, default=None, help="subsample docstring pairs")
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--epochs", type=int, default=None,
+                       help="default: 4 for an adapter on pairs, else 20")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="default: 512 for an adapter on pairs (in-batch negatives), else 64")
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--patience", type=int, default=None)
     train.add_argument("--device", default="auto")
@@ -155,6 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--fp16", action="store_true", help="float16 weights")
     precision.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
     export.set_defaults(func=_cmd_export)
+
+    export_st = commands.add_parser(
+        "export-st", help="export a local sentence-transformers model (+ adapter run)")
+    export_st.add_argument("model", help="local sentence-transformers model directory")
+    export_st.add_argument("--out", required=True, help="model directory to write")
+    export_st.add_argument("--adapter", default=None, help="adapter run directory to fuse")
+    export_st.add_argument("--dims", type=_int_list, default=None, help="nesting dims")
+    export_st.add_argument("--max-length", type=int, default=None, help="tokens per text")
+    export_st.add_argument("--opset", type=int, default=17)
+    precision = export_st.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 weights")
+    precision.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
+    export_st.set_defaults(func=_cmd_export_st)
+
+    export_wl = commands.add_parser("export-wordllama", help="export WordLlama (offline)")
+    export_wl.add_argument("--out", required=True, help="model directory to write")
+    export_wl.add_argument("--config", default="l2_supercat")
+    export_wl.add_argument("--dim", type=int, default=256)
+    export_wl.add_argument("--dims", type=_int_list, default=None, help="nesting dims")
+    export_wl.add_argument("--opset", type=int, default=17)
+    export_wl.add_argument("--fp16", action="store_true", help="float16 weights")
+    export_wl.set_defaults(func=_cmd_export_wordllama)
     return parser
 
 
