@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -22,14 +23,18 @@ class StageStats(NamedTuple):
     candidates : int
         Candidates scored in the stage, over all queries.
     seconds : float
-        Wall time of the stage for the whole batch. Fused stages share one timing: it is
-        reported on the last stage and the earlier fused stages show 0.0.
-    method : {'hnsw', 'exhaustive', 'rerank', 'fused'}
-        ``'hnsw'`` for a graph search, ``'exhaustive'`` when the first stage scanned every live
-        vector (its shortlist covered the index, or the graph returned too few), ``'rerank'``
-        for the incremental stages, ``'fused'`` for incremental stages of a small batch
-        (under 8 queries), which run together in one kernel call because the cost of a call
-        exceeds the arithmetic of one query's stage.
+        Wall time of the stage for the whole batch (see ``method``).
+    method : {'hnsw', 'exhaustive', 'rerank'}
+        ``'hnsw'`` for the graph walk, ``'exhaustive'`` when the first stage scanned every
+        live (or every allowed) vector instead, ``'rerank'`` for the later stages. All stages
+        of a call run in one compiled call: ``seconds`` is reported on the last stage and the
+        others show 0.0.
+    precision : {'float32', 'float16', 'int8', 'binary'}
+        What the stage scored: the stored vectors, or the int8 / binary codes of the prefix.
+
+    For the graph stage ``candidates`` counts the distances the walk computed (every node it
+    visited); for later stages, the candidates rescored. Both are totals over the queries of
+    the call, not per query.
     """
 
     dim: int
@@ -37,6 +42,7 @@ class StageStats(NamedTuple):
     candidates: int
     seconds: float
     method: str
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -116,20 +122,44 @@ def recall_per_query(ids: np.ndarray, truth: SearchResult | np.ndarray) -> np.nd
     return recalls
 
 
+PRECISIONS = ("float32", "float16", "int8", "binary")
+
+
+def parse_stage(stage: object) -> tuple[int, str, int]:
+    """``(dim, shortlist)`` or ``(dim, precision, shortlist)`` as a triple (float by default).
+
+    Only the shape is checked here; the searcher checks the values against its dims.
+    """
+    if isinstance(stage, (str, bytes)) or not hasattr(stage, "__len__") or len(stage) not in (2, 3):
+        raise TypeError(
+            f"'stages' must hold (dim, shortlist) or (dim, precision, shortlist) (got {stage!r})")
+    if len(stage) == 2:
+        return stage[0], "float32", stage[1]
+    precision = stage[1]
+    if precision == "float":
+        precision = "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"'stages' precision must be one of {PRECISIONS} (got {precision!r})")
+    return stage[0], precision, stage[2]
+
+
 @dataclass(frozen=True)
 class FunnelPlan:
     """A funnel schedule, as chosen by :meth:`Searcher.tune`.
 
-    Pass it to :meth:`Searcher.funnel` as ``stages=plan``.
+    Pass it to :meth:`Searcher.funnel` as ``stages=plan``; ``search`` uses the index's plan.
 
     Attributes
     ----------
-    stages : tuple of (dim, shortlist)
-        The stages, first one over the HNSW graph at ``stages[0][0]``.
+    stages : tuple of (dim, precision, shortlist)
+        The stages, the first one over the HNSW graph at ``stages[0][0]``. ``precision`` is
+        ``'float32'`` / ``'float16'`` (the stored vectors), ``'int8'`` or ``'binary'`` (codes
+        of the graph's prefix).
     ef : int
         HNSW search breadth of the first stage (>= its shortlist).
     k : int
-        The ``k`` the plan was tuned for.
+        The ``k`` the plan was tuned for. A larger ``k`` scales every shortlist and ``ef`` by
+        ``k / self.k`` (see :meth:`for_k`).
     recall : float
         Mean recall@k against exact full-dim search on the tuning queries.
     recall_lower : float
@@ -138,12 +168,26 @@ class FunnelPlan:
         Measured wall time per query on the tuning batch.
     """
 
-    stages: tuple[tuple[int, int], ...]
+    stages: tuple[tuple[int, str, int], ...]
     ef: int
     k: int
     recall: float = float("nan")
     recall_lower: float = float("nan")
     seconds_per_query: float = float("nan")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(
+            (int(d), p, int(s)) for d, p, s in (parse_stage(stage) for stage in self.stages)))
+
+    def for_k(self, k: int) -> FunnelPlan:
+        """This plan for another ``k``: shortlists and ``ef`` grow by ``k / self.k`` (never
+        shrink below the tuned ones), the last stage keeps ``k``."""
+        if k <= self.k:
+            return replace(self, k=k)
+        factor = k / self.k
+        stages = tuple((d, p, max(k, int(math.ceil(s * factor)))) for d, p, s in self.stages)
+        ef = max(int(math.ceil(self.ef * factor)), stages[0][2])
+        return FunnelPlan(stages, ef, k)
 
     def to_dict(self) -> dict:
         """Plain-JSON form, as stored in an index manifest."""
@@ -158,9 +202,9 @@ class FunnelPlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> FunnelPlan:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (also reads the (dim, shortlist) pairs of format 1)."""
         return cls(
-            stages=tuple((int(d), int(s)) for d, s in data["stages"]),
+            stages=tuple(parse_stage(stage) for stage in data["stages"]),
             ef=int(data["ef"]),
             k=int(data["k"]),
             recall=float(data.get("recall", float("nan"))),
@@ -169,8 +213,13 @@ class FunnelPlan:
         )
 
     def __str__(self) -> str:
-        schedule = " -> ".join(f"{d}:{s}" for d, s in self.stages)
+        schedule = " -> ".join(
+            f"{d}:{s}" if p.startswith("float") else f"{d}{_SHORT[p]}:{s}"
+            for d, p, s in self.stages)
         return (
             f"{schedule} (ef={self.ef}, recall@{self.k}={self.recall:.3f}, "
             f"{self.seconds_per_query * 1e6:.0f} us/query)"
         )
+
+
+_SHORT = {"int8": "i8", "binary": "b"}

@@ -1,16 +1,17 @@
-"""The schedule search behind :meth:`Searcher.tune`."""
+"""The schedule search behind :meth:`Searcher.tune`, through a measure callback.
+
+``measure(stages, ef, repeats=1) -> (recall, recall_lower, seconds_per_query)`` runs one
+schedule; this module only decides which schedules to try, so it needs nothing of the
+Searcher's insides (and imports nothing of it).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from ._results import FunnelPlan, SearchResult
-
-if TYPE_CHECKING:
-    from .searcher import Searcher
+from ._results import FunnelPlan
 
 __all__: list[str] = []
 
@@ -21,6 +22,8 @@ _RETIME_REPEATS = 3
 #: shortlist (0.5 is the paper's halving); ``None`` goes from the first stage to full dim.
 _SHAPES = (0.5, 0.75, None)
 _EF_FACTORS = (1, 2)
+
+Measure = Callable[..., tuple[float, float, float]]
 
 
 def shortlist_grid(k: int, live: int, max_shortlist: int) -> list[int]:
@@ -35,89 +38,85 @@ def shortlist_grid(k: int, live: int, max_shortlist: int) -> list[int]:
     return sorted(set(max(s, k) for s in grid))
 
 
-def make_stages(dims: tuple[int, ...], first_dim: int, shortlist: int, k: int,
-                decay: float | None) -> tuple[tuple[int, int], ...]:
-    """A schedule starting at ``(first_dim, shortlist)`` and ending at ``(dims[-1], k)``."""
+def make_stages(dims: Sequence[int], first_dim: int, precision: str, float_name: str,
+                shortlist: int, k: int, decay: float | None) -> tuple[tuple[int, str, int], ...]:
+    """A schedule from ``(first_dim, precision, shortlist)`` to ``(dims[-1], float, k)``.
+
+    After a code walk the first float stage rescores at the graph dim itself (or goes on to
+    a longer one with the shape's shrink), so codes only ever pick candidates.
+    """
     later = [d for d in dims if d > first_dim]
+    first = (first_dim, precision, shortlist)
+    if precision != float_name:  # codes only pick candidates: rescore at the graph dim too
+        later = [first_dim] + later
     if not later:
-        return ((first_dim, k),) if shortlist == k else ((first_dim, shortlist),)
+        return (first,) if shortlist == k else ((first_dim, float_name, shortlist),)
     if decay is None:
-        return ((first_dim, shortlist), (later[-1], k))
-    stages = [(first_dim, shortlist)]
+        return (first, (later[-1], float_name, k))
+    stages = [first]
     current = shortlist
     for prefix_dim in later[:-1]:
         current = max(k, int(round(current * decay)))
-        stages.append((prefix_dim, current))
-    stages.append((later[-1], k))
+        stages.append((prefix_dim, float_name, current))
+    stages.append((later[-1], float_name, k))
     return tuple(stages)
 
 
-def _fastest(searcher: Searcher, batch: np.ndarray, truth: SearchResult,
-             qualified: list[FunnelPlan], k: int) -> FunnelPlan:
-    """Re-time the fastest few qualifying plans end to end (graph search included), best of
-    :data:`_RETIME_REPEATS` runs each, and return the fastest.
-
-    During the search each schedule is timed once; plans a few microseconds apart would
-    otherwise swap places with the machine's noise from one ``tune`` to the next.
-    """
-    finalists = sorted(qualified, key=lambda plan: plan.seconds_per_query)[:_FINALISTS]
-    timed = []
-    for plan in finalists:
-        seconds = min(searcher._measure(batch, truth, plan.stages, plan.ef, k)[3]
-                      for _ in range(_RETIME_REPEATS))
-        timed.append(FunnelPlan(plan.stages, plan.ef, k, plan.recall, plan.recall_lower,
-                                seconds))
-    return min(timed, key=lambda plan: plan.seconds_per_query)
-
-
-def search_plans(searcher: Searcher, batch: np.ndarray, truth: SearchResult, *, k: int,
-                 target_recall: float, max_shortlist: int, progress: bool | None) -> FunnelPlan:
+def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[int],
+                 precisions: Sequence[str], live: int, k: int, target_recall: float,
+                 max_shortlist: int, progress: bool | None) -> FunnelPlan:
     """Try schedules in order of growing shortlist; keep the fastest that meets the target.
 
-    For each (first dim, ef factor, shape) the shortlist grows until the target is met, since a
-    longer shortlist only adds time. The first-stage graph results are shared by the shapes.
+    For each (graph dim, walk precision, ef factor, shape) the shortlist grows until the
+    target is met, since a longer shortlist only adds time. ``precisions[0]`` is the stored
+    float type.
     """
-    live = len(searcher)
+    float_name = precisions[0]
     grid = shortlist_grid(k, live, max_shortlist)
-    best: FunnelPlan | None = None
     qualified: list[FunnelPlan] = []
     best_recall = (-1.0, None)
-    # warm the kernels so the first measured schedule pays no compile or cache cost
-    searcher._measure(batch[:2], SearchResult(truth.ids[:2], truth.scores[:2], truth.counts[:2]),
-                      ((searcher.index_dims[0], k),), k, k)
-    query_norms = searcher._prefix_norms(batch)
-    total = len(searcher.index_dims) * len(_EF_FACTORS) * len(grid)
+    measure(((index_dims[0], float_name, k),), k)  # warm up: no first-call cost in a timing
+    total = len(index_dims) * len(precisions) * len(_EF_FACTORS) * len(grid)
     with tqdm(total=total, desc="mrlsearch: tuning", unit="shortlist",
               disable=None if progress is not False else True, leave=False) as bar:
-        for first_dim in searcher.index_dims:
-            for ef_factor in _EF_FACTORS:
-                open_shapes = list(_SHAPES)
-                for shortlist in grid:
-                    bar.update(1)
-                    if not open_shapes:
-                        continue
-                    ef = max(shortlist * ef_factor, shortlist)
-                    with searcher._lock.read():
-                        first = searcher._first_stage(batch, first_dim, shortlist, ef, -1,
-                                                      query_norms)
-                    for decay in list(open_shapes):
-                        stages = make_stages(searcher.dims, first_dim, shortlist, k, decay)
-                        _, recall, lower, seconds = searcher._measure(
-                            batch, truth, stages, ef, k, first, query_norms)
-                        if recall > best_recall[0]:
-                            best_recall = (recall, stages)
-                        if lower >= target_recall:
-                            open_shapes.remove(decay)
-                            qualified.append(FunnelPlan(stages, ef, k, recall, lower, seconds))
-                    if shortlist >= live:
-                        break
-    if qualified:
-        best = _fastest(searcher, batch, truth, qualified, k)
-    if best is None:
+        for first_dim in index_dims:
+            for precision in precisions:
+                for ef_factor in _EF_FACTORS:
+                    open_shapes = list(_SHAPES)
+                    for shortlist in grid:
+                        bar.update(1)
+                        if not open_shapes:
+                            continue
+                        ef = max(shortlist * ef_factor, shortlist)
+                        for decay in list(open_shapes):
+                            stages = make_stages(dims, first_dim, precision, float_name,
+                                                 shortlist, k, decay)
+                            recall, lower, seconds = measure(stages, ef)
+                            if recall > best_recall[0]:
+                                best_recall = (recall, stages)
+                            if lower >= target_recall:
+                                open_shapes.remove(decay)
+                                qualified.append(FunnelPlan(stages, ef, k, recall, lower,
+                                                            seconds))
+                        if shortlist >= live:
+                            break
+    if not qualified:
         recall, stages = best_recall
         raise ValueError(
             f"no funnel schedule reached target_recall={target_recall} (with a 95 % lower bound) "
             f"up to max_shortlist={max_shortlist}; the best was {recall:.3f} with {stages}. "
-            "Raise max_shortlist, index a longer prefix (index_dims), or lower the target."
-        )
-    return best
+            "Raise max_shortlist, index a longer prefix (index_dims), or lower the target.")
+    return fastest(measure, qualified)
+
+
+def fastest(measure: Measure, qualified: list[FunnelPlan]) -> FunnelPlan:
+    """Re-time the fastest few qualifying plans (best of :data:`_RETIME_REPEATS` runs each)
+    and return the fastest: single timings let plans a few microseconds apart swap places
+    with the machine's noise."""
+    finalists = sorted(qualified, key=lambda plan: plan.seconds_per_query)[:_FINALISTS]
+    timed = []
+    for plan in finalists:
+        recall, lower, seconds = measure(plan.stages, plan.ef, _RETIME_REPEATS)
+        timed.append(FunnelPlan(plan.stages, plan.ef, plan.k, plan.recall, plan.recall_lower,
+                                seconds))
+    return min(timed, key=lambda plan: plan.seconds_per_query)

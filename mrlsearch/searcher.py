@@ -1,26 +1,34 @@
-"""Searcher: funnel retrieval over Matryoshka embeddings.
+"""Searcher: funnel retrieval over Matryoshka embeddings (the façade).
 
-Stage 1 asks an hnswlib graph built over a low-dim prefix for a shortlist; each later stage
-rescores the survivors at a longer prefix, adding only the new slice of coordinates to the
-running dot products (numba, :mod:`mrlsearch._kernels`), and keeps a shorter list.
+The parts, one job each: :mod:`~mrlsearch._store` (vectors, norms, codes, ids, tombstones),
+:mod:`~mrlsearch._graphs` (hnswlib builds the HNSW graphs), :mod:`~mrlsearch._engine` (the
+compiled search over both), :mod:`~mrlsearch._tune` (plan search through a measure callback),
+:mod:`~mrlsearch._build` (auto-configuration), :mod:`~mrlsearch._persist` (index directories).
+``Searcher`` validates, locks and orchestrates.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Union
 
-import hnswlib
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _format, _kernels
-from ._errors import DimensionError, FormatError
-from ._results import FunnelPlan, SearchResult, StageStats, recall_per_query
-from ._rwlock import EfGate, RWLock
+from . import _persist
+from ._codes import CODE_PRECISIONS
+from ._engine import Engine
+from ._errors import DimensionError
+from ._exact import exact_rows
+from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
+from ._memory import resident_bytes
+from ._results import FunnelPlan, SearchResult, StageStats, parse_stage, recall_per_query
+from ._rwlock import RWLock
+from ._store import VectorStore
 from ._validation import (
     check_choice,
     check_dims,
@@ -32,27 +40,31 @@ from ._validation import (
 
 __all__ = ["Searcher"]
 
-FORMAT_NAME = "mrlsearch.index"
-FORMAT_VERSION = 1
 METRICS = ("cosine", "ip", "l2")
 DTYPES = ("float32", "float16")
-_HNSW_SPACE = {"cosine": "cosine", "ip": "ip", "l2": "l2"}
 _PROGRESS_MIN_ROWS = 20_000
 _ADD_CHUNK = 10_000
-# exact(): scores are computed for this many (query, row) pairs at a time (64 MiB of float32).
-_EXACT_BLOCK = 1 << 24
-# Batches smaller than this run hnswlib and the rerank kernel on one thread: starting threads
-# costs more than it saves for a handful of queries.
-_SERIAL_BELOW = 8
-# z of a one-sided 95 % bound, used by tune() to keep a margin over the target recall.
+#: Largest |value| accepted: beyond it float32 dot products of long prefixes can overflow.
+MAX_ABS_VALUE = 1e15
+#: z of a one-sided 95 % bound, used to keep a margin over the target recall.
 _Z_95 = 1.645
+_MAX_EF = 1 << 20
+#: Largest k (results are padded to k columns, so k bounds the memory of a result).
+MAX_K = 1 << 20
 
-Stages = Union[Sequence[Sequence[int]], FunnelPlan]
+Stages = Union[Sequence[Sequence], FunnelPlan]
 
 
 def _default_dims(dim: int) -> tuple[int, ...]:
     dims = [d for d in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if d < dim]
     return tuple(dims) + (dim,)
+
+
+def _check_int_range(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+            low <= value <= high):
+        raise ValueError(f"'{name}' must be an int in [{low}, {high}] (got {value!r})")
+    return int(value)
 
 
 class Searcher:
@@ -68,17 +80,21 @@ class Searcher:
     metric : {'cosine', 'ip', 'l2'}, default='cosine'
         Similarity. For cosine every prefix is normalised on its own (prefix norms are stored
         at ``add`` time), so the score at dim ``m`` is the cosine of the ``m``-dim prefixes.
-        Scores are higher-is-better: for ``'l2'`` they are the negative squared distance.
+        Scores are higher-is-better: for ``'l2'`` they are the negative squared distance
+        (``SearchResult.distances`` gives the positive one).
     index_dims : sequence of int, optional
         Dims (a subset of ``dims``) that get an HNSW graph; a funnel's first stage must use one
-        of them. Default: the smallest dim >= 16 (or the full dim).
+        of them. Default: the smallest dim >= 16 (or the full dim). Include ``dim`` itself to
+        let ``tune`` fall back to a full-dim graph where short prefixes rank badly.
     M : int, default=16
-        HNSW graph degree (hnswlib's ``M``); memory is about ``M * 8-10`` bytes per vector and
-        graph.
+        HNSW graph degree (hnswlib's ``M``, 2 to 2048).
     ef_construction : int, default=200
         HNSW build breadth (hnswlib's ``ef_construction``).
     dtype : {'float32', 'float16'}, default='float32'
         Storage type of the vectors; float16 halves memory, scores are accumulated in float32.
+    codes : sequence of {'int8', 'binary'}, default=('int8', 'binary')
+        Compact codes kept at every indexed dim, for the graph walk and early stages to score
+        (int8: one byte per coordinate; binary: one bit). ``()`` keeps none.
     seed : int, default=100
         Random seed of the HNSW level generator.
 
@@ -105,6 +121,7 @@ class Searcher:
         M: int = 16,
         ef_construction: int = 200,
         dtype: str = "float32",
+        codes: Sequence[str] = CODE_PRECISIONS,
         seed: int = 100,
     ) -> None:
         self._dim = check_positive_int(dim, "dim")
@@ -114,37 +131,38 @@ class Searcher:
         if dims[-1] != self._dim:
             dims = dims + (self._dim,)
         self._dims = dims
-        self._dims_array = np.asarray(dims, dtype=np.int64)
         self._metric = check_choice(metric, "metric", METRICS)
         if index_dims is None:
             index_dims = (next((d for d in dims if d >= 16), dims[-1]),)
         index_dims = check_dims(index_dims, "index_dims", max_dim=self._dim)
         unknown = [d for d in index_dims if d not in dims]
         if unknown:
-            raise DimensionError(
-                f"'index_dims' must be among dims {dims} (got {unknown[0]})"
-            )
+            raise DimensionError(f"'index_dims' must be among dims {dims} (got {unknown[0]})")
         self._index_dims = index_dims
-        self._M = check_positive_int(M, "M")
-        self._ef_construction = check_positive_int(ef_construction, "ef_construction")
+        self._M = _check_int_range(M, "M", *M_RANGE)
+        self._ef_construction = _check_int_range(ef_construction, "ef_construction",
+                                                 *EF_CONSTRUCTION_RANGE)
         self._dtype = check_choice(dtype, "dtype", DTYPES)
+        if isinstance(codes, str) or not all(isinstance(c, str) for c in codes):
+            raise TypeError(f"'codes' must be a sequence of {CODE_PRECISIONS} (got {codes!r})")
+        self._codes = tuple(check_choice(c, "codes", CODE_PRECISIONS) for c in dict.fromkeys(codes))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TypeError(f"'seed' must be a non-negative int (got {seed!r})")
         self._seed = int(seed)
-
-        self._rows = 0  # rows used in the arrays below, deleted ones included
-        self._vectors = np.empty((0, self._dim), dtype=self._dtype)
-        self._norms = np.empty((0, len(self._dims)), dtype=np.float32)
-        self._ids = np.empty(0, dtype=np.int64)
-        self._deleted = np.empty(0, dtype=bool)
-        self._row_of: dict[int, int] = {}
-        self._next_id = 0
-        self._graphs: dict[int, hnswlib.Index] = {}
+        self._store, self._graphs = self._new_parts()
+        self._engine = Engine(self._store, self._graphs, self._metric)
         self._plan: FunnelPlan | None = None
         self._checked_stages: dict = {}
-        self._fused_arrays: dict = {}
-        self._ef_gates: dict[int, EfGate] = {}
         self._lock = RWLock()
+        self._compact_lock = threading.Lock()
+
+    def _new_parts(self) -> tuple[VectorStore, GraphSet]:
+        store = VectorStore(self._dim, self._dims, dtype=self._dtype,
+                            code_dims=self._index_dims, precisions=self._codes,
+                            normalise_codes=self._metric == "cosine")
+        graphs = GraphSet(self._metric, self._index_dims, M=self._M,
+                          ef_construction=self._ef_construction, seed=self._seed)
+        return store, graphs
 
     # ------------------------------------------------------------------ properties
     @property
@@ -164,8 +182,13 @@ class Searcher:
 
     @property
     def index_dims(self) -> tuple[int, ...]:
-        """Dims that carry an HNSW graph."""
+        """Dims that carry an HNSW graph (and compact codes)."""
         return self._index_dims
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """Code kinds kept at every indexed dim."""
+        return self._codes
 
     @property
     def M(self) -> int:  # noqa: N802 - hnswlib's knob name
@@ -184,7 +207,7 @@ class Searcher:
 
     @property
     def plan(self) -> FunnelPlan | None:
-        """The schedule ``funnel`` uses when called without ``stages`` (set by ``tune``)."""
+        """The schedule ``search`` and ``funnel`` use without ``stages`` (set by ``tune``)."""
         return self._plan
 
     @plan.setter
@@ -196,13 +219,77 @@ class Searcher:
         self._plan = value
 
     def __len__(self) -> int:
-        return len(self._row_of)
+        return self._store.live
+
+    @property
+    def tombstones(self) -> int:
+        """Removed or replaced rows still held in memory and graphs (``compact`` frees them)."""
+        return self._store.rows - self._store.live
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+            return False
+        return int(item) in self._store.row_of
 
     def __repr__(self) -> str:
         return (
             f"<mrlsearch.Searcher dim={self._dim} dims={self._dims} metric={self._metric!r} "
-            f"index_dims={self._index_dims} dtype={self._dtype!r} count={len(self)}>"
+            f"index_dims={self._index_dims} dtype={self._dtype!r} codes={self._codes} "
+            f"count={len(self)}>"
         )
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, vectors: np.ndarray, *, queries: np.ndarray | None = None, k: int = 10,
+              target_recall: float = 0.95, ids: Sequence[int] | np.ndarray | None = None,
+              metric: str = "cosine", dims: Sequence[int] | None = None,
+              dtype: str = "float32", M: int = 16, ef_construction: int = 200,
+              sample_size: int = 20_000, progress: bool | None = None) -> Searcher:
+        """Pick graph dims and code types from the data, build, tune; return a ready Searcher.
+
+        A sample of the vectors (``sample_size`` rows) is searched exactly at every nesting
+        dim to see how long a shortlist each prefix needs before the true full-dim neighbours
+        of the sample queries are in it; the prefixes with the lowest estimated cost become
+        graphs, and the full dim is always a candidate, so on data whose short prefixes rank
+        badly the result falls back to what plain HNSW at full dim would do. After the build
+        :meth:`tune` chooses among graph dims, precisions and shortlists by measured latency,
+        and the graphs the chosen plan does not use are dropped.
+
+        Parameters
+        ----------
+        vectors : array-like of shape (n, dim)
+        queries : array-like of shape (n_queries, dim), optional
+            Representative queries (a few hundred). Default: 300 rows of ``vectors``.
+        k, target_recall
+            What the plan must reach: recall@k against exact full-dim search, as a one-sided
+            95 % lower bound over the queries.
+        ids, metric, dims, dtype, M, ef_construction
+            As for :class:`Searcher` and :meth:`add`.
+        sample_size : int, default=20000
+            Rows used to estimate each prefix's shortlist.
+        progress : bool, optional
+            Progress bars (default: on a terminal, for large inputs).
+
+        Returns
+        -------
+        Searcher
+            With :attr:`plan` set; ``build_report`` holds what was estimated and chosen.
+
+        Examples
+        --------
+        >>> from mrlsearch import Searcher
+        >>> from mrlsearch.datasets import synthetic_mrl
+        >>> vectors, queries = synthetic_mrl(4000, 128, n_queries=100, seed=0)
+        >>> s = Searcher.build(vectors, queries=queries, k=10, target_recall=0.9)
+        >>> s.plan.recall_lower >= 0.9
+        True
+        """
+        from ._build import build_searcher
+
+        return build_searcher(cls, vectors, queries=queries, k=k, target_recall=target_recall,
+                              ids=ids, metric=metric, dims=dims, dtype=dtype, M=M,
+                              ef_construction=ef_construction, sample_size=sample_size,
+                              progress=progress)
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -215,59 +302,75 @@ class Searcher:
     ) -> np.ndarray:
         """Add vectors; an id that is already present is updated (replaced).
 
+        Input is read in chunks of 10 000 rows, so a memory-mapped array is never copied
+        whole.
+
         Parameters
         ----------
         vectors : array-like of shape (n, dim) or (dim,)
-            Finite vectors. They are stored as ``dtype``.
+            Finite vectors, every value within +-1e15. Stored as ``dtype``.
         ids : array-like of int of shape (n,), optional
-            Non-negative, distinct ids. Default: consecutive ids after the largest one so far.
+            Distinct ids in [0, 2**63). Default: consecutive ids after the largest one so far
+            (allocated under the write lock: concurrent adds never share ids).
         num_threads : int, default=-1
             Threads for the HNSW insertion (-1: all cores).
         progress : bool, optional
-            Show a progress bar. Default: only for 20 000 rows or more on a terminal.
+            Show a progress bar (True forces one even off a terminal). Default: for 20 000
+            rows or more, on a terminal.
 
         Returns
         -------
         ndarray of shape (n,), int64
             The ids of the added vectors.
         """
-        batch, _ = check_matrix(vectors, "vectors", dim=self._dim)
-        if ids is None:
-            new_ids = np.arange(self._next_id, self._next_id + batch.shape[0], dtype=np.int64)
-        else:
-            new_ids = check_ids(ids, "ids", count=batch.shape[0])
+        source = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
+        if source.ndim == 1:
+            source = source[None, :]
+        if source.ndim != 2 or source.shape[0] == 0 or source.shape[1] != self._dim:
+            check_matrix(source, "vectors", dim=self._dim)  # raises the right error
+        n_rows = source.shape[0]
+        given_ids = None if ids is None else check_ids(ids, "ids", count=n_rows)
         if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
-        if self._dtype == "float16" and np.abs(batch).max() > np.finfo(np.float16).max:
-            raise ValueError("'vectors' must fit float16 (got values beyond +-65504)")
-        stored = batch.astype(self._dtype)
+        for lo in range(0, n_rows, _ADD_CHUNK):  # validate everything before writing anything
+            self._check_values(source[lo:lo + _ADD_CHUNK], "vectors", offset=lo)
+        show = progress if progress is not None else (n_rows >= _PROGRESS_MIN_ROWS or None)
         with self._lock.write():
-            replaced = [self._row_of[int(i)] for i in new_ids if int(i) in self._row_of]
+            store = self._store
+            if given_ids is None:
+                new_ids = np.arange(store.next_id, store.next_id + n_rows, dtype=np.int64)
+            else:
+                new_ids = given_ids
+            replaced = [store.row_of[i] for i in new_ids.tolist() if i in store.row_of]
             if replaced:
                 self._tombstone(np.asarray(replaced, dtype=np.int64))
-            start = self._rows
-            stop = start + batch.shape[0]
-            self._reserve(stop)
-            self._vectors[start:stop] = stored
-            self._norms[start:stop] = self._prefix_norms(stored.astype(np.float32))
-            self._ids[start:stop] = new_ids
-            self._deleted[start:stop] = False
-            rows = np.arange(start, stop, dtype=np.int64)
-            show = progress if progress is not None else batch.shape[0] >= _PROGRESS_MIN_ROWS
-            total = batch.shape[0] * len(self._index_dims)
-            with tqdm(total=total, desc="mrlsearch: indexing", unit="vec",
-                      disable=None if show else True, leave=False) as bar:
-                for prefix_dim in self._index_dims:
-                    graph = self._graphs[prefix_dim]
-                    for lo in range(0, batch.shape[0], _ADD_CHUNK):
-                        hi = min(lo + _ADD_CHUNK, batch.shape[0])
-                        chunk = np.ascontiguousarray(stored[lo:hi, :prefix_dim], dtype=np.float32)
-                        graph.add_items(chunk, rows[lo:hi], num_threads=num_threads)
-                        bar.update(hi - lo)
-            self._rows = stop
-            self._row_of.update(zip(new_ids.tolist(), rows.tolist()))
-            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+            if store.reserve(store.rows + n_rows):
+                if self._graphs:
+                    self._graphs.resize(store.capacity)
+            if not self._graphs:
+                self._graphs.create(store.capacity)
+            with tqdm(total=n_rows * len(self._index_dims), desc="mrlsearch: indexing",
+                      unit="vec", disable=None if show is None else not show,
+                      leave=False) as bar:
+                for lo in range(0, n_rows, _ADD_CHUNK):
+                    chunk = np.asarray(source[lo:lo + _ADD_CHUNK], dtype=np.float32)
+                    stored = chunk.astype(self._dtype, copy=False)
+                    rows = store.append(stored, new_ids[lo:lo + chunk.shape[0]])
+                    for prefix_dim in self._index_dims:
+                        part = np.ascontiguousarray(stored[:, :prefix_dim], dtype=np.float32)
+                        self._graphs.add(prefix_dim, part, rows, num_threads=num_threads)
+                        bar.update(chunk.shape[0])
         return new_ids
+
+    def _check_values(self, chunk: np.ndarray, name: str, *, offset: int = 0) -> None:
+        batch, _ = check_matrix(chunk, name, dim=self._dim)
+        peak = np.abs(batch).max(axis=1)
+        if np.any(peak > MAX_ABS_VALUE):
+            row = int(np.flatnonzero(peak > MAX_ABS_VALUE)[0]) + offset
+            raise ValueError(f"'{name}' values must be within +-{MAX_ABS_VALUE:g} "
+                             f"(got {float(peak.max()):g} in row {row})")
+        if self._dtype == "float16" and np.any(peak > np.finfo(np.float16).max):
+            raise ValueError(f"'{name}' must fit float16 (got values beyond +-65504)")
 
     def remove(self, ids: Sequence[int] | np.ndarray | int) -> None:
         """Remove ids; they never come back from any search.
@@ -279,99 +382,102 @@ class Searcher:
         """
         targets = check_ids(ids, "ids")
         with self._lock.write():
-            missing = [int(i) for i in targets if int(i) not in self._row_of]
+            row_of = self._store.row_of
+            missing = [i for i in targets.tolist() if i not in row_of]
             if missing:
-                raise ValueError(
-                    f"'ids' must all be in the index (got {len(missing)} unknown, "
-                    f"e.g. {missing[0]})"
-                )
-            self._tombstone(np.asarray([self._row_of[int(i)] for i in targets], dtype=np.int64))
+                raise ValueError(f"'ids' must all be in the index (got {len(missing)} unknown, "
+                                 f"e.g. {missing[0]})")
+            self._tombstone(np.asarray([row_of[i] for i in targets.tolist()], dtype=np.int64))
+
+    def _tombstone(self, rows: np.ndarray) -> None:
+        self._store.tombstone(rows)
+        self._graphs.mark_deleted(rows)
 
     def compact(self, *, num_threads: int = -1, progress: bool | None = None) -> None:
         """Rebuild the arrays and graphs without removed or replaced rows.
 
-        Removal only tombstones rows: they keep their memory and their place in the graphs
-        (hnswlib routes through them but never returns them). After many removals, compacting
-        frees that memory and gives graphs as good as a fresh build. Ids are kept.
+        Removal only tombstones rows: they keep their memory and their place in the graphs.
+        Compacting frees that memory and gives graphs as good as a fresh build. The new index
+        is built aside while queries go on against the old one, then swapped in at once under
+        the write lock: no query ever sees a half-built index. Writes made during the rebuild
+        are replayed onto the new index before the swap. Ids and the plan are kept.
         """
         if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
-        with self._lock.write():
-            live = np.flatnonzero(~self._deleted[: self._rows])
-            vectors = np.ascontiguousarray(self._vectors[live])
-            ids = self._ids[live].copy()
-            next_id, plan = self._next_id, self._plan
-            self._rows = 0
-            self._vectors = np.empty((0, self._dim), dtype=self._dtype)
-            self._norms = np.empty((0, len(self._dims)), dtype=np.float32)
-            self._ids = np.empty(0, dtype=np.int64)
-            self._deleted = np.empty(0, dtype=bool)
-            self._row_of = {}
-            self._graphs = {}
-        if live.size:
-            self.add(vectors, ids, num_threads=num_threads, progress=progress)
-        with self._lock.write():
-            self._next_id, self._plan = next_id, plan
+        with self._compact_lock:
+            with self._lock.read():
+                old = self._store
+                rows = old.live_rows()
+                live_ids = old.ids[rows].copy()
+                vectors = np.asarray(old.vectors[rows], dtype=np.float32)
+                seen_rows, seen_version = old.rows, old.version
+            fresh = Searcher(self._dim, self._dims, metric=self._metric,
+                             index_dims=self._index_dims, M=self._M,
+                             ef_construction=self._ef_construction, dtype=self._dtype,
+                             codes=self._codes, seed=self._seed)
+            if rows.size:
+                fresh.add(vectors, live_ids, num_threads=num_threads, progress=progress)
+            del vectors
+            with self._lock.write():
+                if old.version != seen_version:
+                    # writes landed during the rebuild: replay them onto the new index
+                    gone = [i for i in live_ids.tolist() if i not in old.row_of]
+                    if gone:
+                        fresh.remove(gone)
+                    added = np.arange(seen_rows, old.rows)
+                    added = added[~old.deleted[seen_rows:old.rows]]
+                    if added.size:
+                        fresh.add(np.asarray(old.vectors[added], dtype=np.float32),
+                                  old.ids[added], num_threads=num_threads)
+                fresh._store.next_id = max(fresh._store.next_id, old.next_id)
+                self._store, self._graphs = fresh._store, fresh._graphs
+                self._engine.rebind(self._store, self._graphs)
 
-    def _tombstone(self, rows: np.ndarray) -> None:
-        for row in rows.tolist():
-            self._deleted[row] = True
-            del self._row_of[int(self._ids[row])]
-            for graph in self._graphs.values():
-                graph.mark_deleted(row)
+    # ------------------------------------------------------------------ reading
+    def get(self, ids: Sequence[int] | np.ndarray | int) -> np.ndarray:
+        """Stored vectors of ``ids`` (float32, shape (n, dim)); KeyError for an unknown id."""
+        targets = check_ids(ids, "ids")
+        with self._lock.read():
+            rows = self._store.rows_of(targets)
+            if np.any(rows < 0):
+                raise KeyError(f"id {int(targets[rows < 0][0])} is not in the index")
+            return np.asarray(self._store.vectors[rows], dtype=np.float32)
 
-    def _reserve(self, rows_needed: int) -> None:
-        capacity = self._vectors.shape[0]
-        if rows_needed <= capacity:
-            if not self._graphs:
-                self._make_graphs(capacity)
-            return
-        new_capacity = max(rows_needed, 2 * capacity, 1024)
-        vectors = np.empty((new_capacity, self._dim), dtype=self._dtype)
-        vectors[: self._rows] = self._vectors[: self._rows]
-        norms = np.empty((new_capacity, len(self._dims)), dtype=np.float32)
-        norms[: self._rows] = self._norms[: self._rows]
-        ids = np.empty(new_capacity, dtype=np.int64)
-        ids[: self._rows] = self._ids[: self._rows]
-        deleted = np.ones(new_capacity, dtype=bool)
-        deleted[: self._rows] = self._deleted[: self._rows]
-        self._vectors, self._norms, self._ids, self._deleted = vectors, norms, ids, deleted
-        if not self._graphs:
-            self._make_graphs(new_capacity)
-        else:
-            for graph in self._graphs.values():
-                graph.resize_index(new_capacity)
+    def ids(self) -> np.ndarray:
+        """The live ids, in storage order (int64)."""
+        with self._lock.read():
+            store = self._store
+            return store.ids[store.live_rows()].copy()
 
-    def _make_graphs(self, capacity: int) -> None:
-        for prefix_dim in self._index_dims:
-            graph = hnswlib.Index(space=_HNSW_SPACE[self._metric], dim=prefix_dim)
-            graph.init_index(
-                max_elements=max(capacity, 1),
-                M=self._M,
-                ef_construction=self._ef_construction,
-                random_seed=self._seed,
-            )
-            self._graphs[prefix_dim] = graph
+    def memory_usage(self) -> dict[str, int]:
+        """Resident bytes per part, measured: ``vectors``, ``norms``, ``codes``, ``ids``,
+        ``graphs`` (hnswlib's own copy) and ``graph_links`` (the copy the search reads).
 
-    def _prefix_norms(self, batch: np.ndarray) -> np.ndarray:
-        """(n, len(dims)) float32 norms of each row's prefix at every nesting dim."""
-        return _kernels.prefix_norms(np.ascontiguousarray(batch, dtype=np.float32),
-                                     self._dims_array)
+        Arrays in memory count whole; a memory-mapped vector file counts the pages the
+        kernel holds resident for this process (from ``/proc/self/smaps`` where available).
+        """
+        with self._lock.read():
+            store = self._store
+            usage = store.nbytes()
+            usage["vectors"] = resident_bytes(store.vectors[: store.rows])
+            usage["graphs"] = self._graphs.index_bytes()
+            usage["graph_links"] = self._graphs.links_bytes()
+        usage["total"] = sum(usage.values())
+        return usage
 
     # ------------------------------------------------------------------ checks
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         batch = None
         if (type(queries) is np.ndarray and queries.shape == (self._dim,)
                 and (queries.dtype == np.float32 or queries.dtype == np.float64)):
-            # the common single-query call: skip the general conversion (the checks it
-            # would make hold) and test finiteness with one reduction
+            # the common single-query call: one reduction tests finiteness and range
             row = np.ascontiguousarray(queries, dtype=np.float32)
-            if np.isfinite(row.dot(row)):
+            square = float(row.dot(row))
+            if math.isfinite(square) and square <= MAX_ABS_VALUE ** 2:
                 batch = row.reshape(1, self._dim)
         if batch is None:
             batch, _ = check_matrix(queries, "queries", dim=self._dim)
-        if not self._row_of:
-            raise ValueError("the index is empty: add vectors before searching")
+            self._check_values(batch, "queries")
         return batch
 
     def _check_dim(self, value: object, name: str) -> int:
@@ -382,81 +488,130 @@ class Searcher:
             raise DimensionError(f"'{name}' must be one of dims {self._dims} (got {prefix_dim})")
         return prefix_dim
 
-    def _check_stages(
-        self, stages: object, k: int, ef: int | None
-    ) -> tuple[tuple[tuple[int, int], ...], int]:
+    @staticmethod
+    def _check_k(k: object) -> int:
+        k = check_positive_int(k, "k")
+        if k > MAX_K:
+            raise ValueError(f"'k' must be at most {MAX_K} (got {k})")
+        return k
+
+    def _check_stages(self, stages: object, k: int, ef: object
+                      ) -> tuple[tuple[tuple[int, str, int], ...], int]:
         try:  # schedules repeat from call to call: validate each one once
-            if type(stages) is not tuple:
-                stages_key = tuple(tuple(stage) for stage in stages)
-            else:
-                stages_key = stages
-            key = (stages_key, k, ef)
+            key = (stages if type(stages) is tuple else tuple(tuple(s) for s in stages), k, ef)
             hash(key)
         except TypeError:
             key = None
-        if key in self._checked_stages:
-            return self._checked_stages[key]
+        if key is not None:
+            checked = self._checked_stages.get(key)
+            if checked is not None:
+                return checked
         checked = self._validate_stages(stages, k, ef)
         if key is not None and len(self._checked_stages) < 256:
             self._checked_stages[key] = checked
         return checked
 
-    def _validate_stages(
-        self, stages: object, k: int, ef: int | None
-    ) -> tuple[tuple[tuple[int, int], ...], int]:
+    def _validate_stages(self, stages: object, k: int, ef: object
+                         ) -> tuple[tuple[tuple[int, str, int], ...], int]:
         if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
-            raise TypeError(
-                f"'stages' must be a non-empty list of (dim, shortlist) pairs (got {stages!r})"
-            )
+            raise TypeError("'stages' must be a non-empty list of (dim, shortlist) or "
+                            f"(dim, precision, shortlist) (got {stages!r})")
         parsed = []
         for stage in stages:
-            if isinstance(stage, (str, bytes)) or not isinstance(stage, Sequence) or len(stage) != 2:
-                raise TypeError(f"'stages' must hold (dim, shortlist) pairs (got {stage!r})")
-            prefix_dim = check_positive_int(stage[0], "stages dim")
-            shortlist = check_positive_int(stage[1], "stages shortlist")
+            prefix_dim, precision, shortlist = parse_stage(stage)
+            prefix_dim = check_positive_int(prefix_dim, "stages dim")
+            shortlist = check_positive_int(shortlist, "stages shortlist")
             if prefix_dim not in self._dims:
-                raise DimensionError(
-                    f"'stages' dims must be among dims {self._dims} (got {prefix_dim})"
-                )
+                raise DimensionError(f"'stages' dims must be among dims {self._dims} "
+                                     f"(got {prefix_dim})")
             if shortlist < k:
-                raise ValueError(
-                    f"'stages' shortlist at dim {prefix_dim} must be >= k={k} (got {shortlist})"
-                )
-            parsed.append((prefix_dim, shortlist))
-        stage_dims = [d for d, _ in parsed]
-        if any(b <= a for a, b in zip(stage_dims, stage_dims[1:])):
-            raise DimensionError(f"'stages' dims must be strictly increasing (got {stage_dims})")
-        shortlists = [s for _, s in parsed]
+                raise ValueError(f"'stages' shortlist at dim {prefix_dim} must be >= k={k} "
+                                 f"(got {shortlist})")
+            if precision.startswith("float"):
+                precision = self._dtype
+            parsed.append((prefix_dim, precision, shortlist))
+        order = {"binary": 0, "int8": 1, "float16": 2, "float32": 2}
+        for (d0, p0, _), (d1, p1, _) in zip(parsed, parsed[1:]):
+            if d1 < d0 or (d1 == d0 and order[p1] <= order[p0]):
+                raise DimensionError(
+                    "'stages' dims must grow from stage to stage (a dim may repeat only with a "
+                    f"finer precision: binary, int8, float) (got {[s[:2] for s in parsed]})")
+        first_dim = parsed[0][0]
+        if first_dim not in self._index_dims:
+            raise DimensionError(f"'stages' first dim must be an indexed dim {self._index_dims} "
+                                 f"(got {first_dim}); add it to index_dims")
+        for prefix_dim, precision, _ in parsed:
+            if precision in CODE_PRECISIONS:
+                if prefix_dim != first_dim:
+                    raise ValueError(f"'stages' {precision} stages must be at the first stage's "
+                                     f"dim {first_dim}, where the codes are (got {prefix_dim})")
+                if precision not in self._codes:
+                    raise ValueError(f"'stages' precision {precision!r} needs codes={precision!r}"
+                                     f" (this index keeps {self._codes})")
+        shortlists = [s for _, _, s in parsed]
         if any(b > a for a, b in zip(shortlists, shortlists[1:])):
-            raise ValueError(
-                f"'stages' shortlists must not grow from one stage to the next (got {shortlists})"
-            )
-        if parsed[0][0] not in self._index_dims:
-            raise DimensionError(
-                f"'stages' first dim must be an indexed dim {self._index_dims} "
-                f"(got {parsed[0][0]}); add it to index_dims"
-            )
+            raise ValueError(f"'stages' shortlists must not grow from one stage to the next "
+                             f"(got {shortlists})")
         if ef is None:
-            ef = parsed[0][1]
+            ef = parsed[0][2]
         else:
-            ef = check_positive_int(ef, "ef")
-            if ef < parsed[0][1]:
-                raise ValueError(
-                    f"'ef' must be >= the first stage's shortlist {parsed[0][1]} (got {ef})"
-                )
+            ef = _check_int_range(ef, "ef", 1, _MAX_EF)
+            if ef < parsed[0][2]:
+                raise ValueError(f"'ef' must be >= the first stage's shortlist {parsed[0][2]} "
+                                 f"(got {ef})")
         return tuple(parsed), ef
 
+    def _check_filter(self, filter: object) -> np.ndarray | None:  # noqa: A002
+        """A row mask from an allow-list of ids or a boolean mask over ids."""
+        if filter is None:
+            return None
+        store = self._store
+        array = np.asarray(filter)
+        allow = np.zeros(store.capacity, dtype=bool)
+        if array.dtype == np.bool_:
+            if array.ndim != 1:
+                raise DimensionError(f"'filter' as a mask must be 1-D over ids "
+                                     f"(got shape {array.shape})")
+            rows = np.arange(store.rows)
+            ids = store.ids[: store.rows]
+            inside = ids < array.shape[0]
+            allow[rows[inside]] = array[ids[inside]]
+            return allow
+        allowed_ids = check_ids(np.unique(array) if array.ndim == 1 else array, "filter")
+        rows = store.rows_of(allowed_ids)
+        allow[rows[rows >= 0]] = True
+        return allow
+
     # ------------------------------------------------------------------ searching
-    def default_stages(self, k: int = 10) -> tuple[tuple[int, int], ...]:
+    def default_stages(self, k: int = 10) -> tuple[tuple[int, str, int], ...]:
         """The MRL paper's funnel: a shortlist of max(200, 2k) at the first indexed dim,
-        halved at each doubling dim, down to ``k`` at full dim."""
+        halved at each doubling dim, down to ``k`` at full dim (all float)."""
         k = check_positive_int(k, "k")
         first = self._index_dims[0]
         stage_dims = [d for d in self._dims if d >= first]
         shortlist = max(200, 2 * k)
-        stages = [(d, max(k, shortlist >> i)) for i, d in enumerate(stage_dims)]
-        stages[-1] = (stage_dims[-1], k)
+        stages = [(d, self._dtype, max(k, shortlist >> i)) for i, d in enumerate(stage_dims)]
+        stages[-1] = (stage_dims[-1], self._dtype, k)
         return tuple(stages)
+
+    def search(self, queries: np.ndarray, k: int = 10, *, ef: int | None = None,
+               filter: Sequence[int] | np.ndarray | None = None,  # noqa: A002
+               num_threads: int = -1) -> SearchResult:
+        """The main entry: the tuned funnel (:attr:`plan`), or the default one before ``tune``.
+
+        Same as ``funnel(queries, k)``; see :meth:`funnel` for the arguments.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mrlsearch import Searcher
+        >>> vectors = np.random.default_rng(0).standard_normal((500, 32)).astype(np.float32)
+        >>> s = Searcher(32, dims=(8, 16, 32), index_dims=(8,))
+        >>> _ = s.add(vectors)
+        >>> s.search(vectors[:2], k=3).ids[:, 0].tolist()
+        [0, 1]
+        """
+        return self.funnel(queries, k, ef=ef, filter=filter, num_threads=num_threads)
 
     def funnel(
         self,
@@ -465,27 +620,35 @@ class Searcher:
         stages: Stages | None = None,
         *,
         ef: int | None = None,
+        filter: Sequence[int] | np.ndarray | None = None,  # noqa: A002 - the usual name
         num_threads: int = -1,
     ) -> SearchResult:
-        """Multi-stage funnel search.
+        """Multi-stage funnel search, in one compiled call per batch.
 
         Parameters
         ----------
         queries : array-like of shape (n_queries, dim) or (dim,)
             Full-dim queries (a 1-D query is a batch of one).
         k : int, default=10
-            Results per query.
-        stages : list of (dim, shortlist) or FunnelPlan, optional
-            Stage dims strictly increasing and among ``dims``; the first one indexed; shortlists
-            >= ``k`` and non-increasing. The first stage takes ``shortlist`` candidates from the
-            HNSW graph, each later stage rescores the survivors at its dim and keeps its
-            shortlist; the top ``k`` of the last stage are returned. Default: :attr:`plan` if
-            ``tune`` set one, else :meth:`default_stages`.
+            Results per query (at most the index size is returned; the rest is padding).
+        stages : list of (dim, shortlist) or (dim, precision, shortlist), or FunnelPlan
+            ``precision`` is ``'float32'`` / ``'float16'`` (the stored vectors; the default),
+            ``'int8'`` or ``'binary'`` (codes of the first stage's prefix). The first stage
+            walks the HNSW graph at its dim, which must be indexed, scoring with its
+            precision, and keeps ``shortlist``; each later stage rescores the survivors and
+            keeps its shortlist. Dims grow (a dim may repeat with a finer precision), and
+            shortlists do not. Default: :attr:`plan` (for any ``k``: a plan tuned for a
+            smaller ``k`` scales its shortlists), else :meth:`default_stages`.
         ef : int, optional
-            HNSW search breadth for the first stage (>= its shortlist). Default: the plan's
-            ``ef``, else the first shortlist.
+            Beam width of the graph walk (>= the first shortlist), for this call only.
+            Default: the plan's, else the first shortlist.
+        filter : array-like of int ids, or boolean array over ids, optional
+            Only these ids can be returned (a mask ``m`` allows id ``i`` where ``m[i]``).
+            Rows outside the filter are walked through but never returned; a filter that
+            allows few rows is scanned instead.
         num_threads : int, default=-1
-            Threads for the HNSW stage (-1: all cores).
+            Threads for a batch (-1: numba's thread count). Batches under 8 queries run on
+            the calling thread.
 
         Returns
         -------
@@ -493,41 +656,36 @@ class Searcher:
             ``ids`` and ``scores`` of shape (n_queries, k), best first, padded with -1/-inf;
             ``counts``; ``stats`` per stage.
         """
-        k = check_positive_int(k, "k")
+        k = self._check_k(k)
         if stages is None:
-            stages = self._plan if self._plan is not None else self.default_stages(k)
+            stages = self._plan.for_k(k) if self._plan is not None else self.default_stages(k)
         if isinstance(stages, FunnelPlan):
             ef = stages.ef if ef is None else ef
             stages = stages.stages
         batch = self._check_queries(queries)
+        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+            raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
         schedule, ef = self._check_stages(stages, k, ef)
         with self._lock.read():
-            query_norms = self._prefix_norms(batch)
-            if batch.shape[0] < _SERIAL_BELOW:
-                result = self._fused_funnel(batch, schedule, k, ef, query_norms)
-                if result is not None:
-                    return result
-            first = self._first_stage(batch, schedule[0][0], schedule[0][1], ef, num_threads,
-                                      query_norms)
-            return self._rerank(batch, first, schedule, k, query_norms)
+            if not self._store.live:
+                raise ValueError("the index is empty: add vectors before searching")
+            allow = self._check_filter(filter)
+            query_norms = self._store.prefix_norms(batch)
+            return self._engine.run(batch, query_norms, schedule, k, ef, allow=allow,
+                                    num_threads=int(num_threads))
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int = 10,
-        dim: int | None = None,
-        *,
-        ef: int | None = None,
-        num_threads: int = -1,
-    ) -> SearchResult:
+    def search_graph(self, queries: np.ndarray, k: int = 10, dim: int | None = None, *,
+                     ef: int | None = None, num_threads: int = -1) -> SearchResult:
         """Plain single-stage HNSW search at one indexed dim (default: the first one).
 
-        Scores are exact at that dim. Equivalent to ``funnel(queries, k, [(dim, k)], ef=ef)``.
+        Scores are exact at that dim. Equivalent to ``funnel(queries, k, [(dim, k)], ef=ef)``;
+        :meth:`search` is the tuned funnel.
         """
         prefix_dim = self._index_dims[0] if dim is None else self._check_dim(dim, "dim")
         if prefix_dim not in self._index_dims:
-            raise DimensionError(f"'dim' must be an indexed dim {self._index_dims} (got {prefix_dim})")
-        k = check_positive_int(k, "k")
+            raise DimensionError(f"'dim' must be an indexed dim {self._index_dims} "
+                                 f"(got {prefix_dim})")
+        k = self._check_k(k)
         return self.funnel(queries, k, [(prefix_dim, k)], ef=ef, num_threads=num_threads)
 
     def exact(self, queries: np.ndarray, k: int = 10, dim: int | None = None) -> SearchResult:
@@ -535,210 +693,45 @@ class Searcher:
 
         Scores every live vector with numpy (BLAS) in blocks of bounded memory.
         """
-        k = check_positive_int(k, "k")
+        k = self._check_k(k)
         prefix_dim = self._check_dim(dim, "dim")
         batch = self._check_queries(queries)
         started = time.perf_counter()
         with self._lock.read():
-            rows, scores = self._exact_rows(batch, prefix_dim, k)
-            ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
-        stats = (StageStats(prefix_dim, k, batch.shape[0] * len(self), time.perf_counter() - started,
-                            "exhaustive"),)
-        return SearchResult(ids, scores, (rows >= 0).sum(axis=1), stats)
-
-    def _exact_rows(self, batch: np.ndarray, prefix_dim: int, keep: int) -> tuple[np.ndarray, np.ndarray]:
-        n_queries = batch.shape[0]
-        col = self._dims.index(prefix_dim)
-        query_part = np.ascontiguousarray(batch[:, :prefix_dim])
-        query_norms = np.linalg.norm(query_part, axis=1).astype(np.float32)
-        best_rows = np.full((n_queries, keep), -1, dtype=np.int64)
-        best_scores = np.full((n_queries, keep), -np.inf, dtype=np.float32)
-        block = max(1024, _EXACT_BLOCK // max(n_queries, 1))
-        for lo in range(0, self._rows, block):
-            hi = min(lo + block, self._rows)
-            part = self._vectors[lo:hi, :prefix_dim].astype(np.float32, copy=False)
-            scores = query_part @ part.T
-            if self._metric == "cosine":
-                denom = np.outer(query_norms, self._norms[lo:hi, col])
-                np.divide(scores, denom, out=scores, where=denom > 0)
-                scores[denom <= 0] = 0.0
-            elif self._metric == "l2":
-                row_sq = np.square(self._norms[lo:hi, col])
-                scores = -(np.square(query_norms)[:, None] - 2.0 * scores + row_sq[None, :])
-                np.minimum(scores, 0.0, out=scores)
-            scores[:, self._deleted[lo:hi]] = -np.inf
-            merged_scores = np.concatenate([best_scores, scores.astype(np.float32)], axis=1)
-            merged_rows = np.concatenate(
-                [best_rows, np.broadcast_to(np.arange(lo, hi, dtype=np.int64), scores.shape)], axis=1
-            )
-            if merged_scores.shape[1] > keep:
-                top = np.argpartition(-merged_scores, keep - 1, axis=1)[:, :keep]
-                merged_scores = np.take_along_axis(merged_scores, top, axis=1)
-                merged_rows = np.take_along_axis(merged_rows, top, axis=1)
-            best_scores, best_rows = merged_scores, merged_rows
-        order = np.argsort(-best_scores, axis=1, kind="stable")
-        best_scores = np.take_along_axis(best_scores, order, axis=1)
-        best_rows = np.take_along_axis(best_rows, order, axis=1)
-        best_rows[~np.isfinite(best_scores)] = -1
-        return best_rows, best_scores
-
-    def _first_stage(
-        self, batch: np.ndarray, prefix_dim: int, shortlist: int, ef: int, num_threads: int,
-        query_norms: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray | None, float, str]:
-        """Stage-1 candidates: rows (n_queries, shortlist), -1 padded, and their running sums.
-
-        From the graph, the running sums at ``prefix_dim`` are derived from hnswlib's distances
-        (``1 - cos``, ``1 - ip`` or squared l2), so the rerank never reads those coordinates
-        again. From a scan they are ``None`` and the first rerank call computes them.
-        """
-        started = time.perf_counter()
-        live = len(self._row_of)
-        n_queries = batch.shape[0]
-        if shortlist >= live:
-            rows = np.full((n_queries, shortlist), -1, dtype=np.int64)
-            rows[:, :live] = np.flatnonzero(~self._deleted[: self._rows])
-            return rows, None, time.perf_counter() - started, "exhaustive"
-        query_part = np.ascontiguousarray(batch[:, :prefix_dim])
-        if n_queries < _SERIAL_BELOW:
-            num_threads = 1
-        search_ef = ef
-        for _ in range(3):
-            try:
-                labels, distances = self._knn(prefix_dim, query_part, shortlist, search_ef,
-                                              num_threads)
-            except RuntimeError:
-                # hnswlib found fewer than `shortlist` live neighbours (many deletions cut the
-                # graph): widen the search, then fall back to a scan rather than fail.
-                search_ef *= 4
-                continue
-            col = self._dims.index(prefix_dim)
-            rows = np.empty(labels.shape, dtype=np.int64)
-            partial = np.empty(labels.shape, dtype=np.float32)
-            _kernels.partial_from_graph(labels, distances, _kernels.METRIC_CODES[self._metric],
-                                        query_norms[:, col], self._norms[:, col], rows, partial)
-            return rows, partial, time.perf_counter() - started, "hnsw"
-        rows, _ = self._exact_rows(batch, prefix_dim, shortlist)
-        return rows, None, time.perf_counter() - started, "exhaustive"
-
-    def _knn(self, prefix_dim: int, query_part: np.ndarray, shortlist: int, ef: int,
-             num_threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """hnswlib search of the graph at ``prefix_dim`` with ``ef``, safe against threads
-        that search the same graph with another ``ef`` (see :class:`EfGate`)."""
-        graph = self._graphs[prefix_dim]
-        gate = self._ef_gates.get(prefix_dim)
-        if gate is None:
-            gate = self._ef_gates.setdefault(prefix_dim, EfGate())
-        gate.acquire(graph, ef)
-        try:
-            return graph.knn_query(query_part, k=shortlist, num_threads=num_threads)
-        finally:
-            gate.release()
-
-    def _fused_funnel(
-        self, batch: np.ndarray, schedule: tuple[tuple[int, int], ...], k: int, ef: int,
-        query_norms: np.ndarray,
-    ) -> SearchResult | None:
-        """Small batches: the graph search, then every rerank stage in one kernel call.
-
-        Returns None when the general path must run instead (the first shortlist covers the
-        index, or hnswlib cannot fill it after heavy deletion).
-        """
-        prefix_dim, shortlist = schedule[0]
-        if shortlist >= len(self._row_of):
-            return None
-        started = time.perf_counter()
-        try:
-            labels, distances = self._knn(prefix_dim, np.ascontiguousarray(batch[:, :prefix_dim]),
-                                          shortlist, ef, 1)
-        except RuntimeError:
-            return None
-        graph_seconds = time.perf_counter() - started
-        arrays = self._fused_arrays.get(schedule)
-        if arrays is None:
-            arrays = (np.array([d for d, _ in schedule], dtype=np.int64),
-                      np.array([self._dims.index(d) for d, _ in schedule], dtype=np.int64),
-                      np.array([keep for _, keep in schedule], dtype=np.int64))
-            if len(self._fused_arrays) < 256:
-                self._fused_arrays[schedule] = arrays
-        store, table = self._store()
-        n_queries = batch.shape[0]
-        ids = np.empty((n_queries, k), dtype=np.int64)
-        scores = np.empty((n_queries, k), dtype=np.float32)
-        counts = np.empty(n_queries, dtype=np.int64)
-        scored = np.empty(len(schedule), dtype=np.int64)
-        skip_first = len(schedule) > 1
-        _kernels.funnel_stages_serial(batch, store, table, labels, distances, *arrays,
-                                      skip_first, query_norms, np.asarray(self._norms),
-                                      _kernels.METRIC_CODES[self._metric], self._ids, ids,
-                                      scores, counts, scored)
-        rerank_seconds = time.perf_counter() - started - graph_seconds
-        if not skip_first:
-            stats = (StageStats(prefix_dim, shortlist, int(scored[0]),
-                                graph_seconds + rerank_seconds, "hnsw"),)
-        else:
-            last = len(schedule) - 1
-            stats = (StageStats(prefix_dim, shortlist, int(scored[0]), graph_seconds, "hnsw"),) \
-                + tuple(StageStats(dim, keep, int(scored[i]),
-                                   rerank_seconds if i == last else 0.0, "fused")
-                        for i, (dim, keep) in enumerate(schedule) if i > 0)
-        return SearchResult(ids, scores, counts, stats)
-
-    def _store(self) -> tuple[np.ndarray, np.ndarray]:
-        """The vector store as the kernels take it, with its float16 lookup table."""
-        if self._dtype == "float16":
-            return np.asarray(self._vectors.view(np.uint16)), _kernels.HALF_TABLE
-        return np.asarray(self._vectors), _kernels.NO_TABLE
-
-    def _rerank(
-        self,
-        batch: np.ndarray,
-        first: tuple[np.ndarray, np.ndarray | None, float, str],
-        schedule: tuple[tuple[int, int], ...],
-        k: int,
-        query_norms: np.ndarray,
-    ) -> SearchResult:
-        """Run the stages over the stage-1 candidates; keep the top ``k`` of the last one."""
-        rows, partial, first_seconds, first_method = first
-        n_queries = batch.shape[0]
-        metric = _kernels.METRIC_CODES[self._metric]
-        store, table = self._store()
-        # running sums from the graph already cover the first stage's prefix
-        if partial is None:
-            partial, previous_dim = np.zeros(rows.shape, dtype=np.float32), 0
-        else:
-            previous_dim = schedule[0][0]
-        stats = []
-        kernel = (_kernels.rerank_stage if n_queries >= _SERIAL_BELOW
-                  else _kernels.rerank_stage_serial)
-        for index, (prefix_dim, shortlist) in enumerate(schedule):
-            started = time.perf_counter()
-            if index == 0 and previous_dim == prefix_dim and len(schedule) > 1:
-                # the graph returned exactly this shortlist with its running sums; the next
-                # stage scores and sorts them, so there is nothing to do here
-                stats.append(StageStats(prefix_dim, shortlist, int(np.count_nonzero(rows >= 0)),
-                                        first_seconds, first_method))
-                continue
-            col = self._dims.index(prefix_dim)
-            out_rows = np.empty((n_queries, shortlist), dtype=np.int64)
-            out_partial = np.empty((n_queries, shortlist), dtype=np.float32)
-            scores = np.empty((n_queries, shortlist), dtype=np.float32)
-            scored = kernel(batch, store, table, rows, partial, previous_dim, prefix_dim,
-                            query_norms[:, col], self._norms[:, col], metric, out_rows,
-                            out_partial, scores)
-            seconds = time.perf_counter() - started
-            if index == 0:
-                stats.append(StageStats(prefix_dim, shortlist, scored, seconds + first_seconds,
-                                        first_method))
-            else:
-                stats.append(StageStats(prefix_dim, shortlist, scored, seconds, "rerank"))
-            rows, partial, previous_dim = out_rows, out_partial, prefix_dim
-        ids = np.empty((n_queries, k), dtype=np.int64)
-        counts = np.empty(n_queries, dtype=np.int64)
-        _kernels.rows_to_ids(rows, self._ids, ids, counts)
-        return SearchResult(ids, np.ascontiguousarray(scores[:, :k]), counts, tuple(stats))
+            store = self._store
+            if not store.live:
+                raise ValueError("the index is empty: add vectors before searching")
+            rows, scores = exact_rows(store, self._metric, batch, prefix_dim,
+                                      min(k, store.live))
+            ids = np.where(rows >= 0, store.ids[np.maximum(rows, 0)], -1)
+            live = store.live
+        if k > live:
+            ids = np.pad(ids, ((0, 0), (0, k - live)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - live)), constant_values=-np.inf)
+        stats = (StageStats(prefix_dim, k, batch.shape[0] * live,
+                            time.perf_counter() - started, "exhaustive", self._dtype),)
+        return SearchResult(ids, scores, (ids >= 0).sum(axis=1), stats)
 
     # ------------------------------------------------------------------ tuning
+    def measure(self, queries: np.ndarray, truth: SearchResult | np.ndarray, stages: Stages,
+                *, ef: int | None = None, k: int | None = None,
+                repeats: int = 1) -> tuple[SearchResult, float, float, float]:
+        """Run a schedule on ``queries``; return (result, mean recall@k against ``truth``,
+        its one-sided 95 % lower bound, best seconds per query over ``repeats`` runs)."""
+        truth_ids = truth.ids if isinstance(truth, SearchResult) else np.asarray(truth)
+        k = truth_ids.shape[1] if k is None else k
+        best = math.inf
+        result = None
+        for _ in range(max(1, repeats)):
+            started = time.perf_counter()
+            result = self.funnel(queries, k, stages, ef=ef)
+            best = min(best, time.perf_counter() - started)
+        recalls = recall_per_query(result.ids, truth_ids)
+        mean = float(recalls.mean())
+        spread = float(recalls.std(ddof=1)) if recalls.size > 1 else 0.0
+        lower = mean - _Z_95 * spread / math.sqrt(recalls.size)
+        return result, mean, lower, best / max(1, len(result))
+
     def tune(
         self,
         queries: np.ndarray,
@@ -746,21 +739,19 @@ class Searcher:
         target_recall: float = 0.95,
         *,
         max_shortlist: int = 4096,
+        precisions: Sequence[str] | None = None,
         set_default: bool = True,
         progress: bool | None = None,
     ) -> FunnelPlan:
         """Find the fastest funnel schedule that meets a recall target.
 
         Ground truth is :meth:`exact` at full dim on ``queries``. Candidate schedules vary the
-        first-stage dim (every indexed dim), its shortlist (``2k, 2.8k, 4k, ...`` up to
-        ``max_shortlist``), the HNSW ``ef`` (1x or 2x the shortlist) and how fast the later
-        stages shrink: halving at each nesting dim (the paper's shape), shrinking by 3/4, or
-        going straight to full dim. A schedule qualifies when the one-sided 95 % lower bound of
-        its mean recall@k (mean - 1.645 standard errors over the queries) reaches
-        ``target_recall``, which keeps a margin for queries not seen here. Of those, the six
-        fastest are timed again end to end (graph search included, best of three runs) and
-        the fastest wins, so that plans a few microseconds apart do not swap with the
-        machine's noise from one call to the next.
+        graph dim (every indexed dim), what the walk scores (``precisions``: the stored
+        floats, int8 or binary codes), its shortlist (``2k, 2.8k, 4k, ...`` up to
+        ``max_shortlist``), ``ef`` (1x or 2x the shortlist) and how fast the later stages
+        shrink. A schedule qualifies when the one-sided 95 % lower bound of its mean recall@k
+        reaches ``target_recall``; the six fastest are timed again (best of three) and the
+        fastest wins.
 
         Parameters
         ----------
@@ -770,8 +761,10 @@ class Searcher:
         target_recall : float, default=0.95
         max_shortlist : int, default=4096
             Largest first-stage shortlist tried.
+        precisions : sequence of str, optional
+            Graph-walk precisions to try. Default: the stored floats and every kept code.
         set_default : bool, default=True
-            Store the plan as :attr:`plan` (used by ``funnel`` without ``stages``, and saved).
+            Store the plan as :attr:`plan` (used by ``search``, and saved).
         progress : bool, optional
             Progress bar over the candidate schedules (default: on a terminal).
 
@@ -787,75 +780,63 @@ class Searcher:
         """
         from ._tune import search_plans
 
-        k = check_positive_int(k, "k")
+        k = self._check_k(k)
         target_recall = check_fraction(target_recall, "target_recall")
         max_shortlist = check_positive_int(max_shortlist, "max_shortlist")
+        if precisions is None:
+            precisions = (self._dtype,) + self._codes
+        else:
+            precisions = tuple(self._dtype if p.startswith("float") else
+                               check_choice(p, "precisions", self._codes) for p in precisions)
         batch = self._check_queries(queries)
         if batch.shape[0] < 2:
             raise ValueError(f"'queries' must hold at least 2 rows to tune (got {batch.shape[0]})")
         truth = self.exact(batch, k)
-        plan = search_plans(self, batch, truth, k=k, target_recall=target_recall,
-                            max_shortlist=max_shortlist, progress=progress)
+        plan = search_plans(
+            lambda stages, ef, repeats=1: self.measure(batch, truth, stages, ef=ef, k=k,
+                                                       repeats=repeats)[1:],
+            dims=self._dims, index_dims=self._index_dims, precisions=precisions,
+            live=len(self), k=k, target_recall=target_recall, max_shortlist=max_shortlist,
+            progress=progress)
         if set_default:
             self._plan = plan
         return plan
 
-    def _measure(self, batch: np.ndarray, truth: SearchResult, stages, ef: int, k: int,
-                 first: tuple | None = None, query_norms: np.ndarray | None = None):
-        """Run one schedule; return (result, mean recall, lower bound, seconds/query)."""
-        with self._lock.read():
-            if query_norms is None:
-                query_norms = self._prefix_norms(batch)
-            if first is None:
-                first = self._first_stage(batch, stages[0][0], stages[0][1], ef, -1, query_norms)
-            result = self._rerank(batch, first, stages, k, query_norms)
-        recalls = recall_per_query(result.ids, truth)
-        mean = float(recalls.mean())
-        lower = mean - _Z_95 * float(recalls.std(ddof=1)) / math.sqrt(recalls.size)
-        return result, mean, lower, result.seconds / batch.shape[0]
+    def drop_graphs(self, keep: Sequence[int]) -> None:
+        """Free the graphs (and codes) of indexed dims not in ``keep``, e.g. those a tuned plan
+        does not use. The current plan must not need a dropped graph."""
+        keep_dims = check_dims(sorted(set(keep)), "keep", max_dim=self._dim)
+        if any(d not in self._index_dims for d in keep_dims):
+            raise DimensionError(f"'keep' must be among index_dims {self._index_dims} "
+                                 f"(got {keep_dims})")
+        if self._plan is not None and self._plan.stages[0][0] not in keep_dims:
+            raise ValueError(f"the plan walks the graph at dim {self._plan.stages[0][0]}; keep it")
+        with self._lock.write():
+            self._index_dims = keep_dims
+            self._store.drop_codes(keep_dims)
+            self._graphs.drop(keep_dims)
+            self._checked_stages.clear()
 
     # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict:
+        return {"dim": self._dim, "dims": list(self._dims), "metric": self._metric,
+                "dtype": self._dtype, "index_dims": list(self._index_dims), "M": self._M,
+                "ef_construction": self._ef_construction, "seed": self._seed}
+
     def save(self, path: str | os.PathLike) -> None:
         """Save to an index directory (see docs/format.md), atomically.
 
         The directory is written beside ``path`` and renamed into place once complete, so a
         crash never leaves a half-written index at ``path``.
+
+        Raises
+        ------
+        ValueError
+            If the index is empty (saving it would replace a saved index with nothing).
         """
-        with self._lock.read(), _format.atomic_directory(path) as staging:
-            rows = self._rows
-            arrays = {
-                "vectors.npy": np.asarray(self._vectors[:rows]),
-                "norms.npy": np.asarray(self._norms[:rows]),
-                "ids.npy": np.asarray(self._ids[:rows]),
-                "deleted.npy": np.asarray(self._deleted[:rows]),
-            }
-            for name, array in arrays.items():
-                np.save(staging / name, array, allow_pickle=False)
-            graph_files = {}
-            for prefix_dim, graph in self._graphs.items():
-                name = f"hnsw_{prefix_dim}.bin"
-                graph.save_index(str(staging / name))
-                graph_files[str(prefix_dim)] = name
-            files = sorted(list(arrays) + list(graph_files.values()))
-            manifest = {
-                "format": FORMAT_NAME,
-                "version": FORMAT_VERSION,
-                "dim": self._dim,
-                "dims": list(self._dims),
-                "metric": self._metric,
-                "dtype": self._dtype,
-                "index_dims": list(self._index_dims),
-                "M": self._M,
-                "ef_construction": self._ef_construction,
-                "seed": self._seed,
-                "rows": rows,
-                "count": len(self),
-                "next_id": self._next_id,
-                "graphs": graph_files,
-                "plan": None if self._plan is None else self._plan.to_dict(),
-                "files": {name: _format.sha256_file(staging / name) for name in files},
-            }
-            _format.write_json(staging / _format.MANIFEST, manifest)
+        with self._lock.read():
+            _persist.save_index(path, config=self._config(), store=self._store,
+                                graphs=self._graphs, plan=self._plan)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = False) -> Searcher:
@@ -865,8 +846,9 @@ class Searcher:
         ----------
         path : str or path-like
         mmap : bool, default=False
-            Map ``vectors.npy`` copy-on-write instead of reading it: pages load lazily and the
-            index can be larger than memory. Adding to a mapped index copies it into memory.
+            Map ``vectors.npy`` copy-on-write instead of reading it: graphs, codes and norms
+            are in memory, full vectors stay on disk and pages load as the reranking reads
+            them. Adding to a mapped index copies it into memory.
 
         Raises
         ------
@@ -875,72 +857,23 @@ class Searcher:
         FormatError
             If the manifest, a checksum, a shape or a graph does not match, naming the file.
         """
-        directory = _format.resolve_directory(path)
-        manifest = _format.read_manifest(directory, format_name=FORMAT_NAME,
-                                         versions=(FORMAT_VERSION,))
-        where = directory / _format.MANIFEST
+        def make_parts(config: dict):
+            searcher = cls(config["dim"], config["dims"], metric=config["metric"],
+                           index_dims=config["index_dims"], M=config["M"],
+                           ef_construction=config["ef_construction"], dtype=config["dtype"],
+                           codes=config["codes"], seed=config["seed"])
+            return searcher, searcher._store, searcher._graphs
 
-        def field_int(key: str, minimum: int = 0) -> int:
-            value = manifest.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise FormatError(f"{where} field {key!r} must be an int >= {minimum} "
-                                  f"(got {value!r})")
-            return value
-
-        rows, count, next_id = field_int("rows"), field_int("count"), field_int("next_id")
-        graphs = manifest.get("graphs")
-        if not isinstance(graphs, dict) or not all(
-                isinstance(d, str) and d.isdigit() and isinstance(n, str) for d, n in graphs.items()):
-            raise FormatError(f"{where} field 'graphs' must map dims to file names (got {graphs!r})")
-        try:
-            searcher = cls(
-                field_int("dim", 1), manifest["dims"], metric=manifest["metric"],
-                index_dims=manifest["index_dims"], M=field_int("M", 1),
-                ef_construction=field_int("ef_construction", 1), dtype=manifest["dtype"],
-                seed=field_int("seed") if "seed" in manifest else 100,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"{where} has a bad field ({exc})") from exc
-        graph_files = {int(d): name for d, name in graphs.items()}
-        plan = manifest.get("plan")
-        if set(graph_files) != set(searcher.index_dims):
-            raise FormatError(
-                f"{directory / _format.MANIFEST} lists graphs {sorted(graph_files)} but "
-                f"index_dims {searcher.index_dims}"
-            )
-        n_dims = len(searcher.dims)
-        searcher._vectors = _format.load_array(directory, "vectors.npy", dtype=searcher.dtype,
-                                               shape=(rows, searcher.dim), mmap=mmap)
-        searcher._norms = _format.load_array(directory, "norms.npy", dtype=np.float32,
-                                             shape=(rows, n_dims))
-        searcher._ids = _format.load_array(directory, "ids.npy", dtype=np.int64, shape=(rows,))
-        searcher._deleted = _format.load_array(directory, "deleted.npy", dtype=np.bool_,
-                                               shape=(rows,))
-        if mmap:
-            searcher._vectors = np.asarray(searcher._vectors)
-        searcher._rows = rows
-        live = np.flatnonzero(~searcher._deleted)
-        searcher._row_of = dict(zip(searcher._ids[live].tolist(), live.tolist()))
-        if len(searcher._row_of) != live.size or count != live.size:
-            raise FormatError(f"{directory / 'ids.npy'} does not match the manifest's count")
-        searcher._next_id = next_id
-        for prefix_dim, name in graph_files.items():
-            graph_path = directory / name
-            _format.check_hnsw_file(graph_path, rows=rows, dim=prefix_dim, M=searcher.M)
-            graph = hnswlib.Index(space=_HNSW_SPACE[searcher.metric], dim=prefix_dim)
-            try:
-                graph.load_index(str(graph_path), max_elements=max(rows, 1))
-            except RuntimeError as exc:
-                raise FormatError(f"{graph_path} is not a readable hnswlib graph ({exc})") from exc
-            if graph.element_count != rows:
-                raise FormatError(
-                    f"{graph_path} holds {graph.element_count} vectors, the index has {rows}"
-                )
-            searcher._graphs[prefix_dim] = graph
+        searcher, store, graphs, plan = _persist.read_index(path, mmap=mmap,
+                                                            make_parts=make_parts)
+        searcher._engine.rebind(store, graphs)
         if plan is not None:
             try:
-                searcher.plan = FunnelPlan.from_dict(plan)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise FormatError(f"{directory / _format.MANIFEST} has a bad plan ({exc})") from exc
+                searcher.plan = plan
+            except (TypeError, ValueError) as exc:
+                from ._errors import FormatError
+
+                raise FormatError(f"{path}: the saved plan does not fit the index ({exc})") \
+                    from exc
         return searcher
 

@@ -42,7 +42,7 @@ SEARCHER_CASES = [
     ("funnel", lambda s: s.funnel(np.ones(16), k=0), ValueError, "'k'"),
     ("funnel", lambda s: s.funnel(np.ones(16), stages=[(8, 10), (4, 10)]), DimensionError, "'stages'"),
     ("funnel", lambda s: s.funnel(np.ones(16), stages="4:10"), TypeError, "'stages'"),
-    ("search", lambda s: s.search(np.ones(16), dim=16), DimensionError, "'dim'"),
+    ("search_graph", lambda s: s.search_graph(np.ones(16), dim=16), DimensionError, "'dim'"),
     ("exact", lambda s: s.exact(np.ones(16), dim=5), DimensionError, "'dim'"),
     ("exact", lambda s: s.exact(np.ones(16), k=-1), ValueError, "'k'"),
     ("tune", lambda s: s.tune(np.ones((4, 16)), target_recall=2), ValueError, "'target_recall'"),
@@ -53,11 +53,11 @@ SEARCHER_CASES = [
 @pytest.mark.parametrize("name, call, error, argument", SEARCHER_CASES,
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(SEARCHER_CASES)])
 def test_searcher_bad_input(searcher, name, call, error, argument):
-    before = (len(searcher), searcher._rows)
+    before = (len(searcher), searcher.tombstones)
     with pytest.raises(error) as info:
         call(searcher)
     assert argument in str(info.value)
-    assert (len(searcher), searcher._rows) == before
+    assert (len(searcher), searcher.tombstones) == before
 
 
 CLASSIFIER_CASES = [

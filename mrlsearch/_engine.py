@@ -1,0 +1,164 @@
+"""Runs a funnel schedule through the compiled kernels: the one search path of an index.
+
+A schedule is a tuple of stages ``(dim, precision, shortlist)``. Stage 0 walks the HNSW graph
+at its dim (or scans, see below); later stages rescore the survivors. Everything after the
+argument preparation happens inside one ``nogil`` numba call per batch, parallel over queries
+for batches of :data:`SERIAL_BELOW` queries or more.
+
+Stage 0 scans instead of walking when its shortlist covers the live rows, or when a filter
+allows so few rows that scoring them all is cheaper than a walk that skips most of what it
+visits (:data:`FILTER_SCAN_ROWS`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numba
+import numpy as np
+
+from . import _engine_kernels as kernels
+from ._graphs import GraphSet
+from ._kernels import METRIC_CODES
+from ._results import SearchResult, StageStats
+from ._store import VectorStore
+
+__all__: list[str] = []
+
+#: Batches smaller than this run on the calling thread (starting numba's threads costs more).
+SERIAL_BELOW = 8
+#: A filter that allows at most this many rows, or at most ``16 * ef``, is scanned.
+FILTER_SCAN_ROWS = 2048
+_TAG_LIMIT = (1 << 32) - 2
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers of the graph walk: visited tags and the candidate heap."""
+
+    visited: np.ndarray | None = None
+    heap_keys: np.ndarray | None = None
+    heap_rows: np.ndarray | None = None
+    tag = 0
+
+    def take(self, n_chunks: int, capacity: int, n_queries: int):
+        visited = self.visited
+        if visited is None or visited.shape[0] < n_chunks or visited.shape[1] < capacity:
+            chunks = max(n_chunks, 0 if visited is None else visited.shape[0])
+            self.visited = np.zeros((chunks, capacity), dtype=np.uint32)
+            self.heap_keys = np.empty((chunks, capacity + 1), dtype=np.float32)
+            self.heap_rows = np.empty((chunks, capacity + 1), dtype=np.int32)
+            self.tag = 0
+        if self.tag + n_queries >= _TAG_LIMIT:
+            self.visited.fill(0)
+            self.tag = 0
+        base = self.tag
+        self.tag += n_queries
+        return self.visited, self.heap_keys, self.heap_rows, base
+
+
+class Engine:
+    """Runs schedules over one store and its graphs (stateless but for per-thread scratch)."""
+
+    def __init__(self, store: VectorStore, graphs: GraphSet, metric: str) -> None:
+        self._store = store
+        self._graphs = graphs
+        self._metric = METRIC_CODES[metric]
+        self._scratch = _Scratch()
+        self._arrays: dict = {}
+
+    def rebind(self, store: VectorStore, graphs: GraphSet) -> None:
+        """Point at a new store and graphs (after ``compact`` swapped them in)."""
+        self._store, self._graphs = store, graphs
+
+    def _stage_arrays(self, schedule: tuple[tuple[int, str, int], ...]):
+        arrays = self._arrays.get(schedule)
+        if arrays is None:
+            dims = self._store.dims
+            arrays = (np.array([d for d, _, _ in schedule], dtype=np.int64),
+                      np.array([dims.index(d) for d, _, _ in schedule], dtype=np.int64),
+                      np.array([s for _, _, s in schedule], dtype=np.int64),
+                      np.array([kernels.PRECISION_CODES[p] for _, p, _ in schedule],
+                               dtype=np.int64))
+            if len(self._arrays) < 512:
+                self._arrays[schedule] = arrays
+        return arrays
+
+    def run(self, batch: np.ndarray, query_norms: np.ndarray,
+            schedule: tuple[tuple[int, str, int], ...], k: int, ef: int, *,
+            allow: np.ndarray | None, num_threads: int) -> SearchResult:
+        """Run ``schedule`` for every query of ``batch``; ``allow`` is a row mask or None."""
+        started = time.perf_counter()
+        store = self._store
+        n_queries = batch.shape[0]
+        stage_dims, stage_cols, stage_keeps, stage_precs = self._stage_arrays(schedule)
+        vectors, table = store.kernel_vectors()
+        codes, scales, bits = store.kernel_codes(schedule[0][0])
+        out_ids = np.empty((n_queries, k), dtype=np.int64)
+        out_scores = np.empty((n_queries, k), dtype=np.float32)
+        out_counts = np.empty(n_queries, dtype=np.int64)
+        out_scored = np.zeros((n_queries, len(schedule)), dtype=np.int64)
+        first_dim, _, shortlist = schedule[0]
+        live = store.live
+        n_allowed = live if allow is None else int(np.count_nonzero(allow))
+        scan = shortlist >= live or (allow is not None and n_allowed <= max(FILTER_SCAN_ROWS,
+                                                                            16 * ef))
+        if scan:
+            if allow is None:
+                rows = store.live_rows()
+            else:
+                rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
+            candidates = np.repeat(rows[None, :], n_queries, axis=0)
+            kernels.rows_funnel(batch, vectors, table, store.norms, query_norms, candidates,
+                                codes, scales, bits, self._metric, stage_dims, stage_cols,
+                                stage_keeps, stage_precs, store.ids, out_ids, out_scores,
+                                out_counts, out_scored)
+            method = "exhaustive"
+        else:
+            links = self._graphs.links(first_dim, store.capacity)
+            parallel = n_queries >= SERIAL_BELOW and num_threads != 1
+            n_chunks = 1
+            if parallel:
+                n_chunks = numba.get_num_threads() if num_threads < 1 else min(
+                    num_threads, numba.get_num_threads())
+                n_chunks = max(1, min(n_chunks, n_queries))
+            visited, heap_keys, heap_rows, tag = self._scratch.take(n_chunks, store.capacity,
+                                                                    n_queries)
+            if n_chunks > 1:
+                kernel = kernels.graph_funnel_parallel
+                visited, heap_keys, heap_rows = (visited[:n_chunks], heap_keys[:n_chunks],
+                                                 heap_rows[:n_chunks])
+            else:
+                kernel = kernels.graph_funnel_serial
+            kernel(batch, vectors, table, store.norms, query_norms, store.deleted,
+                   _NO_FILTER if allow is None else allow, links.level0, links.upper,
+                   links.upper_start, links.entry, links.max_level, codes, scales, bits,
+                   self._metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs,
+                   visited, heap_keys, heap_rows, tag, store.ids, out_ids, out_scores,
+                   out_counts, out_scored)
+            method = "hnsw"
+            want = min(k, n_allowed)
+            short = np.flatnonzero(out_counts < want)
+            if short.size:
+                # the walk could not reach enough returnable rows (heavy deletion or a filter
+                # cut the graph): scan for those queries instead
+                rescue = self.run(np.ascontiguousarray(batch[short]),
+                                  np.ascontiguousarray(query_norms[short]),
+                                  ((first_dim, schedule[0][1], live),) + schedule[1:], k, max(ef, live), allow=allow,
+                                  num_threads=num_threads)
+                out_ids[short], out_scores[short] = rescue.ids, rescue.scores
+                out_counts[short] = rescue.counts
+        seconds = time.perf_counter() - started
+        scored = out_scored.sum(axis=0)
+        stats = tuple(
+            StageStats(dim, keep, int(scored[i]), seconds if i == len(schedule) - 1 else 0.0,
+                       method if i == 0 else "rerank", _report_precision(precision, store))
+            for i, (dim, precision, keep) in enumerate(schedule))
+        return SearchResult(out_ids, out_scores, out_counts, stats)
+
+
+_NO_FILTER = np.zeros(0, dtype=bool)
+
+
+def _report_precision(precision: str, store: VectorStore) -> str:
+    return store.dtype if precision in ("float32", "float16") else precision

@@ -1,0 +1,516 @@
+"""The compiled funnel: graph descent, level-0 beam search and every rerank stage in one call.
+
+One ``nogil`` numba call runs a whole batch of queries: the greedy descent through the upper
+levels of an HNSW graph, the level-0 beam search with a per-call ``ef`` (deleted rows and rows
+outside a filter are walked through but never returned), then each later stage of the funnel
+over the survivors -- with no Python between stages. The graph is hnswlib's, copied into
+row-indexed arrays by :mod:`mrlsearch._graphs`; the vectors are mrlsearch's own store.
+
+Scoring precisions (``PRECISION_*``):
+
+* float: the stored vectors (float32, or float16 as raw ``uint16`` bits with a lookup table, see
+  :mod:`mrlsearch._kernels`); float stages are incremental, the running sum at one dim is reused
+  by the next float stage, so no coordinate is read twice.
+* int8: per-dimension scaled codes of a prefix, scored asymmetrically (float query times
+  ``scale * code``). For cosine the codes are of the normalised prefix.
+* binary: sign bits of a prefix, 64 per word, scored by Hamming distance (popcount) against the
+  query's sign bits.
+
+Code scores only rank: a plan whose last stage is float returns exact scores at its dim.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from ._kernels import _to_f32
+
+__all__: list[str] = []
+
+PRECISION_FLOAT = 0
+PRECISION_INT8 = 1
+PRECISION_BINARY = 2
+#: precision names as users write them; float16 and float32 both read the store as it is.
+PRECISION_CODES = {"float32": PRECISION_FLOAT, "float16": PRECISION_FLOAT,
+                   "int8": PRECISION_INT8, "binary": PRECISION_BINARY}
+
+
+@intrinsic
+def _popcount(typingctx, value):
+    """Number of set bits of a uint64 (LLVM's ctpop: one instruction on x86-64)."""
+    signature = types.uint64(types.uint64)
+
+    def codegen(context, builder, sig, args):
+        function = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        return builder.call(function, args)
+
+    return signature, codegen
+
+
+# ---------------------------------------------------------------------------- distances
+@numba.njit(inline="always", fastmath=True)
+def _float_sum(query, vectors, table, row, start, stop, metric):
+    """Running sum over coordinates [start, stop): dot product, or squared distance for l2."""
+    acc = np.float32(0.0)
+    if metric == 2:
+        for c in range(start, stop):
+            diff = query[c] - _to_f32(vectors[row, c], table)
+            acc += diff * diff
+    else:
+        for c in range(start, stop):
+            acc += query[c] * _to_f32(vectors[row, c], table)
+    return acc
+
+
+@numba.njit(inline="always", fastmath=True)
+def _int8_dot(scaled_query, codes, row):
+    acc = np.float32(0.0)
+    for c in range(scaled_query.shape[0]):
+        acc += scaled_query[c] * np.float32(codes[row, c])
+    return acc
+
+
+@numba.njit(inline="always")
+def _hamming(query_bits, bits, row):
+    total = np.uint64(0)
+    for w in range(query_bits.shape[0]):
+        total += _popcount(query_bits[w] ^ bits[row, w])
+    return np.float32(total)
+
+
+@numba.njit(inline="always", fastmath=True)
+def _distance(precision, query, vectors, table, row_norms, gdim, gcol, scaled_query, codes,
+              query_bits, bits, metric, row):
+    """Graph-walk distance of ``row`` at the graph dim (lower is closer)."""
+    if precision == 0:
+        acc = _float_sum(query, vectors, table, row, 0, gdim, metric)
+        if metric == 2:
+            return acc
+        if metric == 1:
+            norm = row_norms[row, gcol]
+            return -acc / norm if norm > 0.0 else np.float32(0.0)
+        return -acc
+    if precision == 1:
+        acc = _int8_dot(scaled_query, codes, row)
+        if metric == 2:
+            norm = row_norms[row, gcol]
+            return norm * norm - 2.0 * acc
+        return -acc
+    return _hamming(query_bits, bits, row)
+
+
+@numba.njit(inline="always")
+def _partial_from_distance(precision, distance, metric, row_norms, gcol, row):
+    """The float running sum at the graph dim, recovered from a float walk's distance."""
+    if precision != 0:
+        return np.float32(0.0)
+    if metric == 2:
+        return distance
+    if metric == 1:
+        return -distance * row_norms[row, gcol]
+    return -distance
+
+
+# ---------------------------------------------------------------------------- heaps
+@numba.njit(inline="always")
+def _min_push(keys, rows, size, key, row):
+    """Push onto a binary min-heap held in ``keys``/``rows`` (room for every row)."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] <= key:
+            break
+        keys[i] = keys[parent]
+        rows[i] = rows[parent]
+        i = parent
+    keys[i] = key
+    rows[i] = row
+    return size + 1
+
+
+@numba.njit(inline="always")
+def _min_pop(keys, rows, size):
+    """Remove the smallest entry of a min-heap; returns the new size."""
+    size -= 1
+    key = keys[size]
+    row = rows[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] < keys[child]:
+            child += 1
+        if keys[child] >= key:
+            break
+        keys[i] = keys[child]
+        rows[i] = rows[child]
+        i = child
+    keys[i] = key
+    rows[i] = row
+    return size
+
+
+@numba.njit(inline="always")
+def _max_push(keys, rows, size, key, row):
+    """Push onto a binary max-heap of fixed capacity (the caller keeps size < capacity)."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] >= key:
+            break
+        keys[i] = keys[parent]
+        rows[i] = rows[parent]
+        i = parent
+    keys[i] = key
+    rows[i] = row
+    return size + 1
+
+
+@numba.njit(inline="always")
+def _max_pop(keys, rows, size):
+    size -= 1
+    key = keys[size]
+    row = rows[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] > keys[child]:
+            child += 1
+        if keys[child] <= key:
+            break
+        keys[i] = keys[child]
+        rows[i] = rows[child]
+        i = child
+    keys[i] = key
+    rows[i] = row
+    return size
+
+
+# ---------------------------------------------------------------------------- one query
+@numba.njit(inline="always")
+def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, upper,
+          upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits, bits,
+          metric, ef, visited, tag, cand_keys, cand_rows, out_rows, out_keys):
+    """HNSW search of one query: greedy descent, then the level-0 beam of width ``ef``.
+
+    Writes the ``ef`` (or fewer) closest rows that are live and allowed, closest first, into
+    ``out_rows``/``out_keys``; returns (how many, distances computed).
+    """
+    filtered = allow.shape[0] > 0
+    current = entry
+    best = _distance(precision, query, vectors, table, row_norms, gdim, gcol, scaled_query,
+                     codes, query_bits, bits, metric, current)
+    computed = 1
+    for level in range(max_level, 0, -1):
+        changed = True
+        while changed:
+            changed = False
+            block = upper_start[current] + level - 1
+            for j in range(upper[block, 0]):
+                neighbour = upper[block, 1 + j]
+                d = _distance(precision, query, vectors, table, row_norms, gdim, gcol,
+                              scaled_query, codes, query_bits, bits, metric, neighbour)
+                computed += 1
+                if d < best:
+                    best = d
+                    current = neighbour
+                    changed = True
+
+    top_keys = np.empty(ef + 1, dtype=np.float32)
+    top_rows = np.empty(ef + 1, dtype=np.int64)
+    top_size = 0
+    cand_size = 0
+    visited[current] = tag
+    bound = np.float32(np.inf)
+    if not deleted[current] and (not filtered or allow[current]):
+        top_size = _max_push(top_keys, top_rows, top_size, best, current)
+        bound = best
+    cand_size = _min_push(cand_keys, cand_rows, cand_size, best, current)
+    while cand_size > 0:
+        d_current = cand_keys[0]
+        node = cand_rows[0]
+        # as hnswlib's walk with deletions: stop only once the beam holds ef returnable rows
+        if d_current > bound and top_size == ef:
+            break
+        cand_size = _min_pop(cand_keys, cand_rows, cand_size)
+        for j in range(links0[node, 0]):
+            neighbour = links0[node, 1 + j]
+            if visited[neighbour] == tag:
+                continue
+            visited[neighbour] = tag
+            d = _distance(precision, query, vectors, table, row_norms, gdim, gcol,
+                          scaled_query, codes, query_bits, bits, metric, neighbour)
+            computed += 1
+            if top_size < ef or d < bound:
+                cand_size = _min_push(cand_keys, cand_rows, cand_size, d, neighbour)
+                if not deleted[neighbour] and (not filtered or allow[neighbour]):
+                    top_size = _max_push(top_keys, top_rows, top_size, d, neighbour)
+                    if top_size > ef:
+                        top_size = _max_pop(top_keys, top_rows, top_size)
+                    bound = top_keys[0]
+    found = top_size
+    while top_size > 0:  # the max-heap pops farthest first: fill from the back
+        out_keys[top_size - 1] = top_keys[0]
+        out_rows[top_size - 1] = top_rows[0]
+        top_size = _max_pop(top_keys, top_rows, top_size)
+    return found, computed
+
+
+@numba.njit(inline="always", fastmath=True)
+def _stages(qi, query, vectors, table, row_norms, query_norms, metric, gdim, scaled_query,
+            codes, query_bits, bits, rows, partial, scores, n_in, float_done, stage_dims,
+            stage_cols, stage_keeps, stage_precs, first_stage, id_of_row, out_ids, out_scores,
+            out_counts, out_scored):
+    """Stages ``first_stage..`` over one query's candidates; writes the top k as ids."""
+    n_stages = stage_dims.shape[0]
+    for stage in range(first_stage, n_stages):
+        stop = stage_dims[stage]
+        col = stage_cols[stage]
+        precision = stage_precs[stage]
+        new_scores = np.empty(n_in, dtype=np.float32)
+        for j in range(n_in):
+            row = rows[j]
+            if precision == 0:
+                acc = partial[j] + _float_sum(query, vectors, table, row, float_done, stop,
+                                              metric)
+                partial[j] = acc
+                if metric == 2:
+                    new_scores[j] = -acc
+                elif metric == 1:
+                    denom = query_norms[qi, col] * row_norms[row, col]
+                    new_scores[j] = acc / denom if denom > 0.0 else np.float32(0.0)
+                else:
+                    new_scores[j] = acc
+            elif precision == 1:
+                acc = _int8_dot(scaled_query, codes, row)
+                if metric == 2:
+                    norm = row_norms[row, col]
+                    new_scores[j] = 2.0 * acc - norm * norm
+                else:
+                    new_scores[j] = acc
+            else:
+                new_scores[j] = -_hamming(query_bits, bits, row)
+        out_scored[qi, stage] = n_in
+        if precision == 0:
+            float_done = stop
+        keep = min(stage_keeps[stage], n_in)
+        order = np.argsort(-new_scores, kind="mergesort")
+        kept_rows = np.empty(keep, dtype=np.int64)
+        kept_partial = np.empty(keep, dtype=np.float32)
+        kept_scores = np.empty(keep, dtype=np.float32)
+        for t in range(keep):
+            kept_rows[t] = rows[order[t]]
+            kept_partial[t] = partial[order[t]]
+            kept_scores[t] = new_scores[order[t]]
+        rows, partial, scores, n_in = kept_rows, kept_partial, kept_scores, keep
+    k = out_ids.shape[1]
+    count = min(k, n_in)
+    for t in range(k):
+        if t < count:
+            out_ids[qi, t] = id_of_row[rows[t]]
+            out_scores[qi, t] = scores[t]
+        else:
+            out_ids[qi, t] = -1
+            out_scores[qi, t] = -np.inf
+    out_counts[qi] = count
+
+
+@numba.njit(inline="always", fastmath=True)
+def _prepare_query(query, gdim, metric, query_norms, gcol, scales, n_words, precision):
+    """The query as a code stage reads it: scaled for int8, sign bits for binary."""
+    scaled = np.empty(scales.shape[0], dtype=np.float32)
+    if scales.shape[0] > 0:
+        factor = np.float32(1.0)
+        if metric == 1 and query_norms[gcol] > 0.0:
+            factor = np.float32(1.0) / query_norms[gcol]
+        for c in range(scales.shape[0]):
+            scaled[c] = query[c] * scales[c] * factor
+    query_bits = np.zeros(n_words, dtype=np.uint64)
+    for c in range(min(gdim, 64 * n_words)):
+        if query[c] > 0.0:
+            query_bits[c >> 6] |= np.uint64(1) << np.uint64(c & 63)
+    return scaled, query_bits
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, allow, links0,
+                 upper, upper_start, entry, max_level, codes, scales, bits, metric, ef,
+                 stage_dims, stage_cols, stage_keeps, stage_precs, visited, tag, cand_keys,
+                 cand_rows, id_of_row, out_ids, out_scores, out_counts, out_scored):
+    query = queries[qi]
+    gdim = stage_dims[0]
+    gcol = stage_cols[0]
+    precision = stage_precs[0]
+    scaled_query, query_bits = _prepare_query(query, gdim, metric, query_norms[qi], gcol,
+                                              scales, bits.shape[1], precision)
+    walked_rows = np.empty(ef, dtype=np.int64)
+    walked_keys = np.empty(ef, dtype=np.float32)
+    # precision and metric are passed as constants so that each copy of the walk is compiled
+    # without their branches in its inner loop (1.6-2x faster than testing them per distance)
+    if precision == 0:
+        if metric == 0:
+            found, computed = _walk(0, query, vectors, table, row_norms, deleted, allow, links0,
+                upper, upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits,
+                bits, 0, ef, visited, tag, cand_keys, cand_rows, walked_rows, walked_keys)
+        elif metric == 1:
+            found, computed = _walk(0, query, vectors, table, row_norms, deleted, allow, links0,
+                upper, upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits,
+                bits, 1, ef, visited, tag, cand_keys, cand_rows, walked_rows, walked_keys)
+        else:
+            found, computed = _walk(0, query, vectors, table, row_norms, deleted, allow, links0,
+                upper, upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits,
+                bits, 2, ef, visited, tag, cand_keys, cand_rows, walked_rows, walked_keys)
+    elif precision == 1:
+        if metric == 2:
+            found, computed = _walk(1, query, vectors, table, row_norms, deleted, allow, links0,
+                upper, upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits,
+                bits, 2, ef, visited, tag, cand_keys, cand_rows, walked_rows, walked_keys)
+        else:
+            found, computed = _walk(1, query, vectors, table, row_norms, deleted, allow, links0,
+                upper, upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits,
+                bits, 0, ef, visited, tag, cand_keys, cand_rows, walked_rows, walked_keys)
+    else:
+        found, computed = _walk(2, query, vectors, table, row_norms, deleted, allow, links0, upper,
+            upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits, bits, 0,
+            ef, visited, tag, cand_keys, cand_rows, walked_rows, walked_keys)
+    out_scored[qi, 0] = computed
+    n_in = min(found, stage_keeps[0])
+    rows = walked_rows[:n_in].copy()
+    partial = np.empty(n_in, dtype=np.float32)
+    scores = np.empty(n_in, dtype=np.float32)
+    for j in range(n_in):
+        row = rows[j]
+        partial[j] = _partial_from_distance(precision, walked_keys[j], metric, row_norms, gcol,
+                                            row)
+        # the graph stage's own score, reported when it is the only stage
+        if precision == 0:
+            if metric == 2:
+                scores[j] = -partial[j]
+            elif metric == 1:
+                denom = query_norms[qi, gcol] * row_norms[row, gcol]
+                scores[j] = partial[j] / denom if denom > 0.0 else np.float32(0.0)
+            else:
+                scores[j] = partial[j]
+        else:
+            scores[j] = -walked_keys[j]
+    float_done = gdim if precision == 0 else 0
+    _stages(qi, query, vectors, table, row_norms, query_norms, metric, gdim, scaled_query,
+            codes, query_bits, bits, rows, partial, scores, n_in, float_done, stage_dims,
+            stage_cols, stage_keeps, stage_precs, 1, id_of_row, out_ids, out_scores, out_counts,
+            out_scored)
+
+
+_GRAPH_SIGNATURE = (
+    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], b1[::1], b1[::1], "
+    "i4[:, ::1], i4[:, ::1], i8[::1], i8, i8, i1[:, ::1], f4[::1], u8[:, ::1], i8, i8, "
+    "i8[::1], i8[::1], i8[::1], i8[::1], u4[:, ::1], f4[:, ::1], i4[:, ::1], i8, i8[::1], "
+    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1])"
+)
+_GRAPH_SIGNATURES = [_GRAPH_SIGNATURE.format(store=store) for store in ("f4", "u2")]
+
+
+@numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True)
+def graph_funnel_serial(queries, vectors, table, row_norms, query_norms, deleted, allow,
+                        links0, upper, upper_start, entry, max_level, codes, scales, bits,
+                        metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
+                        heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores, out_counts, out_scored):
+    """The whole funnel for a batch, one query after another on the calling thread.
+
+    Stage 0 walks the graph (``links0``: per row ``[count, neighbours...]`` at level 0;
+    ``upper[upper_start[row] + level - 1]`` the same at ``level >= 1``) from ``entry`` at
+    precision ``stage_precs[0]`` and dim ``stage_dims[0]`` with beam width ``ef``, and keeps
+    ``stage_keeps[0]`` rows that are neither ``deleted`` nor outside ``allow`` (an empty
+    ``allow`` allows every row). Each later stage scores the survivors at its dim and
+    precision and keeps ``stage_keeps[stage]``. The best ``out_ids.shape[1]`` are written as
+    ids (``id_of_row``), best first, padded with -1 / -inf. ``visited[0]`` is a tag array over
+    rows; query ``qi`` marks with ``tag_base + qi + 1``, so the caller never clears it between
+    calls. ``heap_keys`` / ``heap_rows`` (same shape as ``visited``, one more column) hold the
+    walk's candidate heap. ``out_scored[qi, s]``: distances computed in the walk (stage 0) or candidates scored.
+    """
+    visited_row = visited[0]
+    for qi in range(queries.shape[0]):
+        _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, allow,
+                     links0, upper, upper_start, entry, max_level, codes, scales, bits, metric,
+                     ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited_row,
+                     np.uint32(tag_base + qi + 1), heap_keys[0], heap_rows[0], id_of_row, out_ids, out_scores, out_counts,
+                     out_scored)
+
+
+@numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
+def graph_funnel_parallel(queries, vectors, table, row_norms, query_norms, deleted, allow,
+                          links0, upper, upper_start, entry, max_level, codes, scales, bits,
+                          metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
+                          heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores, out_counts, out_scored):
+    """:func:`graph_funnel_serial` parallel over queries: ``visited.shape[0]`` interleaved
+    chunks of the batch, each with its own row of ``visited``."""
+    n_chunks = visited.shape[0]
+    n_queries = queries.shape[0]
+    for chunk in prange(n_chunks):
+        visited_row = visited[chunk]
+        for qi in range(chunk, n_queries, n_chunks):
+            _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, allow,
+                         links0, upper, upper_start, entry, max_level, codes, scales, bits,
+                         metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs,
+                         visited_row, np.uint32(tag_base + qi + 1), heap_keys[chunk],
+                         heap_rows[chunk], id_of_row, out_ids,
+                         out_scores, out_counts, out_scored)
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _rows_query(qi, queries, vectors, table, row_norms, query_norms, candidates, codes, scales,
+                bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
+                out_ids, out_scores, out_counts, out_scored):
+    """One query of :func:`rows_funnel` (a function of its own: numba's parallel loops must
+    not see the allocations of the stages, or they may hoist them out of the loop)."""
+    query = queries[qi]
+    scaled_query, query_bits = _prepare_query(query, stage_dims[0], metric, query_norms[qi],
+                                              stage_cols[0], scales, bits.shape[1],
+                                              stage_precs[0])
+    n_in = 0
+    for j in range(candidates.shape[1]):
+        if candidates[qi, j] >= 0:
+            n_in += 1
+    rows = np.empty(n_in, dtype=np.int64)
+    t = 0
+    for j in range(candidates.shape[1]):
+        if candidates[qi, j] >= 0:
+            rows[t] = candidates[qi, j]
+            t += 1
+    partial = np.zeros(n_in, dtype=np.float32)
+    scores = np.empty(n_in, dtype=np.float32)
+    _stages(qi, query, vectors, table, row_norms, query_norms, metric, stage_dims[0],
+            scaled_query, codes, query_bits, bits, rows, partial, scores, n_in, 0,
+            stage_dims, stage_cols, stage_keeps, stage_precs, 0, id_of_row, out_ids,
+            out_scores, out_counts, out_scored)
+
+
+_ROWS_SIGNATURE = (
+    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], i8[:, ::1], "
+    "i1[:, ::1], f4[::1], u8[:, ::1], i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], "
+    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1])"
+)
+_ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2")]
+
+
+@numba.njit(_ROWS_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
+def rows_funnel(queries, vectors, table, row_norms, query_norms, candidates, codes, scales,
+                bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
+                out_ids, out_scores, out_counts, out_scored):
+    """Every stage of a funnel over given first-stage candidates (``-1`` padded rows).
+
+    Used where the first stage is a scan instead of a graph walk (its shortlist covers the
+    index, or a filter allows so few rows that walking the graph would cost more): stage 0
+    scores ``candidates[qi]`` at its dim and precision, later stages as in
+    :func:`graph_funnel_serial`. Parallel over queries.
+    """
+    for qi in prange(queries.shape[0]):
+        _rows_query(qi, queries, vectors, table, row_norms, query_norms, candidates, codes,
+                    scales, bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs,
+                    id_of_row, out_ids, out_scores, out_counts, out_scored)

@@ -1,0 +1,54 @@
+"""Brute-force search at a prefix: the ground truth every funnel is measured against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._store import VectorStore
+
+__all__: list[str] = []
+
+#: Scores are computed for this many (query, row) pairs at a time (64 MiB of float32).
+_EXACT_BLOCK = 1 << 24
+
+
+def exact_rows(store: VectorStore, metric: str, batch: np.ndarray, prefix_dim: int,
+               keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``keep`` live rows of every query at ``prefix_dim`` (numpy BLAS, bounded memory).
+
+    Returns ``(rows, scores)``, best first, ``-1`` / ``-inf`` padded. Scores are higher-is-better:
+    cosine of the prefixes, inner product, or the negative squared distance.
+    """
+    n_queries = batch.shape[0]
+    col = store.dims.index(prefix_dim)
+    query_part = np.ascontiguousarray(batch[:, :prefix_dim])
+    query_norms = np.linalg.norm(query_part.astype(np.float64), axis=1).astype(np.float32)
+    best_rows = np.full((n_queries, keep), -1, dtype=np.int64)
+    best_scores = np.full((n_queries, keep), -np.inf, dtype=np.float32)
+    block = max(1024, _EXACT_BLOCK // max(n_queries, 1))
+    for lo in range(0, store.rows, block):
+        hi = min(lo + block, store.rows)
+        part = store.vectors[lo:hi, :prefix_dim].astype(np.float32, copy=False)
+        scores = query_part @ part.T
+        if metric == "cosine":
+            denom = np.outer(query_norms, store.norms[lo:hi, col])
+            np.divide(scores, denom, out=scores, where=denom > 0)
+            scores[denom <= 0] = 0.0
+        elif metric == "l2":
+            row_sq = np.square(store.norms[lo:hi, col])
+            scores = -(np.square(query_norms)[:, None] - 2.0 * scores + row_sq[None, :])
+            np.minimum(scores, 0.0, out=scores)
+        scores[:, store.deleted[lo:hi]] = -np.inf
+        merged_scores = np.concatenate([best_scores, scores.astype(np.float32)], axis=1)
+        merged_rows = np.concatenate(
+            [best_rows, np.broadcast_to(np.arange(lo, hi, dtype=np.int64), scores.shape)], axis=1)
+        if merged_scores.shape[1] > keep:
+            top = np.argpartition(-merged_scores, keep - 1, axis=1)[:, :keep]
+            merged_scores = np.take_along_axis(merged_scores, top, axis=1)
+            merged_rows = np.take_along_axis(merged_rows, top, axis=1)
+        best_scores, best_rows = merged_scores, merged_rows
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    best_scores = np.take_along_axis(best_scores, order, axis=1)
+    best_rows = np.take_along_axis(best_rows, order, axis=1)
+    best_rows[~np.isfinite(best_scores)] = -1
+    return best_rows, best_scores

@@ -1,0 +1,213 @@
+"""HNSW graphs: hnswlib builds them, mrlsearch searches a row-indexed copy of their links.
+
+hnswlib keeps building (``add_items``, ``resize_index``, ``mark_deleted``): its insertion is
+fast, multi-threaded and well tested. Searching goes through :mod:`mrlsearch._engine_kernels`,
+which needs the links as arrays: :meth:`GraphSet.links` copies them out of
+``hnswlib.Index.__getstate__()`` (level-0 block and upper-level link lists) the first time a
+graph is searched after a write, relabelled from hnswlib's internal ids to mrlsearch's rows
+(the labels the graph was given), so the kernels read vectors, norms and codes by row.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import hnswlib
+import numpy as np
+
+from ._errors import FormatError
+
+__all__: list[str] = []
+
+_HNSW_SPACE = {"cosine": "cosine", "ip": "ip", "l2": "l2"}
+#: hnswlib parameters outside these ranges crash it (M=1 divides by ln 1) or are silently
+#: changed by it (M > 10000 is capped), so they are refused before hnswlib sees them.
+M_RANGE = (2, 2048)
+EF_CONSTRUCTION_RANGE = (1, 1 << 20)
+
+
+class GraphLinks(NamedTuple):
+    """One graph's links as the search kernels read them, all indexed by row.
+
+    Attributes
+    ----------
+    level0 : ndarray of shape (capacity, maxM0 + 1), int32
+        ``level0[row, 0]`` neighbours at level 0, then their rows.
+    upper : ndarray of shape (blocks, maxM + 1), int32
+        One block per (row, level >= 1): count, then neighbour rows.
+    upper_start : ndarray of shape (capacity,), int64
+        Block of ``(row, level 1)``; ``(row, level)`` is ``upper_start[row] + level - 1``.
+    entry : int
+        Row of the entry point (-1 for an empty graph).
+    max_level : int
+        Level of the entry point.
+    """
+
+    level0: np.ndarray
+    upper: np.ndarray
+    upper_start: np.ndarray
+    entry: int
+    max_level: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.level0.nbytes + self.upper.nbytes + self.upper_start.nbytes
+
+
+def links_from_state(state: dict, capacity: int) -> GraphLinks:
+    """Copy the links of an hnswlib state (``Index.__getstate__()[0]``) into row-indexed arrays.
+
+    Raises
+    ------
+    FormatError
+        If a label or a link points outside ``capacity`` rows or outside the graph.
+    """
+    count = int(state["cur_element_count"])
+    max_m0 = int(state["max_M0"])
+    max_m = int(state["max_M"])
+    size_per = int(state["size_data_per_element"])
+    label_offset = int(state["label_offset"])
+    level0 = np.zeros((capacity, max_m0 + 1), dtype=np.int32)
+    upper_start = np.full(capacity, -1, dtype=np.int64)
+    if count == 0:
+        return GraphLinks(level0, np.zeros((0, max_m + 1), dtype=np.int32), upper_start, -1, 0)
+    block = state["data_level0"].view(np.uint8)[: count * size_per].reshape(count, size_per)
+    labels = np.ascontiguousarray(block[:, label_offset:label_offset + 8]).view(np.uint64)[:, 0]
+    if labels.size and int(labels.max()) >= capacity:
+        raise FormatError(f"an hnswlib graph labels a row {int(labels.max())} beyond {capacity}")
+    rows = labels.astype(np.int64)
+    header = np.ascontiguousarray(block[:, :4]).view(np.uint32)[:, 0]
+    counts = (header & 0xFFFF).astype(np.int64)
+    internal = np.ascontiguousarray(block[:, 4:4 + 4 * max_m0]).view(np.uint32)
+    if counts.max(initial=0) > max_m0:
+        raise FormatError("an hnswlib graph holds more level-0 links than maxM0")
+    used = np.arange(max_m0)[None, :] < counts[:, None]
+    if internal[used].size and int(internal[used].max()) >= count:
+        raise FormatError("an hnswlib graph links to an element it does not hold")
+    relabelled = np.where(used, rows[np.minimum(internal, count - 1)], 0)
+    level0[rows, 0] = counts
+    level0[rows, 1:] = relabelled
+
+    levels = np.asarray(state["element_levels"][:count], dtype=np.int64)
+    total_blocks = int(levels.sum())
+    raw = state["link_lists"].view(np.uint8)
+    if raw.size != total_blocks * 4 * (max_m + 1):
+        raise FormatError("an hnswlib graph's upper-level link lists do not match its levels")
+    upper_internal = raw.view(np.uint32).reshape(total_blocks, max_m + 1)
+    upper_counts = (upper_internal[:, 0] & 0xFFFF).astype(np.int64)
+    if upper_counts.max(initial=0) > max_m:
+        raise FormatError("an hnswlib graph holds more upper-level links than maxM")
+    used = np.arange(max_m)[None, :] < upper_counts[:, None]
+    targets = upper_internal[:, 1:]
+    if targets[used].size and int(targets[used].max()) >= count:
+        raise FormatError("an hnswlib graph links to an element it does not hold")
+    upper = np.zeros((total_blocks, max_m + 1), dtype=np.int32)
+    upper[:, 0] = upper_counts
+    upper[:, 1:] = np.where(used, rows[np.minimum(targets, count - 1)], 0)
+    starts = np.concatenate(([0], np.cumsum(levels)[:-1]))
+    has_upper = levels > 0
+    upper_start[rows[has_upper]] = starts[has_upper]
+    # every upper-level link must point to an element that has that level
+    level_of_row = np.zeros(capacity, dtype=np.int64)
+    level_of_row[rows] = levels
+    if total_blocks:
+        owner_start = np.repeat(starts[has_upper], levels[has_upper])
+        block_level = np.arange(total_blocks, dtype=np.int64) - owner_start + 1
+        if np.any((level_of_row[upper[:, 1:]] < block_level[:, None]) & used):
+            raise FormatError("an hnswlib graph links to an element above its level")
+    entry_internal = int(state["enterpoint_node"])
+    max_level = int(state["max_level"])
+    if not 0 <= entry_internal < count or int(levels[entry_internal]) != max_level:
+        raise FormatError("an hnswlib graph's entry point does not hold max_level levels")
+    return GraphLinks(level0, upper, upper_start, int(rows[entry_internal]), max_level)
+
+
+class GraphSet:
+    """The HNSW graphs of one index, one per indexed dim, and their searchable links.
+
+    Writers (add, mark_deleted, resize) run under the owner's write lock; :meth:`links` may be
+    called by concurrent readers: the first one after a write copies the links, the others
+    wait for that copy and share it.
+    """
+
+    def __init__(self, metric: str, dims: Iterable[int], *, M: int, ef_construction: int,
+                 seed: int) -> None:
+        self._metric = metric
+        self._dims = tuple(dims)
+        self._M = M
+        self._ef_construction = ef_construction
+        self._seed = seed
+        self._indexes: dict[int, hnswlib.Index] = {}
+        self._links: dict[int, GraphLinks] = {}
+        self._copy_lock = threading.Lock()
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return self._dims
+
+    def __bool__(self) -> bool:
+        return bool(self._indexes)
+
+    def index(self, dim: int) -> hnswlib.Index:
+        """The hnswlib index at ``dim`` (for saving)."""
+        return self._indexes[dim]
+
+    def create(self, capacity: int) -> None:
+        """Make empty graphs for ``capacity`` rows."""
+        for prefix_dim in self._dims:
+            graph = hnswlib.Index(space=_HNSW_SPACE[self._metric], dim=prefix_dim)
+            graph.init_index(max_elements=max(capacity, 1), M=self._M,
+                             ef_construction=self._ef_construction, random_seed=self._seed)
+            self._indexes[prefix_dim] = graph
+        self._links.clear()
+
+    def adopt(self, dim: int, graph: hnswlib.Index) -> None:
+        """Take an index loaded from disk."""
+        self._indexes[dim] = graph
+        self._links.pop(dim, None)
+
+    def resize(self, capacity: int) -> None:
+        for graph in self._indexes.values():
+            graph.resize_index(capacity)
+        self._links.clear()
+
+    def add(self, dim: int, vectors: np.ndarray, rows: np.ndarray, *, num_threads: int) -> None:
+        self._indexes[dim].add_items(vectors, rows, num_threads=num_threads)
+        self._links.pop(dim, None)
+
+    def mark_deleted(self, rows: Iterable[int]) -> None:
+        """Tombstone rows in hnswlib (kept so a saved graph carries the marks); the search
+        kernels read mrlsearch's own deleted mask, so the copied links stay valid."""
+        for graph in self._indexes.values():
+            for row in rows:
+                graph.mark_deleted(int(row))
+
+    def links(self, dim: int, capacity: int) -> GraphLinks:
+        """The searchable links of the graph at ``dim`` (copied after each write)."""
+        links = self._links.get(dim)
+        if links is not None and links.level0.shape[0] >= capacity:
+            return links
+        with self._copy_lock:
+            links = self._links.get(dim)
+            if links is None or links.level0.shape[0] < capacity:
+                state = self._indexes[dim].__getstate__()[0]
+                links = links_from_state(state, max(capacity, int(state["max_elements"])))
+                self._links[dim] = links
+        return links
+
+    def drop(self, keep_dims: Iterable[int]) -> None:
+        """Free the graphs of dims not in ``keep_dims``."""
+        keep = tuple(keep_dims)
+        self._dims = tuple(d for d in self._dims if d in keep)
+        for prefix_dim in [d for d in self._indexes if d not in keep]:
+            del self._indexes[prefix_dim]
+            self._links.pop(prefix_dim, None)
+
+    def index_bytes(self) -> int:
+        """Bytes hnswlib holds for the graphs (vectors of the prefix + links + labels)."""
+        return sum(graph.index_file_size() for graph in self._indexes.values())
+
+    def links_bytes(self) -> int:
+        return sum(links.nbytes for links in self._links.values())

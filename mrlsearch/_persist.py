@@ -1,0 +1,190 @@
+"""Index directories: what :meth:`Searcher.save` writes and :meth:`Searcher.load` reads.
+
+Format 2 adds the compact codes (``codes_<dim>_int8.npy`` with ``scales_<dim>.npy``,
+``codes_<dim>_binary.npy``) and stages with a precision; format 1 directories still load (their
+codes are computed on load). See docs/format.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from . import _format
+from ._errors import FormatError
+from ._graphs import GraphSet
+from ._results import FunnelPlan
+from ._store import VectorStore
+
+__all__: list[str] = []
+
+FORMAT_NAME = "mrlsearch.index"
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+_HNSW_SPACE = {"cosine": "cosine", "ip": "ip", "l2": "l2"}
+
+
+def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, graphs: GraphSet,
+               plan: FunnelPlan | None) -> None:
+    """Write an index directory atomically (the caller holds the read lock)."""
+    if store.live == 0:
+        raise ValueError("the index is empty: an empty index is not saved (it would replace "
+                         "a saved one with nothing)")
+    with _format.atomic_directory(path) as staging:
+        rows = store.rows
+        arrays = {
+            "vectors.npy": np.asarray(store.vectors[:rows]),
+            "norms.npy": np.asarray(store.norms[:rows]),
+            "ids.npy": np.asarray(store.ids[:rows]),
+            "deleted.npy": np.asarray(store.deleted[:rows]),
+        }
+        codes = {}
+        for prefix_dim, codes_array in store.int8.items():
+            arrays[f"codes_{prefix_dim}_int8.npy"] = np.asarray(codes_array[:rows])
+            arrays[f"scales_{prefix_dim}.npy"] = store.scales[prefix_dim]
+            codes.setdefault(str(prefix_dim), []).append("int8")
+        for prefix_dim, bits in store.binary.items():
+            arrays[f"codes_{prefix_dim}_binary.npy"] = np.asarray(bits[:rows])
+            codes.setdefault(str(prefix_dim), []).append("binary")
+        for name, array in arrays.items():
+            np.save(staging / name, array, allow_pickle=False)
+        graph_files = {}
+        for prefix_dim in graphs.dims:
+            name = f"hnsw_{prefix_dim}.bin"
+            graphs.index(prefix_dim).save_index(str(staging / name))
+            graph_files[str(prefix_dim)] = name
+        files = sorted(list(arrays) + list(graph_files.values()))
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            **config,
+            "rows": rows,
+            "count": store.live,
+            "next_id": store.next_id,
+            "graphs": graph_files,
+            "codes": codes,
+            "plan": None if plan is None else plan.to_dict(),
+            "files": {name: _format.sha256_file(staging / name) for name in files},
+        }
+        _format.write_json(staging / _format.MANIFEST, manifest)
+
+
+def _field_int(manifest: dict, where: Path, key: str, minimum: int = 0) -> int:
+    value = manifest.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FormatError(f"{where} field {key!r} must be an int >= {minimum} (got {value!r})")
+    return value
+
+
+def read_index(path: str | os.PathLike, *, mmap: bool, make_parts):
+    """Read an index directory.
+
+    ``make_parts(config)`` returns an empty ``(searcher, store, graphs)`` for the manifest's
+    settings; they are filled here and returned with the saved plan as
+    ``(searcher, store, graphs, plan)`` for the caller to install.
+    """
+    directory = _format.resolve_directory(path)
+    manifest = _format.read_manifest(directory, format_name=FORMAT_NAME, versions=READ_VERSIONS)
+    where = directory / _format.MANIFEST
+    rows = _field_int(manifest, where, "rows")
+    count = _field_int(manifest, where, "count")
+    next_id = _field_int(manifest, where, "next_id")
+    graphs_field = manifest.get("graphs")
+    if not isinstance(graphs_field, dict) or not all(
+            isinstance(d, str) and d.isdigit() and len(d) < 10 and isinstance(n, str)
+            and n == f"hnsw_{d}.bin" for d, n in graphs_field.items()):
+        raise FormatError(f"{where} field 'graphs' must map dims to hnsw_<dim>.bin "
+                          f"(got {graphs_field!r})")
+    codes_field = manifest.get("codes", {})
+    if not isinstance(codes_field, dict):
+        raise FormatError(f"{where} field 'codes' must map dims to code kinds")
+    precisions = sorted({p for kinds in codes_field.values() if isinstance(kinds, list)
+                         for p in kinds if isinstance(p, str)})
+    config = {
+        "dim": _field_int(manifest, where, "dim", 1),
+        "dims": manifest.get("dims"),
+        "metric": manifest.get("metric"),
+        "index_dims": manifest.get("index_dims"),
+        "M": _field_int(manifest, where, "M", 1),
+        "ef_construction": _field_int(manifest, where, "ef_construction", 1),
+        "dtype": manifest.get("dtype"),
+        "seed": _field_int(manifest, where, "seed") if "seed" in manifest else 100,
+        "codes": tuple(precisions) if manifest.get("version") == 2 else ("int8", "binary"),
+    }
+    try:
+        searcher, store, graphs = make_parts(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"{where} has a bad field ({exc})") from exc
+    graph_files = {int(d): name for d, name in graphs_field.items()}
+    if set(graph_files) != set(graphs.dims):
+        raise FormatError(f"{where} lists graphs {sorted(graph_files)} but index_dims "
+                          f"{graphs.dims}")
+    n_dims = len(store.dims)
+    vectors = _format.load_array(directory, "vectors.npy", dtype=store.dtype,
+                                 shape=(rows, store.dim), mmap=mmap)
+    store.vectors = np.asarray(vectors) if mmap else vectors
+    store.norms = _format.load_array(directory, "norms.npy", dtype=np.float32,
+                                     shape=(rows, n_dims))
+    store.ids = _format.load_array(directory, "ids.npy", dtype=np.int64, shape=(rows,))
+    store.deleted = _format.load_array(directory, "deleted.npy", dtype=np.bool_, shape=(rows,))
+    store.rows = rows
+    live = np.flatnonzero(~store.deleted)
+    store.row_of = dict(zip(store.ids[live].tolist(), live.tolist()))
+    if len(store.row_of) != live.size or count != live.size:
+        raise FormatError(f"{directory / 'ids.npy'} does not match the manifest's count")
+    if np.any(store.ids[live] < 0) or (live.size and int(store.ids[live].max()) >= next_id):
+        raise FormatError(f"{directory / 'ids.npy'} holds ids outside [0, next_id)")
+    store.next_id = next_id
+    _read_codes(directory, manifest, store, rows)
+    for prefix_dim, name in graph_files.items():
+        graph_path = directory / name
+        _format.check_hnsw_file(graph_path, rows=rows, dim=prefix_dim, M=config["M"])
+        graph = hnswlib.Index(space=_HNSW_SPACE[config["metric"]], dim=prefix_dim)
+        try:
+            graph.load_index(str(graph_path), max_elements=max(rows, 1))
+        except RuntimeError as exc:
+            raise FormatError(f"{graph_path} is not a readable hnswlib graph ({exc})") from exc
+        if graph.element_count != rows:
+            raise FormatError(f"{graph_path} holds {graph.element_count} vectors, the index "
+                              f"has {rows}")
+        graphs.adopt(prefix_dim, graph)
+        try:
+            graphs.links(prefix_dim, rows)
+        except FormatError as exc:
+            raise FormatError(f"{graph_path}: {exc}") from exc
+    plan = manifest.get("plan")
+    if plan is not None:
+        try:
+            plan = FunnelPlan.from_dict(plan)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise FormatError(f"{where} has a bad plan ({exc})") from exc
+    return searcher, store, graphs, plan
+
+
+def _read_codes(directory: Path, manifest: dict, store: VectorStore, rows: int) -> None:
+    """Codes from the files (format 2) or computed from the vectors (format 1)."""
+    if manifest.get("version") == 1:
+        store.allocate_codes(rows)
+        for lo in range(0, rows, 65536):
+            hi = min(rows, lo + 65536)
+            as_float = np.asarray(store.vectors[lo:hi], dtype=np.float32)
+            store.encode(as_float, store.norms[lo:hi], lo)
+        return
+    for prefix_dim in store.code_dims:
+        if prefix_dim in store.int8:
+            store.int8[prefix_dim] = _format.load_array(
+                directory, f"codes_{prefix_dim}_int8.npy", dtype=np.int8,
+                shape=(rows, prefix_dim))
+            scales = _format.load_array(directory, f"scales_{prefix_dim}.npy",
+                                        dtype=np.float32, shape=(prefix_dim,))
+            if not np.all(np.isfinite(scales)) or np.any(scales <= 0):
+                raise FormatError(f"{directory / f'scales_{prefix_dim}.npy'} must hold "
+                                  "positive finite scales")
+            store.scales[prefix_dim] = scales
+        if prefix_dim in store.binary:
+            store.binary[prefix_dim] = _format.load_array(
+                directory, f"codes_{prefix_dim}_binary.npy", dtype=np.uint64,
+                shape=(rows, (prefix_dim + 63) // 64))

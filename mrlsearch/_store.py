@@ -1,0 +1,184 @@
+"""The vector store of an index: vectors, prefix norms, codes, ids and tombstones by row.
+
+Rows are mrlsearch's internal positions (the labels the HNSW graphs hold); ids are the user's.
+Removing a row only tombstones it. Nothing here locks: :class:`~mrlsearch.Searcher` calls the
+writers under its write lock and the readers under its read lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _codes, _kernels
+
+__all__: list[str] = []
+
+
+class VectorStore:
+    """Rows of vectors with everything the search kernels read about them.
+
+    Parameters
+    ----------
+    dim : int
+        Full dim.
+    dims : tuple of int
+        Nesting dims; ``norms[:, j]`` is the norm of the prefix at ``dims[j]``.
+    dtype : {'float32', 'float16'}
+    code_dims : tuple of int
+        Prefix dims that keep codes (the graph dims).
+    precisions : tuple of str
+        Code kinds kept at each of ``code_dims`` (``'int8'``, ``'binary'``).
+    normalise_codes : bool
+        Codes of the normalised prefix (cosine).
+    """
+
+    def __init__(self, dim: int, dims: tuple[int, ...], *, dtype: str,
+                 code_dims: Sequence[int] = (), precisions: Sequence[str] = (),
+                 normalise_codes: bool = False) -> None:
+        self.dim = dim
+        self.dims = dims
+        self.dims_array = np.asarray(dims, dtype=np.int64)
+        self.dtype = dtype
+        self.code_dims = tuple(code_dims)
+        self.precisions = tuple(precisions)
+        self.normalise_codes = normalise_codes
+        self.rows = 0
+        self.vectors = np.empty((0, dim), dtype=dtype)
+        self.norms = np.empty((0, len(dims)), dtype=np.float32)
+        self.ids = np.empty(0, dtype=np.int64)
+        self.deleted = np.empty(0, dtype=bool)
+        self.row_of: dict[int, int] = {}
+        self.next_id = 0
+        self.version = 0  # bumped by every write
+        self.int8: dict[int, np.ndarray] = {}
+        self.scales: dict[int, np.ndarray] = {}
+        self.binary: dict[int, np.ndarray] = {}
+        self.allocate_codes(0)
+
+    # ---------------------------------------------------------------- sizes
+    @property
+    def capacity(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def live(self) -> int:
+        return len(self.row_of)
+
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(~self.deleted[: self.rows])
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held per part (the arrays' sizes; for a memory map, see ``resident``)."""
+        codes = sum(a.nbytes for a in self.int8.values()) + sum(
+            a.nbytes for a in self.binary.values()) + sum(a.nbytes for a in self.scales.values())
+        return {"vectors": self.vectors.nbytes, "norms": self.norms.nbytes, "codes": codes,
+                "ids": self.ids.nbytes + self.deleted.nbytes}
+
+    # ---------------------------------------------------------------- writing
+    def reserve(self, rows_needed: int) -> bool:
+        """Grow the arrays to hold ``rows_needed`` rows; returns whether they grew."""
+        capacity = self.capacity
+        if rows_needed <= capacity:
+            return False
+        new_capacity = max(rows_needed, 2 * capacity, 1024)
+        used = self.rows
+
+        def grown(array: np.ndarray, fill=None) -> np.ndarray:
+            shape = (new_capacity,) + array.shape[1:]
+            out = np.empty(shape, dtype=array.dtype) if fill is None else np.full(shape, fill,
+                                                                                 array.dtype)
+            out[:used] = array[:used]
+            return out
+
+        self.vectors = grown(self.vectors)
+        self.norms = grown(self.norms)
+        self.ids = grown(self.ids)
+        self.deleted = grown(self.deleted, True)
+        for store in (self.int8, self.binary):
+            for prefix_dim in store:
+                store[prefix_dim] = grown(store[prefix_dim], 0)
+        return True
+
+    def allocate_codes(self, capacity: int) -> None:
+        """Empty (zero) codes for ``capacity`` rows at every code dim."""
+        for prefix_dim in self.code_dims:
+            if "int8" in self.precisions:
+                self.int8[prefix_dim] = np.zeros((capacity, prefix_dim), dtype=np.int8)
+            if "binary" in self.precisions:
+                self.binary[prefix_dim] = np.zeros((capacity, (prefix_dim + 63) // 64),
+                                                   dtype=np.uint64)
+
+    def prefix_norms(self, batch: np.ndarray) -> np.ndarray:
+        """(n, len(dims)) float32 norms of each row's prefix at every nesting dim."""
+        return _kernels.prefix_norms(np.ascontiguousarray(batch, dtype=np.float32),
+                                     self.dims_array)
+
+    def append(self, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Write rows after the last one (capacity reserved by the caller); returns them."""
+        start, stop = self.rows, self.rows + stored.shape[0]
+        as_float = stored.astype(np.float32)
+        norms = self.prefix_norms(as_float)
+        self.vectors[start:stop] = stored
+        self.norms[start:stop] = norms
+        self.ids[start:stop] = ids
+        self.deleted[start:stop] = False
+        self.encode(as_float, norms, start)
+        self.rows = stop
+        self.version += 1
+        rows = np.arange(start, stop, dtype=np.int64)
+        self.row_of.update(zip(ids.tolist(), rows.tolist()))
+        if ids.size:
+            self.next_id = max(self.next_id, int(ids.max()) + 1)
+        return rows
+
+    def encode(self, as_float: np.ndarray, norms: np.ndarray, start: int) -> None:
+        """Codes of rows ``start..`` (scales fixed by the first rows ever encoded)."""
+        stop = start + as_float.shape[0]
+        for prefix_dim in self.code_dims:
+            column = self.dims.index(prefix_dim)
+            prefix = _codes.normalised_prefix(
+                as_float, prefix_dim, norms[:, column] if self.normalise_codes else None)
+            if prefix_dim in self.int8:
+                if prefix_dim not in self.scales:
+                    self.scales[prefix_dim] = _codes.int8_scales(prefix)
+                self.int8[prefix_dim][start:stop] = _codes.encode_int8(prefix,
+                                                                       self.scales[prefix_dim])
+            if prefix_dim in self.binary:
+                self.binary[prefix_dim][start:stop] = _codes.encode_binary(prefix)
+
+    def tombstone(self, rows: np.ndarray) -> None:
+        self.version += 1
+        for row in rows.tolist():
+            self.deleted[row] = True
+            del self.row_of[int(self.ids[row])]
+
+    def drop_codes(self, keep_dims: Sequence[int]) -> None:
+        """Forget the codes of dims not in ``keep_dims``."""
+        self.code_dims = tuple(d for d in self.code_dims if d in keep_dims)
+        for store in (self.int8, self.scales, self.binary):
+            for prefix_dim in [d for d in store if d not in keep_dims]:
+                del store[prefix_dim]
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ids (-1 for ids not in the store)."""
+        get = self.row_of.get
+        return np.fromiter((get(int(i), -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    # ---------------------------------------------------------------- kernels' view
+    def kernel_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors as the kernels take them, with the float16 lookup table."""
+        if self.dtype == "float16":
+            return np.asarray(self.vectors.view(np.uint16)), _kernels.HALF_TABLE
+        return np.asarray(self.vectors), _kernels.NO_TABLE
+
+    def kernel_codes(self, prefix_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(int8 codes, scales, binary codes) at ``prefix_dim``, empty where not kept."""
+        return (self.int8.get(prefix_dim, _EMPTY_INT8), self.scales.get(prefix_dim, _EMPTY_F4),
+                self.binary.get(prefix_dim, _EMPTY_BITS))
+
+
+_EMPTY_INT8 = np.zeros((0, 0), dtype=np.int8)
+_EMPTY_F4 = np.zeros(0, dtype=np.float32)
+_EMPTY_BITS = np.zeros((0, 0), dtype=np.uint64)

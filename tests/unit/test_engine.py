@@ -1,0 +1,199 @@
+"""The compiled search path against brute force, hnswlib and numpy references."""
+
+import hnswlib
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from invariants import assert_same_neighbours, reference_scores
+
+from mrlsearch import Searcher
+from mrlsearch._codes import encode_binary, encode_int8, hamming_reference, int8_scales
+from mrlsearch._graphs import links_from_state
+from mrlsearch.datasets import synthetic_mrl
+
+METRICS = ("cosine", "ip", "l2")
+
+
+def build(metric="cosine", n=1500, dim=64, dims=(16, 32, 64), index_dims=(16,), seed=0,
+          dtype="float32", codes=("int8", "binary")):
+    vectors, queries = synthetic_mrl(n, dim, n_queries=40, n_clusters=30, seed=seed)
+    searcher = Searcher(dim, dims, metric=metric, index_dims=index_dims, dtype=dtype,
+                        codes=codes)
+    ids = searcher.add(vectors, num_threads=1)
+    return searcher, vectors, queries, ids
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_graph_walk_recall_at_least_hnswlibs_on_the_same_graph(metric):
+    vectors, queries = synthetic_mrl(3000, 32, n_queries=60, n_clusters=40, seed=3)
+    searcher = Searcher(32, (8, 16, 32), metric=metric, index_dims=(16,), codes=())
+    searcher.add(vectors, num_threads=1)
+    exact = searcher.exact(queries, k=10, dim=16)
+    # hnswlib's own search over a graph built the same way (one thread: the same graph)
+    graph = hnswlib.Index(space=metric, dim=16)
+    graph.init_index(max_elements=3000, M=16, ef_construction=200, random_seed=100)
+    graph.add_items(np.ascontiguousarray(vectors[:, :16]), np.arange(3000), num_threads=1)
+    for ef in (10, 20, 40):
+        ours = searcher.funnel(queries, k=10, stages=[(16, 10)], ef=ef)
+        graph.set_ef(ef)
+        labels, _ = graph.knn_query(np.ascontiguousarray(queries[:, :16]), k=10)
+        theirs = float(np.mean([np.intersect1d(a, b).size / 10
+                                for a, b in zip(labels, exact.ids)]))
+        assert ours.recall(exact) >= theirs - 1e-9, (ef, ours.recall(exact), theirs)
+
+
+def test_walk_visits_what_hnswlib_visits():
+    # hnswlib and the compiled walk on one graph return the same candidates at every ef
+    vectors, queries = synthetic_mrl(2000, 16, n_queries=30, n_clusters=20, seed=5)
+    graph = hnswlib.Index(space="l2", dim=16)
+    graph.init_index(max_elements=2000, M=8, ef_construction=100, random_seed=1)
+    graph.add_items(vectors, np.arange(2000), num_threads=1)
+    links = links_from_state(graph.__getstate__()[0], 2000)
+    assert links.level0.shape == (2000, 17) and links.entry >= 0
+    searcher = Searcher(16, (16,), metric="l2", index_dims=(16,), M=8, ef_construction=100,
+                        seed=1, codes=())
+    searcher.add(vectors, num_threads=1)
+    for ef in (5, 30):
+        graph.set_ef(ef)
+        labels, _ = graph.knn_query(queries, k=ef)
+        ours = searcher.funnel(queries, k=ef, stages=[(16, ef)], ef=ef)
+        for got, want in zip(ours.ids, labels):
+            assert set(got.tolist()) == set(want.tolist())
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_single_exact_stage_equals_exact(metric):
+    searcher, vectors, queries, ids = build(metric, index_dims=(16, 64))
+    full = searcher.funnel(queries, k=10, stages=[(64, len(searcher))])
+    truth = searcher.exact(queries, k=10)
+    assert_same_neighbours(full.ids, full.scores, truth.ids, truth.scores)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_int8_and_binary_scores_match_numpy(metric):
+    searcher, vectors, queries, ids = build(metric, n=400)
+    prefix = vectors[:, :16].astype(np.float64)
+    q = queries[:, :16].astype(np.float64)
+    if metric == "cosine":
+        prefix = prefix / np.linalg.norm(prefix, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    scales = int8_scales(prefix.astype(np.float32))
+    codes = encode_int8(prefix.astype(np.float32), scales)
+    want_int8 = (q * scales) @ codes.T.astype(np.float64)
+    got = searcher.funnel(queries, k=400, stages=[(16, "int8", 400)])
+    for row in range(len(queries)):
+        lookup = dict(zip(got.ids[row].tolist(), got.scores[row].tolist()))
+        np.testing.assert_allclose([lookup[i] for i in ids], want_int8[row], rtol=1e-4,
+                                   atol=1e-4)
+    bits = encode_binary(vectors[:, :16])
+    got = searcher.funnel(queries, k=400, stages=[(16, "binary", 400)])
+    for row in range(len(queries)):
+        want = -hamming_reference(encode_binary(queries[row:row + 1, :16])[0], bits)
+        lookup = dict(zip(got.ids[row].tolist(), got.scores[row].tolist()))
+        np.testing.assert_array_equal([lookup[i] for i in ids], want)
+
+
+def test_binary_codes_pack_each_sign_in_its_bit():
+    x = np.random.default_rng(0).standard_normal((7, 130)).astype(np.float32)
+    bits = encode_binary(x)
+    assert bits.shape == (7, 3) and bits.dtype == np.uint64
+    for r in range(7):
+        for c in range(130):
+            assert ((int(bits[r, c // 64]) >> (c % 64)) & 1) == (x[r, c] > 0)
+
+
+@pytest.mark.parametrize("precision", ["int8", "binary"])
+def test_code_stages_give_the_ids_of_the_same_plan_in_numpy(precision):
+    searcher, vectors, queries, ids = build("cosine", n=600)
+    stages = [(16, precision, 600), (16, "float32", 60), (32, 20), (64, 5)]
+    got = searcher.funnel(queries, k=5, stages=stages)
+    prefix = vectors[:, :16] / np.linalg.norm(vectors[:, :16], axis=1, keepdims=True)
+    scales = int8_scales(prefix)
+    for row, query in enumerate(queries):
+        rows = np.arange(600)
+        if precision == "int8":
+            qn = query[:16] / np.linalg.norm(query[:16])
+            first = (qn * scales).astype(np.float64) @ encode_int8(prefix, scales).T
+        else:
+            first = -hamming_reference(encode_binary(query[None, :16])[0],
+                                       encode_binary(vectors[:, :16])).astype(np.float64)
+        rows = rows[np.argsort(-first, kind="stable")]  # keeps all 600: order only
+        for prefix_dim, keep in ((16, 60), (32, 20), (64, 5)):
+            scores = reference_scores(query[None], vectors[rows], "cosine", prefix_dim)[0]
+            order = np.argsort(-scores, kind="stable")[:keep]
+            rows, best = rows[order], scores[order]
+        assert_same_neighbours(got.ids[row:row + 1], got.scores[row:row + 1], ids[rows][None],
+                               best[None])
+
+
+def test_code_walk_with_float_rerank_reaches_the_float_recall():
+    searcher, vectors, queries, ids = build("cosine", n=3000, index_dims=(64,))
+    truth = searcher.exact(queries, k=10)
+    float_walk = searcher.funnel(queries, k=10, stages=[(64, 40)], ef=80)
+    int8_walk = searcher.funnel(queries, k=10, stages=[(64, "int8", 40), (64, 10)], ef=80)
+    assert int8_walk.recall(truth) >= float_walk.recall(truth) - 0.02
+    assert int8_walk.stats[0].precision == "int8"
+    assert int8_walk.stats[1].precision == "float32"
+
+
+@pytest.fixture(scope="module")
+def filter_index(tmp_path_factory):
+    searcher, vectors, queries, ids = build("cosine", n=2000)
+    directory = tmp_path_factory.mktemp("filter") / "index"
+    searcher.save(directory)
+    return searcher, vectors, queries, ids, directory
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), share=st.floats(0.0, 1.0), as_mask=st.booleans(),
+       removed=st.integers(0, 300))
+def test_filters_and_deletions_are_never_escaped(filter_index, seed, share, as_mask, removed):
+    searcher, vectors, queries, ids, directory = filter_index
+    rng = np.random.default_rng(seed)
+    allowed = ids[rng.random(len(ids)) < share]
+    gone = rng.choice(ids, size=removed, replace=False) if removed else np.zeros(0, int)
+    if removed:
+        searcher = Searcher.load(directory)
+        searcher.remove(gone)
+    live_allowed = np.setdiff1d(allowed, gone)
+    mask = np.zeros(ids.max() + 1, dtype=bool)
+    mask[allowed] = True
+    result = searcher.funnel(queries, k=10, stages=[(16, 60), (32, 30), (64, 10)], ef=120,
+                             filter=mask if as_mask else allowed)
+    got = result.ids[result.ids >= 0]
+    assert np.isin(got, live_allowed).all()
+    assert not np.isin(got, gone).any()
+    assert (result.counts == min(10, live_allowed.size)).all()
+    if live_allowed.size >= 10:
+        # against the filtered brute force at full dim
+        scores = reference_scores(queries, vectors, "cosine", 64)
+        scores[:, ~np.isin(ids, live_allowed)] = -np.inf
+        truth = ids[np.argsort(-scores, axis=1, kind="stable")[:, :10]]
+        assert result.recall(truth) >= 0.85
+
+
+def test_a_tuned_plan_serves_any_k():
+    searcher, vectors, queries, ids = build(n=1500)
+    plan = searcher.tune(queries[:20], k=5, target_recall=0.9, progress=False)
+    wide = searcher.search(queries[20:], k=40)
+    assert wide.ids.shape == (20, 40)
+    assert wide.recall(searcher.exact(queries[20:], k=40)) >= 0.8
+    assert plan.for_k(40).stages[-1][2] == 40
+    assert searcher.search(queries[20:], k=3).ids.shape == (20, 3)
+
+
+def test_build_falls_back_to_a_full_dim_graph_where_prefixes_are_useless():
+    # a random rotation spreads every direction over all coordinates: no prefix ranks well
+    vectors, queries = synthetic_mrl(3000, 64, n_queries=120, n_clusters=60, decay=1.0, seed=1)
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((64, 64)))
+    rotated = (vectors @ rotation).astype(np.float32)
+    rotated_queries = (queries @ rotation).astype(np.float32)
+    searcher = Searcher.build(rotated, queries=rotated_queries, k=10, target_recall=0.9,
+                              dims=(16, 32, 64))
+    assert searcher.plan.stages[0][0] == 64
+    assert searcher.index_dims == (64,)
+    assert searcher.plan.recall_lower >= 0.9
+    # the original (MRL-like) data keeps a short prefix graph
+    mrl = Searcher.build(vectors, queries=queries, k=10, target_recall=0.9, dims=(16, 32, 64))
+    assert mrl.build_report["graphs_built"][0] < 64
