@@ -287,6 +287,10 @@ def fit_adapter(data: PairData, dims, *, embed_dim: int | None = None, hidden: i
     """
     from .backbones import FrozenAdapter
 
+    if any(isinstance(part, (list, tuple)) and part and isinstance(part[0], str)
+           for part in (data.train_queries, data.train_positives)):
+        raise ValueError("'data' must hold 2-D float arrays (got texts: embed them first, "
+                         "e.g. with SentenceTransformer.encode)")
     train_q = np.asarray(data.train_queries, dtype=np.float32)
     train_p = np.asarray(data.train_positives, dtype=np.float32)
     if train_q.ndim != 2 or train_q.shape != train_p.shape:

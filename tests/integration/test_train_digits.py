@@ -53,3 +53,34 @@ def test_checkpoint_resume_continues_training(tmp_path):
     resumed = build_model(config)
     history = Trainer(resumed, loss, epochs=3, checkpoint_dir=tmp_path, progress=False).fit(data)
     assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+@pytest.mark.export
+def test_encoder_and_heads_chained_with_defaults_reproduce_torch(tmp_path):
+    """Issue 15: Encoder(model_dir) + Classifier.load(its classifier.npz), defaults only, give
+    torch's per-dim accuracy: the manifest says the heads take the raw embedding."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from exporters import export_onnx
+    from mrlsearch import Classifier, Encoder
+
+    dims = (4, 8, 16, 64)
+    torch.manual_seed(0)
+    model, data = train(dims, epochs=8)
+    want = evaluate(model, data, dims=dims)["per_dim"]
+    manifest = export_onnx(model, tmp_path / "digits", data.x_val[:32])
+    assert manifest["normalize"] is False and manifest["classifier_input"] == "raw"
+    encoder = Encoder(tmp_path / "digits")
+    clf = Classifier.load(tmp_path / "digits" / "classifier.npz")
+    z = encoder.encode(data.x_test)
+    got = {m: float((clf.predict(z, dim=m) == data.y_test).mean()) for m in dims}
+    one_row = 1.0 / len(data.y_test)  # float32 ties between onnxruntime and torch, at most
+    for m in dims:
+        assert abs(got[m] - want[m]["linear_top1"]) <= one_row, (m, got[m], want[m])
+    # the normalised output is what used to break the heads: it must not be the default
+    normalised = Encoder(tmp_path / "digits", normalize=True).encode(data.x_test)
+    assert not np.allclose(normalised, z)
+    # and a calibrated cascade on the default output stops early
+    clf.calibrate(encoder.encode(data.x_val), data.y_val, max_drop=0.01)
+    assert clf.cascade(z).expected_dim < dims[-1]
