@@ -116,3 +116,37 @@ def test_default_dims_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         export_sentence_transformer(tmp_path / "no-such-model", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+def test_sentence_transformer_on_cuda_parity_per_prefix(tmp_path, sentence_transformer):
+    """Export -> Encoder on CUDAExecutionProvider -> parity per prefix (fp32 and fp16)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDAExecutionProvider in this onnxruntime")
+    export_sentence_transformer(sentence_transformer, tmp_path / "fp32")
+    export_sentence_transformer(sentence_transformer, tmp_path / "fp16", fp16=True)
+    for name, atol in (("fp32", 1e-4), ("fp16", 5e-3)):
+        encoder = Encoder(tmp_path / name, providers="cuda")
+        assert encoder.provider == "CUDAExecutionProvider"
+        auto = Encoder(tmp_path / name)
+        assert auto.provider == "CUDAExecutionProvider"
+        for m in encoder.dims:
+            want = unit_rows(sentence_transformer.encode(TEXTS, truncate_dim=m))
+            np.testing.assert_allclose(encoder.encode(TEXTS, dim=m), want, atol=atol)
+
+
+def test_provider_never_claims_cuda_without_it(tmp_path):
+    import onnxruntime as ort
+
+    pytest.importorskip("wordllama")
+    from exporters import export_wordllama, load_wordllama
+
+    export_wordllama(tmp_path / "wl", wordllama=load_wordllama(cache_dir=tmp_path / "c"),
+                     dims=(64, 256))
+    encoder = Encoder(tmp_path / "wl")
+    running = encoder._session.get_providers()[0]
+    assert encoder.provider == running
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert encoder.provider == "CPUExecutionProvider"
