@@ -7,8 +7,11 @@ logits grow incrementally, so a row's cost is proportional to the dim at which i
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _kernels
+from . import _format, _kernels
 from ._errors import DimensionError, FormatError
 from ._validation import check_choice, check_dims, check_fraction, check_matrix
 
@@ -586,12 +589,25 @@ class Classifier:
     def save(self, path: str | os.PathLike) -> None:
         """Write an ``.npz`` (no pickle): format, version, dims, heads, thresholds.
 
-        Written to a temporary file beside ``path`` and renamed into place.
+        Written under a unique temporary name beside ``path`` (two threads or processes
+        saving one path never share it, and take turns on the writer lock
+        ``.NAME.lock``), fsynced, its size on disk checked, renamed over ``path`` and the
+        directory fsynced: a concurrent :meth:`load` reads the old file or the new one,
+        never a torn one, and a crash leaves the old file.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, pathlib
+        >>> clf = Classifier.shared(np.eye(3, 4), np.zeros(3), dims=(2, 4))
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "clf.npz"
+        >>> clf.save(path)
+        >>> Classifier.load(path).dims
+        (2, 4)
         """
         path = Path(path)
         arrays = {
             "format": np.array(FORMAT_NAME),
-            "version": np.array(FORMAT_VERSION),
+            "version": np.array(FORMAT_VERSION, dtype=np.int64),
             "dims": np.asarray(self._dims, dtype=np.int64),
             "efficient": np.array(self._shared),
             "thresholds": (np.empty(0) if self._thresholds is None else self._thresholds),
@@ -601,48 +617,158 @@ class Classifier:
         else:
             for m, weight, bias in zip(self._dims, self._weights, self._biases):
                 arrays[f"weight_{m}"], arrays[f"bias_{m}"] = weight, bias
-        staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(staging, "wb") as handle:
+        with _format.atomic_file(path) as handle:
             np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Classifier:
         """Read a classifier written by :meth:`save` (or by ``exporters``).
+
+        The file is opened once (a FIFO or directory in its place is refused without
+        blocking) and read through that handle. Only the members the format names are
+        read, each after its declared uncompressed size was checked against its ``.npy``
+        header and the shapes the other members allow, so a small file can never make the
+        loader allocate much more than it holds; an unknown member is refused unread.
 
         Raises
         ------
         FileNotFoundError
             If ``path`` does not exist.
         FormatError
-            If the file is not a classifier of a known version, or is truncated or corrupt.
+            If the file is not a classifier of a known version, is truncated or corrupt,
+            or is not a regular file.
+
+        Examples
+        --------
+        >>> Classifier.load("model_dir/classifier.npz")      # doctest: +SKIP
+        <mrlsearch.Classifier MRL-E n_classes=10 dims=(8, 16, 32, 64) calibrated=True>
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No classifier file at {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                contents = {name: data[name] for name in data.files}
-        except Exception as exc:  # zipfile/np.load raise many types on a damaged file
+            fd = _format.open_regular(path, follow=True)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"No classifier file at {path}") from exc
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                fd = -1
+                size = os.fstat(handle.fileno()).st_size
+                with zipfile.ZipFile(handle) as archive:
+                    return cls._from_archive(_NpzReader(archive, path, size), path)
+        except FormatError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+                RuntimeError) as exc:  # damaged archive
             raise FormatError(f"{path} is not a readable .npz file ({exc})") from exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    @classmethod
+    def _from_archive(cls, reader: _NpzReader, path: Path) -> Classifier:
+        fmt = reader.read("format", kind="U", shape=())
+        if str(fmt) != FORMAT_NAME:
+            raise FormatError(f"{path} must hold format {FORMAT_NAME!r} (got {str(fmt)!r})")
+        version = reader.read("version", kind="i", shape=())
+        if int(version) != FORMAT_VERSION:
+            raise FormatError(f"{path} has version {int(version)}; this mrlsearch reads "
+                              f"version {FORMAT_VERSION}")
         try:
-            if str(contents["format"]) != FORMAT_NAME:
-                raise FormatError(f"{path} must hold format {FORMAT_NAME!r} "
-                                  f"(got {str(contents['format'])!r})")
-            if int(contents["version"]) != FORMAT_VERSION:
-                raise FormatError(f"{path} has version {int(contents['version'])}; this "
-                                  f"mrlsearch reads version {FORMAT_VERSION}")
-            dims = tuple(int(d) for d in contents["dims"])
-            thresholds = contents["thresholds"]
+            dims = tuple(int(d) for d in reader.read("dims", kind="i", shape=(None,),
+                                                     max_length=_MAX_DIMS))
+            if not dims:
+                raise ValueError("'dims' is empty")
+            efficient = bool(reader.read("efficient", kind="b", shape=()))
+            heads = ["weight", "bias"] if efficient else [
+                f"{kind}_{m}" for m in dims for kind in ("weight", "bias")]
+            reader.expect(["format", "version", "dims", "efficient", "thresholds", *heads])
+            thresholds = reader.read("thresholds", kind="f", shape=(None,),
+                                     max_length=len(dims))
             thresholds = None if thresholds.size == 0 else thresholds
-            if bool(contents["efficient"]):
-                return cls.shared(contents["weight"], contents["bias"], dims,
-                                  thresholds=thresholds)
-            return cls([contents[f"weight_{m}"] for m in dims],
-                       [contents[f"bias_{m}"] for m in dims], dims, thresholds=thresholds)
+            if efficient:
+                bias = reader.read("bias", kind="f", shape=(None,))
+                weight = reader.read("weight", kind="f", shape=(bias.shape[0], dims[-1]))
+                return cls.shared(weight, bias, dims, thresholds=thresholds)
+            biases = [reader.read(f"bias_{dims[0]}", kind="f", shape=(None,))]
+            n_classes = biases[0].shape[0]
+            biases += [reader.read(f"bias_{m}", kind="f", shape=(n_classes,)) for m in dims[1:]]
+            weights = [reader.read(f"weight_{m}", kind="f", shape=(n_classes, m)) for m in dims]
+            return cls(weights, biases, dims, thresholds=thresholds)
         except FormatError:
             raise
         except (KeyError, ValueError, TypeError) as exc:
             raise FormatError(f"{path} is not a valid mrlsearch classifier ({exc})") from exc
+
+
+# A classifier file may declare at most this many uncompressed bytes: the floor, plus this
+# many times its own size (float weights do not compress; a larger claim is a zip bomb).
+_DECLARED_FLOOR = 64 << 20
+_DECLARED_RATIO = 16
+_MAX_DIMS = 4096
+_DTYPES = {
+    "U": tuple(np.dtype(f"<U{n}") for n in range(1, 65)),
+    "i": (np.dtype("<i8"), np.dtype("<i4")),
+    "b": (np.dtype("bool"),),
+    "f": (np.dtype("<f4"), np.dtype("<f8")),
+}
+
+
+class _NpzReader:
+    """Reads the members of a classifier ``.npz``, checking each one's declared size first."""
+
+    def __init__(self, archive: zipfile.ZipFile, path: Path, size: int) -> None:
+        self._archive = archive
+        self._path = path
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        if len(set(names)) != len(names):
+            raise FormatError(f"{path} is not a valid mrlsearch classifier (a member name "
+                              f"appears twice)")
+        self._infos = dict(zip(names, infos))
+        declared = sum(info.file_size for info in infos)
+        budget = _DECLARED_FLOOR + _DECLARED_RATIO * size
+        if declared > budget:
+            raise FormatError(f"{path} declares {declared} uncompressed bytes for a {size}-byte "
+                              f"file (at most {budget} are read)")
+
+    def expect(self, members: list[str]) -> None:
+        """Refuse (unread) any member the format does not name."""
+        unknown = sorted(set(self._infos) - {f"{m}.npy" for m in members})
+        if unknown:
+            raise FormatError(f"{self._path} is not a valid mrlsearch classifier (unknown "
+                              f"member {unknown[0]!r})")
+
+    def read(self, name: str, *, kind: str, shape: tuple[int | None, ...],
+             max_length: int | None = None) -> np.ndarray:
+        """One member, after its header and declared size were checked."""
+        label = f"{self._path} member {name!r}"
+        info = self._infos.get(f"{name}.npy")
+        if info is None:
+            raise FormatError(f"{self._path} is not a valid mrlsearch classifier (missing "
+                              f"member {name!r})")
+        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED,
+                                                              zipfile.ZIP_DEFLATED):
+            raise FormatError(f"{label} is encrypted or compressed with an unsupported method")
+        with self._archive.open(info) as stream:
+            header_shape, dtype, length = _format.read_npy_header(stream, label)
+            if dtype not in _DTYPES[kind] or len(header_shape) != len(shape) or any(
+                    want is not None and got != want for got, want in zip(header_shape, shape)):
+                raise FormatError(f"{self._path} is not a valid mrlsearch classifier ({name!r} "
+                                  f"is {dtype} of shape {header_shape})")
+            if max_length is not None and header_shape[0] > max_length:
+                raise FormatError(f"{self._path} is not a valid mrlsearch classifier ({name!r} "
+                                  f"has {header_shape[0]} entries, at most {max_length})")
+            nbytes = math.prod(header_shape) * dtype.itemsize
+            if length + nbytes != info.file_size:
+                raise FormatError(f"{label} declares {info.file_size} bytes but its header "
+                                  f"{length + nbytes}")
+            buffer = np.empty(nbytes, dtype=np.uint8)
+            view = memoryview(buffer)
+            got = 0
+            while got < nbytes:
+                n = stream.readinto(view[got:])
+                if not n:
+                    raise FormatError(f"{label} is truncated")
+                got += n
+            if stream.read(1):  # also makes zipfile check the CRC
+                raise FormatError(f"{label} is longer than its header says")
+        return buffer.view(dtype).reshape(header_shape)

@@ -49,7 +49,7 @@ def load_and_query(directory):
     queries = np.random.default_rng(1).standard_normal((3, 24))
     for stages in ([(8, 20), (24, 5)], [(16, 30), (24, 5)]):
         result = searcher.funnel(queries, 5, stages)
-        assert set(result.ids[result.ids >= 0].tolist()) <= set(searcher._ids.tolist())
+        assert set(result.ids[result.ids >= 0].tolist()) <= set(searcher.ids().tolist())
     return "loaded"
 
 
@@ -141,3 +141,105 @@ def test_classifier_file_damage(tmp_path):
                          b"False, 'shape': (), }" + b" " * 60 + b"\n" + b"\x80\x04N.")
     with pytest.raises(FormatError):
         Classifier.load(tmp_path / "pickle.npz")
+
+
+# ---------------------------------------------------------------------- issue 13 classes
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
+@pytest.mark.parametrize("name", ["hnsw_8.bin", "vectors.npy", "manifest.json"])
+def test_special_files_in_an_index_are_refused_without_blocking(pristine, tmp_path, kind, name):
+    import os
+    import signal
+
+    target = damaged_copy(pristine, tmp_path, 0)
+    (target / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(target / name)
+    elif kind == "directory":
+        (target / name).mkdir()
+    else:
+        (target / name).symlink_to(pristine / "index" / name)
+
+    def expire(signum, frame):
+        raise TimeoutError("load blocked")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, 20)
+    try:
+        with pytest.raises(FormatError, match=name.replace(".", r"\.")):
+            Searcher.load(target)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("graph", ["../other/hnsw_8.bin", "ABSOLUTE", "unlisted.bin"])
+def test_graph_paths_must_be_listed_files_inside_the_index(pristine, tmp_path, graph):
+    target = damaged_copy(pristine, tmp_path, 0)
+    if graph == "ABSOLUTE":
+        graph = str(pristine / "other" / "hnsw_8.bin")
+    shutil.copy(pristine / "index" / "hnsw_8.bin", target / "unlisted.bin")
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["graphs"]["8"] = graph
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError):
+        Searcher.load(target)
+
+
+@pytest.mark.parametrize("text", ["[" * 50_000 + "]" * 50_000, '{"rows": ' + "7" * 5000 + "}",
+                                  '{"a": ' * 60 + "0" + "}" * 60])
+def test_hostile_index_manifests_raise_format_error(pristine, tmp_path, text):
+    target = damaged_copy(pristine, tmp_path, 0)
+    (target / "manifest.json").write_text(text)
+    with pytest.raises(FormatError):
+        Searcher.load(target)
+
+
+INDEX_GRAPH_FUZZ = """
+import json, shutil, sys, hashlib
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from hnsw_edits import Graph, random_edit
+from mrlsearch import FormatError, Searcher
+pristine, work, cases = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(7)
+outcomes = {"rejected": 0, "loaded": 0}
+for case in range(cases):
+    target = work / f"case{case}"
+    shutil.copytree(pristine, target)
+    name = ["hnsw_8.bin", "hnsw_16.bin"][case % 2]
+    graph = Graph((target / name).read_bytes())
+    for _ in range(int(rng.integers(1, 3))):
+        random_edit(graph, rng)
+    (target / name).write_bytes(graph.tobytes())
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256((target / name).read_bytes()).hexdigest()
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        searcher = Searcher.load(target)
+    except FormatError:
+        outcomes["rejected"] += 1
+    else:
+        outcomes["loaded"] += 1
+        queries = rng.standard_normal((3, 24))
+        for stages in ([(8, 20), (24, 5)], [(16, 30), (24, 5)]):
+            searcher.funnel(queries, 5, stages)
+    shutil.rmtree(target)
+print(json.dumps(outcomes))
+"""
+
+
+def test_structured_graph_edits_in_an_index_never_crash(pristine, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", INDEX_GRAPH_FUZZ, str(tests), str(pristine / "index"),
+         str(tmp_path), "400"],
+        capture_output=True, text=True, timeout=1800,
+        env=dict(os.environ, PYTHONPATH=str(tests.parent)))
+    assert proc.returncode == 0, f"return code {proc.returncode}: {proc.stderr[-2000:]}"
+    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert outcomes["rejected"] > 200
