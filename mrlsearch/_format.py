@@ -38,7 +38,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -823,17 +823,15 @@ class SavedDirectory:
             os.close(self._dir_fd)
             self._dir_fd = -1
 
-    def __enter__(self) -> SavedDirectory:
+    def __enter__(self) -> SavedDirectory:  # noqa: PYI034 - final class
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         return f"<mrlsearch SavedDirectory {str(self.path)!r} files={sorted(self.files)}>"

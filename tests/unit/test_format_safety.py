@@ -8,6 +8,7 @@ small ``demo`` format), so the tests do not depend on the Searcher's own files.
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -22,10 +23,9 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 import pytest
+from hnsw_edits import Graph
 
-from hnsw_edits import Graph, random_edit
-from mrlsearch import FormatError
-from mrlsearch import _format
+from mrlsearch import FormatError, _format
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
@@ -151,22 +151,20 @@ def replace_with(path, kind, outside):
 def test_special_files_are_refused_without_blocking(tmp_path, kind, name):
     save_demo(tmp_path / "d", 1)
     replace_with(tmp_path / "d" / name, kind, tmp_path / "outside.bin")
-    with time_limit(10):
-        with pytest.raises(FormatError, match=name.replace(".", r"\.")):
-            load_demo(tmp_path / "d")
-        with pytest.raises(FormatError):
-            _format.read_manifest(tmp_path / "d", format_name="demo", versions=(1,))
+    with time_limit(10), pytest.raises(FormatError, match=name.replace(".", r"\.")):
+        load_demo(tmp_path / "d")
+    with time_limit(10), pytest.raises(FormatError):
+        _format.read_manifest(tmp_path / "d", format_name="demo", versions=(1,))
 
 
 def test_a_fifo_given_directly_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "pipe")
-    with time_limit(10):
-        with pytest.raises(FormatError, match="FIFO"):
-            _format.load_array(tmp_path, "pipe", dtype=np.int64, shape=(None,))
-        with pytest.raises(FormatError, match="FIFO"):
-            _format.sha256_file(tmp_path / "pipe")
-        with pytest.raises(FormatError, match="FIFO"):
-            _format.check_hnsw_file(tmp_path / "pipe", rows=1, dim=2, M=4)
+    with time_limit(10), pytest.raises(FormatError, match="FIFO"):
+        _format.load_array(tmp_path, "pipe", dtype=np.int64, shape=(None,))
+    with time_limit(10), pytest.raises(FormatError, match="FIFO"):
+        _format.sha256_file(tmp_path / "pipe")
+    with time_limit(10), pytest.raises(FormatError, match="FIFO"):
+        _format.check_hnsw_file(tmp_path / "pipe", rows=1, dim=2, M=4)
 
 
 @pytest.mark.parametrize("name", ["../outside.npy", "/etc/passwd", "sub/a.npy", ".hidden",
@@ -247,10 +245,10 @@ def test_helpers_return_on_disk_checksums(tmp_path):
 
 def test_a_short_write_fails_the_save_and_keeps_the_old_version(tmp_path):
     save_demo(tmp_path / "d", 1)
-    with pytest.raises(OSError, match="not written completely") as info:
-        with _format.atomic_directory(tmp_path / "d") as staging:
-            (staging / "g.bin").write_bytes(b"x" * 100)  # a writer that stopped early
-            _format.seal_file(staging / "g.bin", size=4096)
+    with pytest.raises(OSError, match="not written completely") as info, \
+            _format.atomic_directory(tmp_path / "d") as staging:
+        (staging / "g.bin").write_bytes(b"x" * 100)  # a writer that stopped early
+        _format.seal_file(staging / "g.bin", size=4096)
     assert info.value.errno == errno.EIO
     assert load_demo(tmp_path / "d")[2] == {"version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
@@ -258,23 +256,23 @@ def test_a_short_write_fails_the_save_and_keeps_the_old_version(tmp_path):
 
 def test_a_file_changed_after_its_check_fails_the_commit(tmp_path):
     save_demo(tmp_path / "d", 1)
-    with pytest.raises(OSError, match="changed after it was written"):
-        with _format.atomic_directory(tmp_path / "d") as staging:
-            _format.write_array(staging / "a.npy", np.arange(100))
-            with open(staging / "a.npy", "r+b") as handle:
-                handle.truncate(64)
+    with pytest.raises(OSError, match="changed after it was written"), \
+            _format.atomic_directory(tmp_path / "d") as staging:
+        _format.write_array(staging / "a.npy", np.arange(100))
+        with open(staging / "a.npy", "r+b") as handle:
+            handle.truncate(64)
     assert load_demo(tmp_path / "d")[0].tolist() == [1] * 50
 
 
 def test_a_manifest_that_disagrees_with_the_disk_fails_the_commit(tmp_path):
     save_demo(tmp_path / "d", 1)
     for files in ({"a.npy": "0" * 64}, {"a.npy": None, "ghost.npy": "0" * 64}):
-        with pytest.raises(OSError, match="a.npy on disk|ghost.npy"):
-            with _format.atomic_directory(tmp_path / "d") as staging:
-                digest = _format.write_array(staging / "a.npy", np.arange(3))
-                listed = {k: (v or digest) for k, v in files.items()}
-                _format.write_json(staging / _format.MANIFEST,
-                                   {"format": "demo", "version": 1, "files": listed})
+        with pytest.raises(OSError, match="a.npy on disk|ghost.npy"), \
+                _format.atomic_directory(tmp_path / "d") as staging:
+            digest = _format.write_array(staging / "a.npy", np.arange(3))
+            listed = {k: (v or digest) for k, v in files.items()}
+            _format.write_json(staging / _format.MANIFEST,
+                               {"format": "demo", "version": 1, "files": listed})
     assert load_demo(tmp_path / "d")[2] == {"version": 1}
 
 
@@ -327,7 +325,7 @@ def test_a_file_size_limit_fails_the_save_and_keeps_the_old_index(tmp_path):
     # RLIMIT_FSIZE: every write beyond 60 kB fails (EFBIG); hnswlib's save_index does not notice
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", FSIZE_SAVER, str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, check=False, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert [line.split()[:2] for line in lines] == [[mode, "refused:"] for mode in
@@ -520,7 +518,7 @@ FUZZ_SCRIPT = textwrap.dedent("""
 def run_graph_fuzz(cases, seed):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, str(TESTS), str(cases), str(seed)],
-                          capture_output=True, text=True, timeout=1800, env=env)
+                          capture_output=True, text=True, check=False, timeout=1800, env=env)
     # a negative return code is a signal: SIGSEGV (-11) is what the check must prevent
     assert proc.returncode == 0, f"return code {proc.returncode}: {proc.stderr[-2000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -557,10 +555,9 @@ def test_private_copy_feeds_hnswlib_the_verified_bytes(tmp_path, graph_bytes):
     data = bytearray(graph_bytes)
     data[-5] ^= 1
     (tmp_path / "d" / "g.bin").write_bytes(bytes(data))
-    with _format.open_directory(tmp_path / "d", format_name="demo", versions=(1,)) as saved:
-        with pytest.raises(FormatError, match="is corrupt"):
-            with saved.private_copy("g.bin"):
-                pass
+    with _format.open_directory(tmp_path / "d", format_name="demo", versions=(1,)) as saved, \
+            pytest.raises(FormatError, match="is corrupt"), saved.private_copy("g.bin"):
+        pass
 
 
 # ---------------------------------------------------------------------- concurrency
@@ -680,7 +677,7 @@ def test_two_processes_saving_one_path_take_turns(tmp_path):
     spans = sorted(span for out, _ in outputs[:2] for span in json.loads(out))
     assert len(spans) > 10
     # the writer lock: no two saves were ever inside their atomic_directory at once
-    overlaps = [(a, b) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+    overlaps = [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
     assert not overlaps, overlaps[:3]
     assert int(outputs[2][0]) > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
@@ -694,7 +691,7 @@ def make_leftovers(parent, name):
         path.mkdir()
         (path / "vectors.npy").write_bytes(b"x" * 1000)
     stale[2].write_bytes(b"half a classifier")
-    kept = [parent / f".{name}.old-notatoken", parent / f".other.tmp-0123abcd",
+    kept = [parent / f".{name}.old-notatoken", parent / ".other.tmp-0123abcd",
             parent / f".{name}.tmp-0123abcd.tmp-00000000"]
     for path in kept:
         path.mkdir()
@@ -769,7 +766,7 @@ def test_writer_lock_excludes_threads_and_leaves_no_file(tmp_path):
     for thread in threads:
         thread.join()
     assert overlaps[0] == 0
-    with _format.writer_lock(tmp_path / "x"):
-        with _format.writer_lock(tmp_path / "x", blocking=False) as held:
-            assert held is False
+    with _format.writer_lock(tmp_path / "x"), \
+            _format.writer_lock(tmp_path / "x", blocking=False) as held:
+        assert held is False
     assert list(tmp_path.iterdir()) == []
