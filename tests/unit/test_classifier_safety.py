@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrlsearch import Classifier, FormatError
-from mrlsearch import _format
+from mrlsearch import Classifier, FormatError, _format
 
 REPO = Path(__file__).resolve().parents[2]
 DIMS = (4, 8)
@@ -189,9 +188,8 @@ def test_member_damage_and_duplicates_raise_format_error(tmp_path):
 def test_special_files_in_place_of_a_classifier_are_refused_without_blocking(tmp_path, kind):
     path = tmp_path / "clf.npz"
     os.mkfifo(path) if kind == "fifo" else path.mkdir()
-    with time_limit(10):
-        with pytest.raises(FormatError, match="regular file"):
-            Classifier.load(path)
+    with time_limit(10), pytest.raises(FormatError, match="regular file"):
+        Classifier.load(path)
     with pytest.raises(FileNotFoundError):
         Classifier.load(tmp_path / "missing.npz")
 
