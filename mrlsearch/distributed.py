@@ -1631,9 +1631,10 @@ class ShardedSearcher:
                     try:
                         ray.get(shard.ready, timeout=_remaining(restart_deadline))
                     except ray_errors.GetTimeoutError:
+                        bound = "the call's timeout" if restart_timeout is None \
+                            else f"{restart_timeout:g} s"
                         raise self._unavailable(
-                            shard, f"is restarting and was not back within "
-                            f"{restart_timeout:g} s") from None
+                            shard, f"is restarting and was not back within {bound}") from None
                     except ray_errors.RayTaskError as exc:
                         shard.actor = None  # the next call tries again from the directory
                         raise self._unavailable(
