@@ -34,8 +34,8 @@ __all__ = ["default_dims", "export_sentence_transformer", "export_wordllama",
 EXAMPLE_TEXTS = (
     "Return the fields of a dataclass instance as a new dictionary.",
     "Sort the list in place; the sort is stable.",
-    "Create and return a temporary directory, removed when the context exits, whatever "
-    "happens inside it (exceptions included).",
+    ("Create and return a temporary directory, removed when the context exits, whatever "
+     "happens inside it (exceptions included)."),
     "Open a URL and return a file-like object with the response body and headers.",
     "HNSW graphs over 16 dims, reranked at 384.",
     "x",

@@ -74,7 +74,7 @@ def test_symmetric_info_nce_adds_the_reverse_direction():
 
 
 def test_fit_adapter_improves_small_prefixes(pairs):
-    model, history = fit_adapter(pairs, (4, 8, 32), batch_size=128, epochs=6, lr=1e-2)
+    _, history = fit_adapter(pairs, (4, 8, 32), batch_size=128, epochs=6, lr=1e-2)
     raw, final = history[0]["val"], next(h for h in history if h["kept"])["val"]
     assert history[0]["epoch"] == 0 and len(history) == 7
     assert final[4] > raw[4] + 0.05
