@@ -64,6 +64,7 @@ class Engine:
         self._store = store
         self._graphs = graphs
         self._metric = METRIC_CODES[metric]
+        self._metric_name = metric
         self._scratch = _Scratch()
         self._arrays: dict = {}
 
@@ -154,7 +155,7 @@ class Engine:
             StageStats(dim, keep, int(scored[i]), seconds if i == len(schedule) - 1 else 0.0,
                        method if i == 0 else "rerank", _report_precision(precision, store))
             for i, (dim, precision, keep) in enumerate(schedule))
-        return SearchResult(out_ids, out_scores, out_counts, stats)
+        return SearchResult(out_ids, out_scores, out_counts, stats, self._metric_name)
 
 
 _NO_FILTER = np.zeros(0, dtype=bool)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import hnswlib
 import numpy as np
 
+from . import _graph_kernels
 from ._errors import FormatError
 
 __all__: list[str] = []
@@ -73,55 +74,39 @@ def links_from_state(state: dict, capacity: int) -> GraphLinks:
     upper_start = np.full(capacity, -1, dtype=np.int64)
     if count == 0:
         return GraphLinks(level0, np.zeros((0, max_m + 1), dtype=np.int32), upper_start, -1, 0)
-    block = state["data_level0"].view(np.uint8)[: count * size_per].reshape(count, size_per)
-    labels = np.ascontiguousarray(block[:, label_offset:label_offset + 8]).view(np.uint64)[:, 0]
-    if labels.size and int(labels.max()) >= capacity:
-        raise FormatError(f"an hnswlib graph labels a row {int(labels.max())} beyond {capacity}")
-    rows = labels.astype(np.int64)
-    header = np.ascontiguousarray(block[:, :4]).view(np.uint32)[:, 0]
-    counts = (header & 0xFFFF).astype(np.int64)
-    internal = np.ascontiguousarray(block[:, 4:4 + 4 * max_m0]).view(np.uint32)
-    if counts.max(initial=0) > max_m0:
-        raise FormatError("an hnswlib graph holds more level-0 links than maxM0")
-    used = np.arange(max_m0)[None, :] < counts[:, None]
-    if internal[used].size and int(internal[used].max()) >= count:
-        raise FormatError("an hnswlib graph links to an element it does not hold")
-    relabelled = np.where(used, rows[np.minimum(internal, count - 1)], 0)
-    level0[rows, 0] = counts
-    level0[rows, 1:] = relabelled
-
-    levels = np.asarray(state["element_levels"][:count], dtype=np.int64)
-    total_blocks = int(levels.sum())
+    if label_offset + 8 > size_per or 4 + 4 * max_m0 > size_per:
+        raise FormatError("an hnswlib graph's record layout does not hold its links and labels")
+    records = state["data_level0"].view(np.uint8)[: count * size_per].reshape(count, size_per)
+    levels = np.ascontiguousarray(state["element_levels"][:count], dtype=np.int32)
+    if levels.size and (levels.min() < 0 or levels.max() > int(state["max_level"])):
+        raise FormatError("an hnswlib graph holds an element above its max level")
+    total_blocks = int(levels.sum(dtype=np.int64))
     raw = state["link_lists"].view(np.uint8)
     if raw.size != total_blocks * 4 * (max_m + 1):
         raise FormatError("an hnswlib graph's upper-level link lists do not match its levels")
-    upper_internal = raw.view(np.uint32).reshape(total_blocks, max_m + 1)
-    upper_counts = (upper_internal[:, 0] & 0xFFFF).astype(np.int64)
-    if upper_counts.max(initial=0) > max_m:
-        raise FormatError("an hnswlib graph holds more upper-level links than maxM")
-    used = np.arange(max_m)[None, :] < upper_counts[:, None]
-    targets = upper_internal[:, 1:]
-    if targets[used].size and int(targets[used].max()) >= count:
-        raise FormatError("an hnswlib graph links to an element it does not hold")
+    upper_blocks = raw.view(np.uint32).reshape(total_blocks, max_m + 1)
     upper = np.zeros((total_blocks, max_m + 1), dtype=np.int32)
-    upper[:, 0] = upper_counts
-    upper[:, 1:] = np.where(used, rows[np.minimum(targets, count - 1)], 0)
-    starts = np.concatenate(([0], np.cumsum(levels)[:-1]))
-    has_upper = levels > 0
-    upper_start[rows[has_upper]] = starts[has_upper]
-    # every upper-level link must point to an element that has that level
-    level_of_row = np.zeros(capacity, dtype=np.int64)
-    level_of_row[rows] = levels
-    if total_blocks:
-        owner_start = np.repeat(starts[has_upper], levels[has_upper])
-        block_level = np.arange(total_blocks, dtype=np.int64) - owner_start + 1
-        if np.any((level_of_row[upper[:, 1:]] < block_level[:, None]) & used):
-            raise FormatError("an hnswlib graph links to an element above its level")
+    row_of_internal = np.empty(count, dtype=np.int64)
+    status = _graph_kernels.relabel_links(np.ascontiguousarray(records), label_offset, max_m0,
+                                          capacity, levels, upper_blocks, max_m, level0, upper,
+                                          upper_start, row_of_internal)
+    if status != _graph_kernels.OK:
+        raise FormatError(_PROBLEMS[status])
+    if np.unique(row_of_internal).size != count:
+        raise FormatError("an hnswlib graph gives two elements the same label")
     entry_internal = int(state["enterpoint_node"])
     max_level = int(state["max_level"])
     if not 0 <= entry_internal < count or int(levels[entry_internal]) != max_level:
         raise FormatError("an hnswlib graph's entry point does not hold max_level levels")
-    return GraphLinks(level0, upper, upper_start, int(rows[entry_internal]), max_level)
+    return GraphLinks(level0, upper, upper_start, int(row_of_internal[entry_internal]), max_level)
+
+
+_PROBLEMS = {
+    _graph_kernels.BAD_LABEL: "an hnswlib graph labels a row beyond the index",
+    _graph_kernels.BAD_LEVEL0: "an hnswlib graph holds a bad level-0 link",
+    _graph_kernels.BAD_UPPER: "an hnswlib graph holds a bad upper-level link",
+    _graph_kernels.BAD_UPPER_LEVEL: "an hnswlib graph links to an element above its level",
+}
 
 
 class GraphSet:

@@ -8,8 +8,6 @@ codes are computed on load). See docs/format.md.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import hnswlib
 import numpy as np
 
@@ -29,10 +27,12 @@ _HNSW_SPACE = {"cosine": "cosine", "ip": "ip", "l2": "l2"}
 
 def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, graphs: GraphSet,
                plan: FunnelPlan | None) -> None:
-    """Write an index directory atomically (the caller holds the read lock)."""
-    if store.live == 0:
-        raise ValueError("the index is empty: an empty index is not saved (it would replace "
-                         "a saved one with nothing)")
+    """Write an index directory atomically (the caller holds the read lock).
+
+    Every file is read back and checked on disk before the directory is committed
+    (:func:`_format.seal_file`): hnswlib's ``save_index`` does not report write errors, so a
+    short write would otherwise commit a truncated graph in place of a good index.
+    """
     with _format.atomic_directory(path) as staging:
         rows = store.rows
         arrays = {
@@ -41,22 +41,33 @@ def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, gra
             "ids.npy": np.asarray(store.ids[:rows]),
             "deleted.npy": np.asarray(store.deleted[:rows]),
         }
-        codes = {}
+        codes: dict[str, list[str]] = {}
         for prefix_dim, codes_array in store.int8.items():
             arrays[f"codes_{prefix_dim}_int8.npy"] = np.asarray(codes_array[:rows])
-            arrays[f"scales_{prefix_dim}.npy"] = store.scales[prefix_dim]
+            arrays[f"scales_{prefix_dim}.npy"] = store.scales.get(
+                prefix_dim, np.ones(prefix_dim, dtype=np.float32))
             codes.setdefault(str(prefix_dim), []).append("int8")
         for prefix_dim, bits in store.binary.items():
             arrays[f"codes_{prefix_dim}_binary.npy"] = np.asarray(bits[:rows])
             codes.setdefault(str(prefix_dim), []).append("binary")
-        for name, array in arrays.items():
-            np.save(staging / name, array, allow_pickle=False)
+        checksums = {name: _format.write_array(staging / name, array)
+                     for name, array in arrays.items()}
         graph_files = {}
-        for prefix_dim in graphs.dims:
-            name = f"hnsw_{prefix_dim}.bin"
-            graphs.index(prefix_dim).save_index(str(staging / name))
-            graph_files[str(prefix_dim)] = name
-        files = sorted(list(arrays) + list(graph_files.values()))
+        if graphs:
+            for prefix_dim in graphs.dims:
+                name = f"hnsw_{prefix_dim}.bin"
+                graph = graphs.index(prefix_dim)
+                graph.save_index(str(staging / name))
+                where = staging / name
+
+                def check(data, where=where, prefix_dim=prefix_dim):
+                    _format.check_hnsw_file(where, rows=rows, dim=prefix_dim, M=config["M"],
+                                            data=data, deleted=arrays["deleted.npy"],
+                                            ef_construction=config["ef_construction"])
+
+                checksums[name] = _format.seal_file(where, size=graph.index_file_size(),
+                                                    check=check)
+                graph_files[str(prefix_dim)] = name
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -67,12 +78,12 @@ def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, gra
             "graphs": graph_files,
             "codes": codes,
             "plan": None if plan is None else plan.to_dict(),
-            "files": {name: _format.sha256_file(staging / name) for name in files},
+            "files": dict(sorted(checksums.items())),
         }
         _format.write_json(staging / _format.MANIFEST, manifest)
 
 
-def _field_int(manifest: dict, where: Path, key: str, minimum: int = 0) -> int:
+def _field_int(manifest: dict, where: object, key: str, minimum: int = 0) -> int:
     value = manifest.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise FormatError(f"{where} field {key!r} must be an int >= {minimum} (got {value!r})")
@@ -84,10 +95,16 @@ def read_index(path: str | os.PathLike, *, mmap: bool, make_parts):
 
     ``make_parts(config)`` returns an empty ``(searcher, store, graphs)`` for the manifest's
     settings; they are filled here and returned with the saved plan as
-    ``(searcher, store, graphs, plan)`` for the caller to install.
+    ``(searcher, store, graphs, plan)`` for the caller to install. Every file is read once,
+    through the handle whose bytes were checksummed (:func:`_format.open_directory`), so a
+    save running meanwhile can never mix two versions into what is loaded.
     """
-    directory = _format.resolve_directory(path)
-    manifest = _format.read_manifest(directory, format_name=FORMAT_NAME, versions=READ_VERSIONS)
+    with _format.open_directory(path, format_name=FORMAT_NAME, versions=READ_VERSIONS) as saved:
+        return _read(saved, mmap=mmap, make_parts=make_parts)
+
+
+def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts):
+    directory, manifest = saved.path, saved.manifest
     where = directory / _format.MANIFEST
     rows = _field_int(manifest, where, "rows")
     count = _field_int(manifest, where, "count")
@@ -99,10 +116,11 @@ def read_index(path: str | os.PathLike, *, mmap: bool, make_parts):
         raise FormatError(f"{where} field 'graphs' must map dims to hnsw_<dim>.bin "
                           f"(got {graphs_field!r})")
     codes_field = manifest.get("codes", {})
-    if not isinstance(codes_field, dict):
-        raise FormatError(f"{where} field 'codes' must map dims to code kinds")
-    precisions = sorted({p for kinds in codes_field.values() if isinstance(kinds, list)
-                         for p in kinds if isinstance(p, str)})
+    if not isinstance(codes_field, dict) or not all(
+            isinstance(kinds, list) and all(isinstance(p, str) for p in kinds)
+            for kinds in codes_field.values()):
+        raise FormatError(f"{where} field 'codes' must map dims to lists of code kinds")
+    precisions = sorted({p for kinds in codes_field.values() for p in kinds})
     config = {
         "dim": _field_int(manifest, where, "dim", 1),
         "dims": manifest.get("dims"),
@@ -119,17 +137,18 @@ def read_index(path: str | os.PathLike, *, mmap: bool, make_parts):
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{where} has a bad field ({exc})") from exc
     graph_files = {int(d): name for d, name in graphs_field.items()}
-    if set(graph_files) != set(graphs.dims):
+    if set(graph_files) != set(graphs.dims) and not (rows == 0 and not graph_files):
         raise FormatError(f"{where} lists graphs {sorted(graph_files)} but index_dims "
                           f"{graphs.dims}")
     n_dims = len(store.dims)
-    vectors = _format.load_array(directory, "vectors.npy", dtype=store.dtype,
-                                 shape=(rows, store.dim), mmap=mmap)
+    vectors = saved.load_array("vectors.npy", dtype=store.dtype, shape=(rows, store.dim),
+                               mmap=mmap)
     store.vectors = np.asarray(vectors) if mmap else vectors
-    store.norms = _format.load_array(directory, "norms.npy", dtype=np.float32,
-                                     shape=(rows, n_dims))
-    store.ids = _format.load_array(directory, "ids.npy", dtype=np.int64, shape=(rows,))
-    store.deleted = _format.load_array(directory, "deleted.npy", dtype=np.bool_, shape=(rows,))
+    store.norms = saved.load_array("norms.npy", dtype=np.float32, shape=(rows, n_dims))
+    store.ids = saved.load_array("ids.npy", dtype=np.int64, shape=(rows,))
+    store.deleted = saved.load_array("deleted.npy", dtype=np.bool_, shape=(rows,))
+    if not (np.all(np.isfinite(store.norms)) and np.all(store.norms >= 0)):
+        raise FormatError(f"{directory / 'norms.npy'} must hold finite non-negative norms")
     store.rows = rows
     live = np.flatnonzero(~store.deleted)
     store.row_of = dict(zip(store.ids[live].tolist(), live.tolist()))
@@ -138,23 +157,29 @@ def read_index(path: str | os.PathLike, *, mmap: bool, make_parts):
     if np.any(store.ids[live] < 0) or (live.size and int(store.ids[live].max()) >= next_id):
         raise FormatError(f"{directory / 'ids.npy'} holds ids outside [0, next_id)")
     store.next_id = next_id
-    _read_codes(directory, manifest, store, rows)
+    _read_codes(saved, manifest, store, rows)
     for prefix_dim, name in graph_files.items():
-        graph_path = directory / name
-        _format.check_hnsw_file(graph_path, rows=rows, dim=prefix_dim, M=config["M"])
+
+        def check(data, name=name, prefix_dim=prefix_dim):
+            _format.check_hnsw_file(directory / name, rows=rows, dim=prefix_dim,
+                                    M=config["M"], data=data, deleted=store.deleted,
+                                    ef_construction=config["ef_construction"])
+
         graph = hnswlib.Index(space=_HNSW_SPACE[config["metric"]], dim=prefix_dim)
-        try:
-            graph.load_index(str(graph_path), max_elements=max(rows, 1))
-        except RuntimeError as exc:
-            raise FormatError(f"{graph_path} is not a readable hnswlib graph ({exc})") from exc
+        with saved.private_copy(name, check=check) as copy:
+            try:
+                graph.load_index(str(copy), max_elements=max(rows, 1))
+            except RuntimeError as exc:
+                raise FormatError(f"{directory / name} is not a readable hnswlib graph "
+                                  f"({exc})") from exc
         if graph.element_count != rows:
-            raise FormatError(f"{graph_path} holds {graph.element_count} vectors, the index "
-                              f"has {rows}")
+            raise FormatError(f"{directory / name} holds {graph.element_count} vectors, the "
+                              f"index has {rows}")
         graphs.adopt(prefix_dim, graph)
         try:
             graphs.links(prefix_dim, rows)
         except FormatError as exc:
-            raise FormatError(f"{graph_path}: {exc}") from exc
+            raise FormatError(f"{directory / name}: {exc}") from exc
     plan = manifest.get("plan")
     if plan is not None:
         try:
@@ -164,7 +189,8 @@ def read_index(path: str | os.PathLike, *, mmap: bool, make_parts):
     return searcher, store, graphs, plan
 
 
-def _read_codes(directory: Path, manifest: dict, store: VectorStore, rows: int) -> None:
+def _read_codes(saved: _format.SavedDirectory, manifest: dict, store: VectorStore,
+                rows: int) -> None:
     """Codes from the files (format 2) or computed from the vectors (format 1)."""
     if manifest.get("version") == 1:
         store.allocate_codes(rows)
@@ -175,16 +201,15 @@ def _read_codes(directory: Path, manifest: dict, store: VectorStore, rows: int) 
         return
     for prefix_dim in store.code_dims:
         if prefix_dim in store.int8:
-            store.int8[prefix_dim] = _format.load_array(
-                directory, f"codes_{prefix_dim}_int8.npy", dtype=np.int8,
-                shape=(rows, prefix_dim))
-            scales = _format.load_array(directory, f"scales_{prefix_dim}.npy",
-                                        dtype=np.float32, shape=(prefix_dim,))
+            store.int8[prefix_dim] = saved.load_array(
+                f"codes_{prefix_dim}_int8.npy", dtype=np.int8, shape=(rows, prefix_dim))
+            scales = saved.load_array(f"scales_{prefix_dim}.npy", dtype=np.float32,
+                                      shape=(prefix_dim,))
             if not np.all(np.isfinite(scales)) or np.any(scales <= 0):
-                raise FormatError(f"{directory / f'scales_{prefix_dim}.npy'} must hold "
+                raise FormatError(f"{saved.path / f'scales_{prefix_dim}.npy'} must hold "
                                   "positive finite scales")
             store.scales[prefix_dim] = scales
         if prefix_dim in store.binary:
-            store.binary[prefix_dim] = _format.load_array(
-                directory, f"codes_{prefix_dim}_binary.npy", dtype=np.uint64,
+            store.binary[prefix_dim] = saved.load_array(
+                f"codes_{prefix_dim}_binary.npy", dtype=np.uint64,
                 shape=(rows, (prefix_dim + 63) // 64))

@@ -75,15 +75,49 @@ class SearchResult:
         Number of valid results per query.
     stats : tuple of StageStats
         One entry per stage, in order.
+    metric : str
+        The index's metric (``'cosine'``, ``'ip'``, ``'l2'``), for :attr:`distances`.
+
+    A result is not a ``(distances, ids)`` pair: ``D, I = result`` (the faiss habit) raises a
+    TypeError instead of silently unpacking queries. Use ``result.ids`` / ``result.scores`` /
+    ``result.distances``, ``result[i]`` for query ``i``, or ``result.hits()`` to iterate.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mrlsearch import Searcher
+    >>> s = Searcher(4, dims=(2, 4), metric="l2", index_dims=(2,))
+    >>> _ = s.add(np.eye(4, dtype=np.float32))
+    >>> r = s.search(np.eye(4, dtype=np.float32)[:1], k=2)
+    >>> r.ids[0, 0], float(r.distances[0, 0])
+    (0, 0.0)
     """
 
     ids: np.ndarray
     scores: np.ndarray
     counts: np.ndarray
     stats: tuple[StageStats, ...] = field(default=())
+    metric: str = ""
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def __iter__(self):
+        raise TypeError(
+            "a SearchResult does not unpack or iterate: use result.ids, result.scores, "
+            "result.distances, result[i] for query i, or result.hits() for every query")
+
+    def hits(self) -> list[Hits]:
+        """Every query's :class:`Hits`, trimmed to its valid results."""
+        return [self[i] for i in range(len(self))]
+
+    @property
+    def distances(self) -> np.ndarray:
+        """Smaller-is-better distances: the squared L2 distance for ``'l2'``, ``1 - cosine``
+        for ``'cosine'``, ``-score`` for ``'ip'``; ``inf`` pads."""
+        if self.metric == "cosine":
+            return (1.0 - self.scores).astype(np.float32)
+        return (-self.scores).astype(np.float32)
 
     def __getitem__(self, index: int) -> Hits:
         if not isinstance(index, (int, np.integer)) or not -len(self) <= index < len(self):

@@ -22,6 +22,11 @@ _RETIME_REPEATS = 3
 #: shortlist (0.5 is the paper's halving); ``None`` goes from the first stage to full dim.
 _SHAPES = (0.5, 0.75, None)
 _EF_FACTORS = (1, 2)
+#: A branch whose fastest schedule already takes this many times the best qualifying one is
+#: not grown further (its longer shortlists only cost more).
+_PRUNE = 1.3
+#: Binary walks are tried only on graphs of at least this many dims.
+_BINARY_MIN_DIM = 64
 
 Measure = Callable[..., tuple[float, float, float]]
 
@@ -39,14 +44,19 @@ def shortlist_grid(k: int, live: int, max_shortlist: int) -> list[int]:
 
 
 def make_stages(dims: Sequence[int], first_dim: int, precision: str, float_name: str,
-                shortlist: int, k: int, decay: float | None) -> tuple[tuple[int, str, int], ...]:
+                shortlist: int, k: int, decay: float | None, *, refine_binary: bool = False
+                ) -> tuple[tuple[int, str, int], ...]:
     """A schedule from ``(first_dim, precision, shortlist)`` to ``(dims[-1], float, k)``.
 
     After a code walk the first float stage rescores at the graph dim itself (or goes on to
-    a longer one with the shape's shrink), so codes only ever pick candidates.
+    a longer one with the shape's shrink), so codes only ever pick candidates. With
+    ``refine_binary`` a binary walk's shortlist is first cut to a quarter by its int8 codes.
     """
     later = [d for d in dims if d > first_dim]
     first = (first_dim, precision, shortlist)
+    if refine_binary and precision == "binary" and shortlist // 4 >= k:
+        rest = make_stages(dims, first_dim, "int8", float_name, shortlist // 4, k, decay)
+        return (first,) + rest
     if precision != float_name:  # codes only pick candidates: rescore at the graph dim too
         later = [first_dim] + later
     if not later:
@@ -77,28 +87,38 @@ def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[
     best_recall = (-1.0, None)
     measure(((index_dims[0], float_name, k),), k)  # warm up: no first-call cost in a timing
     total = len(index_dims) * len(precisions) * len(_EF_FACTORS) * len(grid)
+    best_seconds = float("inf")
     with tqdm(total=total, desc="mrlsearch: tuning", unit="shortlist",
               disable=None if progress is not False else True, leave=False) as bar:
         for first_dim in index_dims:
             for precision in precisions:
+                if precision == "binary" and first_dim < _BINARY_MIN_DIM:
+                    bar.update(len(_EF_FACTORS) * len(grid))
+                    continue  # a handful of sign bits cannot steer a walk
                 for ef_factor in _EF_FACTORS:
                     open_shapes = list(_SHAPES)
-                    for shortlist in grid:
+                    for step, shortlist in enumerate(grid):
                         bar.update(1)
                         if not open_shapes:
                             continue
                         ef = max(shortlist * ef_factor, shortlist)
+                        fastest_here = float("inf")
                         for decay in list(open_shapes):
                             stages = make_stages(dims, first_dim, precision, float_name,
-                                                 shortlist, k, decay)
+                                                 shortlist, k, decay,
+                                                 refine_binary="int8" in precisions)
                             recall, lower, seconds = measure(stages, ef)
+                            fastest_here = min(fastest_here, seconds)
                             if recall > best_recall[0]:
                                 best_recall = (recall, stages)
                             if lower >= target_recall:
                                 open_shapes.remove(decay)
                                 qualified.append(FunnelPlan(stages, ef, k, recall, lower,
                                                             seconds))
-                        if shortlist >= live:
+                                best_seconds = min(best_seconds, seconds)
+                        if shortlist >= live or fastest_here > _PRUNE * best_seconds:
+                            # longer shortlists only cost more: this branch cannot win
+                            bar.update(len(grid) - step - 1)
                             break
     if not qualified:
         recall, stages = best_recall

@@ -114,7 +114,17 @@ def check_ids(ids: object, name: str, *, count: int | None = None) -> np.ndarray
     """Return ``ids`` as a 1-D int64 array without duplicates."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"'{name}' must be integer ids (got {_describe(ids)})")
-    array = np.asarray(ids)
+    try:
+        array = np.asarray(ids)
+    except OverflowError as exc:
+        raise ValueError(f"'{name}' must be ids in [0, 2**63) (got a larger int)") from exc
+    if array.dtype == object and array.size and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in array.ravel()):
+        big = max(array.ravel())
+        raise ValueError(f"'{name}' must be ids in [0, 2**63) (got {big})")
+    if array.dtype.kind == "u" and array.size and int(array.max()) >= 1 << 63:
+        raise ValueError(f"'{name}' must be ids in [0, 2**63) (got {int(array.max())}); "
+                         "uint64 keys above 2**63 - 1 do not fit: map them to smaller ids")
     if array.ndim == 0:
         array = array[None]
     if array.ndim != 1:

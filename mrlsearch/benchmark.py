@@ -15,7 +15,7 @@ Examples
 >>> vectors, queries = synthetic_mrl(3000, 64, n_queries=100, n_clusters=30, seed=0)
 >>> report = compare(vectors, queries, k=10, methods=("funnel", "exact"), progress=False)
 >>> [row.method for row in report.rows]
-['mrlsearch funnel (tuned)', 'exact numpy (BLAS matmul)']
+['mrlsearch (Searcher.build)', 'exact numpy (BLAS matmul)']
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,15 +33,16 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from ._results import recall_per_query
 from ._validation import check_choice, check_fraction, check_matrix, check_positive_int
 from .searcher import Searcher
 
 __all__ = ["BenchReport", "BenchRow", "METHODS", "best_time", "compare", "qualifies",
-           "recalls_at_k", "searcher_memory_mb", "single_query_qps"]
+           "recalls_at_k", "searcher_memory_mb", "single_query_qps", "thread_scaling"]
 
 #: methods :func:`compare` knows, in the order they run.
 METHODS = ("funnel", "exact", "hnswlib", "faiss", "usearch-f16", "usearch-i8")
-_DEFAULT_METHODS = METHODS[:4]  # the usearch rows run when asked for
+_DEFAULT_METHODS = METHODS  # a method whose library is missing is skipped with a note
 _EF_GRID = (10, 20, 30, 40, 60, 80, 120, 160, 320, 640)
 _SHORTLIST_GRID = (20, 40, 80, 160, 320, 640, 1280)
 _USEARCH_METRICS = {"cosine": "cos", "ip": "ip", "l2": "l2sq"}
@@ -58,9 +60,10 @@ def best_time(run: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
 
 
 def recalls_at_k(ids: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-query recall@k of ``ids`` (n, >= k) against ``truth`` (n, k)."""
-    k = truth.shape[1]
-    return np.array([np.intersect1d(a[:k], b).size / k for a, b in zip(ids, truth)])
+    """Per-query recall@k of ``ids`` (n, >= k) against ``truth`` (n, k): the first ``k``
+    columns of ``ids`` against the valid ids of ``truth`` (:func:`recall_per_query`)."""
+    truth = np.asarray(truth)
+    return recall_per_query(np.asarray(ids)[:, : truth.shape[1]], truth)
 
 
 def qualifies(ids: np.ndarray, truth: np.ndarray, target: float) -> bool:
@@ -82,10 +85,35 @@ def single_query_qps(run_one: Callable[[np.ndarray], Any], queries: np.ndarray,
 
 
 def searcher_memory_mb(searcher: Searcher) -> float:
-    """Vectors, prefix norms and graphs of a Searcher, in MiB."""
-    rows = searcher._rows
-    return (searcher._vectors[:rows].nbytes + searcher._norms[:rows].nbytes
-            + sum(graph.index_file_size() for graph in searcher._graphs.values())) / 2**20
+    """Resident memory of a Searcher (:meth:`Searcher.memory_usage`), in MiB."""
+    return searcher.memory_usage()["total"] / 2**20
+
+
+def thread_scaling(run_one: Callable[[np.ndarray], Any], queries: np.ndarray, *,
+                   seconds: float = 3.0) -> dict[str, float]:
+    """Single queries per second from one and from two Python threads, and their ratio."""
+    out: dict[str, float] = {}
+    for n_threads in (1, 2):
+        counts = [0] * n_threads
+        stop_at = time.perf_counter() + seconds
+
+        def worker(slot: int, n_threads: int = n_threads) -> None:
+            i = slot
+            while time.perf_counter() < stop_at:
+                run_one(queries[i % len(queries)])
+                counts[slot] += 1
+                i += n_threads
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        out[f"qps_{n_threads}_thread{'s' if n_threads > 1 else ''}"] = \
+            sum(counts) / (time.perf_counter() - started)
+    out["thread_scaling"] = out["qps_2_threads"] / out["qps_1_thread"]
+    return out
 
 
 @dataclass
@@ -118,6 +146,7 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     funnel_plan: dict | None = None
+    extras: dict = field(default_factory=dict)
 
     def table(self) -> str:
         """The rows as a fixed-width text table."""
@@ -360,7 +389,8 @@ def compare(
         (usearch's ``connectivity``) and ``ef_construction`` (``expansion_add``); for a
         Searcher source, its own.
     methods : sequence of {'funnel', 'exact', 'hnswlib', 'faiss', 'usearch-f16', 'usearch-i8'}
-        Default ``('funnel', 'exact', 'hnswlib', 'faiss')``.
+        Default: all of them. For an array source ``'funnel'`` is ``Searcher.build`` on the
+        tuning half (graph dim and codes chosen from the data) unless ``index_dims`` is given.
         ``'faiss'`` and the usearch methods are skipped with a note when faiss or usearch is not
         installed. ``'usearch-i8'`` rescores its int8 shortlist at float32.
     progress : bool, default=True
@@ -377,43 +407,52 @@ def compare(
     def start(what: str) -> None:
         if progress:
             print(f"{what} ...", flush=True)
+    queries, _ = check_matrix(queries, "queries", dim=np.shape(queries)[-1], allow_1d=False,
+                              dtype=np.float32)
+    if len(queries) < 4:
+        raise ValueError(f"'queries' must hold at least 4 rows (got {len(queries)})")
+    half = len(queries) // 2
+    fit, test = queries[:half], queries[half:]
+    build_s: float | None = None
     if isinstance(source, Searcher):
         searcher = source
         if len(searcher) == 0:
             raise ValueError("'source' must hold vectors (got an empty Searcher)")
         metric, M, ef_construction = searcher.metric, searcher.M, searcher.ef_construction
-        live = ~searcher._deleted[: searcher._rows]
-        vectors = np.asarray(searcher._vectors[: searcher._rows][live], dtype=np.float32)
-        row_ids = searcher._ids[: searcher._rows][live]
-        build_s: float | None = None
+        row_ids = searcher.ids()
+        vectors = searcher.get(row_ids)
     else:
         metric = check_choice(metric, "metric", ("cosine", "ip", "l2"))
         shape = np.shape(source)
         vectors, _ = check_matrix(source, "source", dim=shape[-1] if len(shape) else 0,
                                   allow_1d=False, dtype=np.float32)
-        searcher = Searcher(vectors.shape[1], metric=metric, index_dims=index_dims, M=M,
-                            ef_construction=ef_construction)
-        start(f"building the mrlsearch index ({len(vectors):,} x {vectors.shape[1]}, graphs at "
-              f"{searcher.index_dims})")
-        started = time.perf_counter()
-        row_ids = searcher.add(vectors)
-        build_s = time.perf_counter() - started
-    queries, _ = check_matrix(queries, "queries", dim=vectors.shape[1], allow_1d=False,
-                              dtype=np.float32)
-    if len(queries) < 4:
-        raise ValueError(f"'queries' must hold at least 4 rows (got {len(queries)})")
+        if "funnel" in methods:
+            start(f"building the mrlsearch index with Searcher.build ({len(vectors):,} x "
+                  f"{vectors.shape[1]}: graph dim and codes chosen from the tuning queries)")
+            started = time.perf_counter()
+            if index_dims is None:
+                searcher = Searcher.build(vectors, queries=fit, k=k, target_recall=target_recall,
+                                          metric=metric, M=M, ef_construction=ef_construction)
+            else:
+                searcher = Searcher(vectors.shape[1], metric=metric, index_dims=index_dims, M=M,
+                                    ef_construction=ef_construction)
+                searcher.add(vectors)
+            build_s = time.perf_counter() - started
+        else:
+            searcher = None
+        row_ids = np.arange(len(vectors), dtype=np.int64) if searcher is None else searcher.ids()
+    if queries.shape[1] != vectors.shape[1]:
+        raise ValueError(f"'queries' must have {vectors.shape[1]} columns "
+                         f"(got {queries.shape[1]})")
     if k > len(vectors):
         raise ValueError(f"'k' must be at most the number of vectors {len(vectors)} (got {k})")
-    half = len(queries) // 2
-    fit, test = queries[:half], queries[half:]
     report = BenchReport(len(vectors), vectors.shape[1], k, metric, target_recall, len(fit),
                          len(test))
-    truth = searcher.exact(test, k).ids
-    truth_fit = searcher.exact(fit, k).ids
-    # hnswlib / numpy / faiss answer row positions; the truth is in the Searcher's ids
-    position_of = np.full(int(row_ids.max()) + 1, -1, dtype=np.int64)
-    position_of[row_ids] = np.arange(len(row_ids))
-    truth_rows, truth_fit_rows = position_of[truth], position_of[truth_fit]
+    # the ground truth by brute force in numpy, as row positions (what hnswlib, faiss and
+    # usearch answer); the funnel answers ids: row_ids maps one to the other
+    exact_numpy = _exact_numpy(vectors, metric, k)
+    truth_rows, truth_fit_rows = exact_numpy(test), exact_numpy(fit)
+    truth, truth_fit = row_ids[truth_rows], row_ids[truth_fit_rows]
     threads = os.cpu_count() or 1
 
     def add(row: BenchRow) -> None:
@@ -429,17 +468,23 @@ def compare(
     if "funnel" in methods:
         start(f"measuring the funnel (tune on {len(fit)} queries, measure on {len(test)})")
         started = time.perf_counter()
-        plan = searcher.tune(fit, k=k, target_recall=target_recall, set_default=False,
-                             progress=False)
+        if searcher.plan is not None and build_s is not None and index_dims is None:
+            plan = searcher.plan  # Searcher.build tuned it on the same half
+        else:
+            plan = searcher.tune(fit, k=k, target_recall=target_recall, set_default=False,
+                                 progress=False)
         tune_s = time.perf_counter() - started
         report.funnel_plan = plan.to_dict()
         seconds, result = best_time(lambda: searcher.funnel(test, k, plan))
-        add(BenchRow("mrlsearch funnel (tuned)", recall(result.ids, truth), len(test) / seconds,
+        name = ("mrlsearch (Searcher.build)" if build_s is not None and index_dims is None
+                else "mrlsearch funnel (tuned)")
+        add(BenchRow(name, recall(result.ids, truth), len(test) / seconds,
                      single_query_qps(lambda q: searcher.funnel(q, k, plan), test), build_s,
-                     searcher_memory_mb(searcher), f"{plan} (tune {tune_s:.0f}s)"))
+                     searcher_memory_mb(searcher), f"{plan}" + (
+                         f" (tune {tune_s:.0f}s)" if build_s is None or index_dims else "")))
+        report.extras.update(thread_scaling(lambda q: searcher.funnel(q, k, plan), test))
     if "exact" in methods:
         start("measuring exact numpy search")
-        exact_numpy = _exact_numpy(vectors, metric, k)
         seconds, ids = best_time(lambda: exact_numpy(test), repeats=1)
         add(BenchRow("exact numpy (BLAS matmul)", recall(ids, truth_rows), len(test) / seconds,
                      single_query_qps(exact_numpy, test, limit=50), 0.0,
@@ -463,7 +508,9 @@ def compare(
             report.notes.append("faiss is not installed: no faiss funnel row "
                                 "(pip install faiss-cpu)")
         else:
-            first_dim = plan.stages[0][0] if plan is not None else searcher.index_dims[0]
+            first_dim = plan.stages[0][0] if plan is not None else vectors.shape[1]
+            if first_dim >= vectors.shape[1]:  # a prefix funnel needs a prefix: 64 dims or 1/4
+                first_dim = min(64, max(1, vectors.shape[1] // 4))
             start(f"measuring the faiss funnel (HNSW over {first_dim} dims + exact refine)")
             found = _faiss_funnel(vectors, metric, k, fit, truth_fit_rows, target_recall,
                                   first_dim, M, ef_construction)

@@ -143,9 +143,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         if args.queries is None:
             if len(source) < 8:
                 raise MRLError(f"the index holds {len(source)} vectors; bench needs at least 8")
-            live = np.flatnonzero(~source._deleted[: source._rows])
-            picked = rng.choice(live, size=min(args.n_queries, len(live)), replace=False)
-            queries = np.asarray(source._vectors[picked], dtype=np.float32)
+            live_ids = source.ids()
+            picked = rng.choice(live_ids, size=min(args.n_queries, len(live_ids)), replace=False)
+            queries = source.get(picked)
             print(f"queries: {len(queries)} stored vectors (each finds itself; pass --queries "
                   f"for real ones)")
     else:

@@ -334,7 +334,9 @@ class Searcher:
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
         for lo in range(0, n_rows, _ADD_CHUNK):  # validate everything before writing anything
             self._check_values(source[lo:lo + _ADD_CHUNK], "vectors", offset=lo)
-        show = progress if progress is not None else (n_rows >= _PROGRESS_MIN_ROWS or None)
+        # None lets tqdm decide (a bar on a terminal only); True forces one anywhere
+        disable = (None if n_rows >= _PROGRESS_MIN_ROWS else True) if progress is None \
+            else not progress
         with self._lock.write():
             store = self._store
             if given_ids is None:
@@ -350,8 +352,7 @@ class Searcher:
             if not self._graphs:
                 self._graphs.create(store.capacity)
             with tqdm(total=n_rows * len(self._index_dims), desc="mrlsearch: indexing",
-                      unit="vec", disable=None if show is None else not show,
-                      leave=False) as bar:
+                      unit="vec", disable=disable, leave=False) as bar:
                 for lo in range(0, n_rows, _ADD_CHUNK):
                     chunk = np.asarray(source[lo:lo + _ADD_CHUNK], dtype=np.float32)
                     stored = chunk.astype(self._dtype, copy=False)
@@ -478,6 +479,8 @@ class Searcher:
         if batch is None:
             batch, _ = check_matrix(queries, "queries", dim=self._dim)
             self._check_values(batch, "queries")
+        if not batch.flags.writeable:  # the compiled kernels take writable arrays only
+            batch = batch.copy()
         return batch
 
     def _check_dim(self, value: object, name: str) -> int:
@@ -658,7 +661,11 @@ class Searcher:
         """
         k = self._check_k(k)
         if stages is None:
-            stages = self._plan.for_k(k) if self._plan is not None else self.default_stages(k)
+            plan = self._plan
+            if plan is None:
+                stages = self.default_stages(k)
+            else:
+                stages = plan if k <= plan.k else plan.for_k(k)
         if isinstance(stages, FunnelPlan):
             ef = stages.ef if ef is None else ef
             stages = stages.stages
@@ -710,7 +717,7 @@ class Searcher:
             scores = np.pad(scores, ((0, 0), (0, k - live)), constant_values=-np.inf)
         stats = (StageStats(prefix_dim, k, batch.shape[0] * live,
                             time.perf_counter() - started, "exhaustive", self._dtype),)
-        return SearchResult(ids, scores, (ids >= 0).sum(axis=1), stats)
+        return SearchResult(ids, scores, (ids >= 0).sum(axis=1), stats, self._metric)
 
     # ------------------------------------------------------------------ tuning
     def measure(self, queries: np.ndarray, truth: SearchResult | np.ndarray, stages: Stages,
