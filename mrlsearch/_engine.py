@@ -98,7 +98,7 @@ class Engine:
         out_ids = np.empty((n_queries, k), dtype=np.int64)
         out_scores = np.empty((n_queries, k), dtype=np.float32)
         out_counts = np.empty(n_queries, dtype=np.int64)
-        out_scored = np.zeros((n_queries, len(schedule)), dtype=np.int64)
+        out_scored = np.empty((n_queries, len(schedule)), dtype=np.int64)  # kernels fill it
         first_dim, _, shortlist = schedule[0]
         live = store.live
         n_allowed = live if allow is None else int(np.count_nonzero(allow))
@@ -139,8 +139,10 @@ class Engine:
                    out_counts, out_scored)
             method = "hnsw"
             want = min(k, n_allowed)
-            short = np.flatnonzero(out_counts < want)
-            if short.size:
+            short = (() if out_counts[0] >= want else (0,)) if n_queries == 1 else \
+                np.flatnonzero(out_counts < want)
+            if len(short):
+                short = np.asarray(short, dtype=np.int64)
                 # the walk could not reach enough returnable rows (heavy deletion or a filter
                 # cut the graph): scan for those queries instead
                 rescue = self.run(np.ascontiguousarray(batch[short]),
@@ -150,9 +152,10 @@ class Engine:
                 out_ids[short], out_scores[short] = rescue.ids, rescue.scores
                 out_counts[short] = rescue.counts
         seconds = time.perf_counter() - started
-        scored = out_scored.sum(axis=0)
+        scored = (out_scored[0] if n_queries == 1 else out_scored.sum(axis=0)).tolist()
+        last = len(schedule) - 1
         stats = tuple(
-            StageStats(dim, keep, int(scored[i]), seconds if i == len(schedule) - 1 else 0.0,
+            StageStats(dim, keep, scored[i], seconds if i == last else 0.0,
                        method if i == 0 else "rerank", _report_precision(precision, store))
             for i, (dim, precision, keep) in enumerate(schedule))
         return SearchResult(out_ids, out_scores, out_counts, stats, self._metric_name)

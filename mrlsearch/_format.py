@@ -1104,7 +1104,19 @@ def _array_from_fd(fd: int, label: object, *, dtype, shape: tuple[int | None, ..
                    mmap: bool, sha256: str | None) -> np.ndarray:
     """Read (or map) one ``.npy`` file through ``fd``, its sha256 checked on those bytes."""
     size = os.fstat(fd).st_size
-    head = os.pread(fd, min(size, MAX_NPY_HEADER + 16), 0)
+    # the checksum first: a damaged file is reported as corrupt, whatever its header says
+    data = None
+    if mmap:
+        # hash through the handle, then map that same file: committed files are never
+        # rewritten in place (saves write new files), so the mapping holds the hashed bytes
+        if sha256 is not None and _hash_fd(fd, size, label) != sha256:
+            raise FormatError(f"{label} is corrupt: its sha256 does not match the manifest")
+        head = os.pread(fd, min(size, MAX_NPY_HEADER + 16), 0)
+    else:
+        data = _read_fd(fd, label)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise FormatError(f"{label} is corrupt: its sha256 does not match the manifest")
+        head = bytes(data[: MAX_NPY_HEADER + 16])
     header_shape, header_dtype, offset = read_npy_header(io.BytesIO(head), label)
     _check_header(label, header_shape, header_dtype, dtype, shape)
     nbytes = math.prod(header_shape) * header_dtype.itemsize
@@ -1112,16 +1124,9 @@ def _array_from_fd(fd: int, label: object, *, dtype, shape: tuple[int | None, ..
         raise FormatError(f"{label} is {size} bytes; its header declares {offset + nbytes} "
                           f"(truncated or padded)")
     if mmap:
-        # hash through the handle, then map that same file: committed files are never
-        # rewritten in place (saves write new files), so the mapping holds the hashed bytes
-        if sha256 is not None and _hash_fd(fd, size, label) != sha256:
-            raise FormatError(f"{label} is corrupt: its sha256 does not match the manifest")
         mapping = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
         array = np.ndarray(header_shape, dtype=header_dtype, buffer=mapping, offset=offset)
     else:
-        data = _read_fd(fd, label)
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise FormatError(f"{label} is corrupt: its sha256 does not match the manifest")
         array = data[offset:].view(header_dtype).reshape(header_shape)
         if not array.flags.aligned:
             array = array.copy()
