@@ -1,29 +1,63 @@
-"""The ``mrlsearch`` command line: build, query and tune an index from .npy files.
+"""The ``mrlsearch`` command line: build, inspect, query and tune an index from .npy files.
 
-Exit codes: 0 ok, 1 error (one line on stderr, the traceback only with ``--debug``), 2 usage.
+Exit codes: 0 ok, 1 error (one line on stderr, the traceback only with ``--debug``), 2 usage
+(a bad option value, e.g. ``-k 0`` or ``--M 1``), 130 interrupted, 141 stdout closed early
+(``mrlsearch query ... | head -1``: the output stops quietly, like a program killed by SIGPIPE).
+
+A text index (``mrlsearch index TEXTS.txt --model MODEL_DIR --out DIR``) remembers its model
+in ``DIR.mrlsearch-cli.json`` beside the index directory, so ``mrlsearch query DIR --text ...``
+needs no ``--model``. Line ``i`` of the text file (0-based, blank lines included) gets id ``i``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from ._errors import MRLError
+from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE
 from .classifier import Classifier
 from .searcher import Searcher
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+#: exit status when stdout is closed before the output is written (128 + SIGPIPE)
+EXIT_BROKEN_PIPE = 141
+SIDECAR_SUFFIX = ".mrlsearch-cli.json"
+SIDECAR_FORMAT = "mrlsearch-cli"
 
 
+class _UsageError(MRLError):
+    """Options that do not go together: exit 2 like argparse's own usage errors."""
+
+
+# ---------------------------------------------------------------------- argument types
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints (got {text!r})") from None
+
+
+def _int_range(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an int in [{low}, {high}] (got {text!r})")
+        return value
+
+    parse.__name__ = f"int in [{low}, {high}]"
+    return parse
 
 
 def _positive_int(text: str) -> int:
@@ -36,95 +70,346 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _stages(text: str) -> list[tuple[int, int]]:
+def _recall(text: str) -> float:
     try:
-        return [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected dim:shortlist,... (got {text!r})") from None
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (got {text!r})")
+    return value
 
 
-def _load_npy(path: str) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+def _drop(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (got {text!r})")
+    return value
+
+
+def _stages(text: str) -> list[tuple]:
+    """``16:200,64:50`` or with a precision ``16:int8:400,64:50``."""
+    stages = []
+    for part in text.split(","):
+        fields = part.split(":")
+        try:
+            if len(fields) == 2:
+                stages.append((int(fields[0]), int(fields[1])))
+            elif len(fields) == 3:
+                stages.append((int(fields[0]), fields[1], int(fields[2])))
+            else:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected dim:shortlist or dim:precision:shortlist, comma-separated "
+                f"(got {text!r})") from None
+    return stages
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from .benchmark import METHODS
+
+    names = tuple(part for part in text.split(",") if part)
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected some of {','.join(METHODS)} (got {text!r})")
+    return names
+
+
+# ---------------------------------------------------------------------- input and output
+def _load_npy(path: str, what: str = "VECTORS") -> np.ndarray:
+    array = np.load(path, allow_pickle=False)
+    if array.size == 0:
+        raise MRLError(f"'{what}' ({path}) is empty (shape {array.shape}): nothing to use")
+    return array
 
 
 def _read_lines(path: str) -> list[str]:
+    """Every line of a UTF-8 text file, blank ones included: id ``i`` is line ``i`` (0-based)."""
     with open(path, encoding="utf-8") as handle:
-        lines = [line.rstrip("\n") for line in handle]
-    return [line for line in lines if line.strip()]
+        return [line.rstrip("\r\n") for line in handle]
 
 
+def _jsonable(value):
+    """Plain JSON: NaN/inf become null, numpy scalars and dict keys plain Python."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _print_json(data) -> None:
+    print(json.dumps(_jsonable(data), allow_nan=False))
+
+
+def sidecar_path(index: str | os.PathLike) -> Path:
+    """``<index>.mrlsearch-cli.json`` beside the index directory."""
+    path = Path(os.path.abspath(index))
+    return path.parent / f"{path.name}{SIDECAR_SUFFIX}"
+
+
+def _read_sidecar(index: str | os.PathLike) -> dict:
+    path = sidecar_path(index)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise MRLError(f"{path} is not a readable mrlsearch CLI file ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise MRLError(f"{path} is not a mrlsearch CLI file (no format {SIDECAR_FORMAT!r})")
+    return data
+
+
+def _write_sidecar(index: str | os.PathLike, data: dict | None) -> None:
+    """Write (atomically) or, with ``None``, remove the CLI's notes on an index."""
+    from ._format import atomic_file
+
+    path = sidecar_path(index)
+    if data is None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return
+    payload = json.dumps({"format": SIDECAR_FORMAT, "version": 1, **data}, indent=2)
+    with atomic_file(path) as handle:
+        handle.write((payload + "\n").encode("utf-8"))
+
+
+def _plan_dict(searcher: Searcher):
+    return None if searcher.plan is None else searcher.plan.to_dict()
+
+
+def _describe(searcher: Searcher, index: str) -> dict:
+    return {
+        "index": str(index), "dim": searcher.dim, "dims": list(searcher.dims),
+        "metric": searcher.metric, "dtype": searcher.dtype,
+        "index_dims": list(searcher.index_dims), "codes": list(searcher.codes),
+        "M": searcher.M, "ef_construction": searcher.ef_construction,
+        "count": len(searcher), "tombstones": searcher.tombstones, "plan": _plan_dict(searcher),
+    }
+
+
+# ---------------------------------------------------------------------- commands
 def _cmd_index(args: argparse.Namespace) -> None:
+    model = None
     if args.model:
         from .encoder import Encoder
 
         encoder = Encoder(args.model)
-        vectors = encoder.encode(_read_lines(args.vectors), progress=True)
+        if not encoder.is_text:
+            raise MRLError(f"--model {args.model} takes vectors, not texts: pass VECTORS.npy "
+                           "without --model")
+        lines = _read_lines(args.vectors)
+        if not lines:
+            raise MRLError(f"'VECTORS' ({args.vectors}) holds no lines of text")
+        vectors = encoder.encode(lines)
         if args.dims is None:
             args.dims = encoder.dims
         if args.metric is None:
             args.metric = encoder.metric
+        model = os.path.abspath(args.model)
     else:
         vectors = _load_npy(args.vectors)
-    args.metric = args.metric or "cosine"
+    metric = args.metric or "cosine"
     if vectors.ndim != 2:
         raise MRLError(f"'VECTORS' must be a 2-D array (got shape {vectors.shape})")
-    searcher = Searcher(vectors.shape[1], args.dims, metric=args.metric,
-                        index_dims=args.index_dims, M=args.M,
-                        ef_construction=args.ef_construction, dtype=args.dtype)
-    searcher.add(vectors, progress=True)
+    ids = np.arange(len(vectors), dtype=np.int64)
+    if args.auto and args.index_dims is not None:
+        raise _UsageError("--auto chooses the graph dims itself: drop --index-dims")
+    if not args.auto and args.queries is not None:
+        raise _UsageError("--queries is for --auto (or run 'mrlsearch tune' after indexing)")
+    if args.auto:
+        queries = None if args.queries is None else _load_npy(args.queries, "--queries")
+        searcher = Searcher.build(vectors, queries=queries, k=args.k,
+                                  target_recall=args.target_recall, ids=ids, metric=metric,
+                                  dims=args.dims, dtype=args.dtype, M=args.M,
+                                  ef_construction=args.ef_construction)
+    else:
+        searcher = Searcher(vectors.shape[1], args.dims, metric=metric,
+                            index_dims=args.index_dims, M=args.M,
+                            ef_construction=args.ef_construction, dtype=args.dtype)
+        searcher.add(vectors, ids)
     searcher.save(args.out)
+    _write_sidecar(args.out, None if model is None else {"model": model,
+                                                          "texts": os.path.abspath(args.vectors)})
+    if args.json:
+        info = _describe(searcher, args.out)
+        info["model"] = model
+        report = getattr(searcher, "build_report", None)
+        if report is not None:
+            info["build_report"] = report
+        _print_json(info)
+        return
     print(f"indexed {len(searcher)} vectors into {args.out}: {searcher!r}")
+    if searcher.plan is not None:
+        print(f"plan: {searcher.plan}")
+    if model is not None:
+        print(f"model {model} recorded in {sidecar_path(args.out)}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    searcher = Searcher.load(args.index, mmap=args.mmap)
+    info = _describe(searcher, args.index)
+    info["memory_usage"] = searcher.memory_usage()
+    info["model"] = _read_sidecar(args.index).get("model")
+    if args.json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        if key == "plan":
+            value = "none (default stages)" if searcher.plan is None else str(searcher.plan)
+        elif key == "memory_usage":
+            value = ", ".join(f"{part} {size / 2**20:.2f} MiB" for part, size in value.items())
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value) or "-"
+        elif value is None:
+            value = "-"
+        print(f"{key}: {value}")
+
+
+def _cmd_add(args: argparse.Namespace) -> None:
+    searcher = Searcher.load(args.index)
+    vectors = _load_npy(args.vectors)
+    ids = None if args.ids is None else _load_npy(args.ids, "--ids")
+    added = searcher.add(vectors, ids)
+    searcher.save(args.index)
+    if args.json:
+        _print_json({"added": int(added.size), "ids": added, "count": len(searcher)})
+        return
+    print(f"added {added.size} vectors (ids {added.min()}..{added.max()}) to {args.index}; "
+          f"it holds {len(searcher)}")
+
+
+def _read_ids(path: str) -> np.ndarray:
+    if path.endswith(".npy"):
+        return _load_npy(path, "--ids-file")
+    with open(path, encoding="utf-8") as handle:
+        words = handle.read().split()
+    try:
+        return np.asarray([int(word) for word in words], dtype=np.int64)
+    except ValueError:
+        raise MRLError(f"'--ids-file' ({path}) must hold integer ids, one a line") from None
+
+
+def _cmd_remove(args: argparse.Namespace) -> None:
+    ids = list(args.ids)
+    if args.ids_file:
+        ids.extend(_read_ids(args.ids_file).tolist())
+    if not ids:
+        raise _UsageError("no ids to remove: give IDS or --ids-file")
+    searcher = Searcher.load(args.index)
+    searcher.remove(ids)
+    if args.compact:
+        searcher.compact()
+    searcher.save(args.index)
+    if args.json:
+        _print_json({"removed": len(ids), "count": len(searcher),
+                     "tombstones": searcher.tombstones})
+        return
+    print(f"removed {len(ids)} ids from {args.index}; it holds {len(searcher)} "
+          f"({searcher.tombstones} tombstones{'' if args.compact else ', --compact frees them'})")
 
 
 def _cmd_query(args: argparse.Namespace) -> None:
+    if args.text is not None and args.queries is not None:
+        raise _UsageError("give QUERIES.npy or --text, not both")
     searcher = Searcher.load(args.index, mmap=args.mmap)
     if args.text is not None:
-        if not args.model:
-            raise MRLError("--text needs --model MODEL_DIR to encode the query")
+        model = args.model or _read_sidecar(args.index).get("model")
+        if not model:
+            raise MRLError(f"--text needs --model MODEL_DIR: {args.index} was not built from "
+                           "texts by 'mrlsearch index --model'")
         from .encoder import Encoder
 
-        queries = Encoder(args.model).encode(list(args.text))
+        queries = Encoder(model).encode(list(args.text))
     elif args.queries is not None:
-        queries = _load_npy(args.queries)
+        queries = _load_npy(args.queries, "QUERIES")
     else:
-        raise MRLError("give QUERIES.npy or --text")
-    result = searcher.funnel(queries, k=args.k, stages=args.stages)
+        raise _UsageError("give QUERIES.npy or --text")
+    if args.stages is not None:
+        result = searcher.funnel(queries, k=args.k, stages=args.stages, ef=args.ef)
+    else:
+        result = searcher.search(queries, k=args.k, ef=args.ef)
     if args.json:
-        json.dump({"ids": result.ids.tolist(), "scores": result.scores.tolist()}, sys.stdout)
-        print()
+        hits = result.hits()
+        _print_json({"ids": [h.ids for h in hits], "scores": [h.scores for h in hits]})
         return
-    for row in range(len(result)):
-        hits = ", ".join(f"{i}:{s:.4f}" for i, s in result[row].to_list())
-        print(f"{row}\t{hits}")
+    for row, hit in enumerate(result.hits()):
+        print(f"{row}\t" + ", ".join(f"{i}:{s:.4f}" for i, s in hit.to_list()))
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     searcher = Searcher.load(args.index)
-    plan = searcher.tune(_load_npy(args.queries), k=args.k, target_recall=args.target_recall,
-                         progress=True)
+    plan = searcher.tune(_load_npy(args.queries, "QUERIES"), k=args.k,
+                         target_recall=args.target_recall, max_shortlist=args.max_shortlist)
+    if args.save:
+        # Searcher.save writes the directory aside and renames it into place: atomic, but
+        # the whole index is rewritten (the format has no plan-only update).
+        searcher.save(args.index)
+    if args.json:
+        _print_json({"plan": plan.to_dict(), "saved": bool(args.save)})
+        return
     print(plan)
     if args.save:
-        searcher.save(args.index)
-        print(f"saved the plan into {args.index}/manifest.json")
+        print(f"saved the plan: {args.index} rewritten atomically")
+
+
+def _labels(y: np.ndarray, path: str) -> np.ndarray:
+    """Integer class labels; float arrays are accepted only when every value is integral."""
+    if y.dtype.kind == "f":
+        integral = np.isfinite(y) & (y == np.round(y))
+        if not integral.all():
+            bad = y[~integral][0]
+            raise MRLError(f"'Y_VAL' ({path}) must hold integer class labels (got dtype "
+                           f"{y.dtype} with non-integral values, e.g. {bad!r})")
+        return y.astype(np.int64)
+    if y.dtype.kind not in "iu":
+        raise MRLError(f"'Y_VAL' ({path}) must hold integer class labels (got dtype {y.dtype})")
+    return y
 
 
 def _cmd_cascade(args: argparse.Namespace) -> None:
     classifier = Classifier.load(args.classifier)
+    calibrated = None
     if args.calibrate:
-        x_val, y_val = (_load_npy(p) for p in args.calibrate)
-        result = classifier.calibrate(x_val, y_val, max_drop=args.max_drop,
-                                      objective=args.objective)
-        print(f"calibrated: accuracy {result.accuracy:.4f} (full dim {result.full_accuracy:.4f}) "
-              f"at expected dim {result.expected_dim:.1f}; thresholds "
-              + ", ".join(f"{d}:{t:.3f}" for d, t in zip(classifier.dims, result.thresholds)))
+        x_path, y_path = args.calibrate
+        x_val = _load_npy(x_path, "X_VAL")
+        y_val = _labels(_load_npy(y_path, "Y_VAL"), y_path)
+        calibrated = classifier.calibrate(x_val, y_val, max_drop=args.max_drop,
+                                          objective=args.objective)
+        if not args.json:
+            print(f"calibrated: accuracy {calibrated.accuracy:.4f} (full dim "
+                  f"{calibrated.full_accuracy:.4f}) at expected dim "
+                  f"{calibrated.expected_dim:.1f}; thresholds "
+                  + ", ".join(f"{d}:{t:.3f}" for d, t in zip(classifier.dims,
+                                                            calibrated.thresholds)))
         if args.save:
             classifier.save(args.classifier)
-            print(f"saved the thresholds into {args.classifier}")
-    result = classifier.cascade(_load_npy(args.x), confidence=args.confidence)
+            if not args.json:
+                print(f"saved the thresholds into {args.classifier}")
+    result = classifier.cascade(_load_npy(args.x, "X"), confidence=args.confidence)
     if args.json:
-        json.dump({"labels": result.labels.tolist(), "dims": result.dims.tolist(),
-                   "confidence": result.confidence.tolist()}, sys.stdout)
-        print()
+        data = {"labels": result.labels, "dims": result.dims, "confidence": result.confidence,
+                "expected_dim": result.expected_dim}
+        if calibrated is not None:
+            data["calibration"] = {"thresholds": calibrated.thresholds,
+                                   "accuracy": calibrated.accuracy,
+                                   "full_accuracy": calibrated.full_accuracy,
+                                   "expected_dim": calibrated.expected_dim}
+        _print_json(data)
         return
     print(f"{len(result.labels)} rows, expected dim {result.expected_dim:.1f} of "
           f"{classifier.dims[-1]}")
@@ -133,8 +418,6 @@ def _cmd_cascade(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from .benchmark import compare
 
     rng = np.random.default_rng(args.seed)
@@ -149,7 +432,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             print(f"queries: {len(queries)} stored vectors (each finds itself; pass --queries "
                   f"for real ones)")
     else:
-        vectors = _load_npy(args.source)
+        vectors = _load_npy(args.source, "SOURCE")
         if vectors.ndim != 2:
             raise MRLError(f"'SOURCE' must be a 2-D array (got shape {vectors.shape})")
         source = vectors
@@ -162,7 +445,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             source = np.delete(vectors, held_out, axis=0)
             print(f"queries: {len(queries)} rows held out of {args.source} (not indexed)")
     if args.queries is not None:
-        queries = _load_npy(args.queries)
+        queries = _load_npy(args.queries, "--queries")
     report = compare(source, queries, k=args.k, target_recall=args.target_recall,
                      metric=args.metric, index_dims=args.index_dims, methods=args.methods)
     print()
@@ -179,71 +462,181 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         print("wrote " + ", ".join(wrote))
 
 
-def _methods(text: str) -> tuple[str, ...]:
-    from .benchmark import METHODS
+# ---------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option's help (``None`` and flags excepted: their
+    help says what happens without them)."""
 
-    names = tuple(part for part in text.split(",") if part)
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"expected some of {','.join(METHODS)} (got {text!r})")
-    return names
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or not action.option_strings or default is None
+                or default is False or default is argparse.SUPPRESS):
+            return text
+        if isinstance(default, (list, tuple)):
+            shown = ",".join(str(item) for item in default)
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+_EPILOG = ("exit codes: 0 ok, 1 error (one line on stderr; --debug for the traceback), "
+           "2 usage, 130 interrupted, 141 stdout closed early (e.g. piped into head)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mrlsearch", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True)
+    """The ``mrlsearch`` argument parser (every subcommand)."""
+    from . import __version__
 
-    index = commands.add_parser("index", help="build an index from a .npy file (or texts)")
+    description = __doc__.split("\n\n")[0].replace("``", "")
+    parser = argparse.ArgumentParser(prog="mrlsearch", description=description,
+                                     epilog=_EPILOG, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mrlsearch {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", help_text[0].upper() + help_text[1:] + ".")
+        return commands.add_parser(name, help=help_text, formatter_class=_HelpFormatter,
+                                   epilog=_EPILOG, **kwargs)
+
+    m_type = _int_range(*M_RANGE)
+    efc_type = _int_range(*EF_CONSTRUCTION_RANGE)
+
+    index = command(
+        "index", "build an index from a .npy file (or texts)",
+        description="Build an index from a (n, dim) .npy file, or from a text file (one text a "
+                    "line, blank lines included: line i gets id i) with --model. A text index "
+                    "records its model in DIR.mrlsearch-cli.json, so 'query DIR --text' finds "
+                    "it. --auto picks graph dims from the data and tunes a plan "
+                    "(Searcher.build).")
     index.add_argument("vectors", help="(n, dim) float .npy file, or a text file with --model")
     index.add_argument("--model", default=None,
-                       help="model directory: encode VECTORS as a text file, one text a line")
+                       help="model directory: encode VECTORS as a text file, one text a line "
+                            "(default: none, VECTORS is a .npy)")
     index.add_argument("--out", required=True, help="index directory to write")
-    index.add_argument("--dims", type=_int_list, default=None, help="nesting dims, e.g. 16,32,64")
-    index.add_argument("--index-dims", type=_int_list, default=None, help="dims with an HNSW graph")
+    index.add_argument("--dims", type=_int_list, default=None,
+                       help="nesting dims, e.g. 16,32,64 (default: the model's, else 8,16,32,.. "
+                            "below dim, then dim)")
+    index.add_argument("--index-dims", type=_int_list, default=None,
+                       help="dims with an HNSW graph (default: the smallest dim >= 16; with "
+                            "--auto chosen from the data)")
     index.add_argument("--metric", choices=("cosine", "ip", "l2"), default=None,
-                       help="default: the model's metric, else cosine")
-    index.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    index.add_argument("--M", type=int, default=16)
-    index.add_argument("--ef-construction", type=int, default=200)
+                       help="similarity (default: the model's metric, else cosine)")
+    index.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                       help="storage type of the vectors")
+    index.add_argument("--M", type=m_type, default=16,
+                       help=f"HNSW graph degree, {M_RANGE[0]} to {M_RANGE[1]}")
+    index.add_argument("--ef-construction", type=efc_type, default=200,
+                       help="HNSW build breadth")
+    index.add_argument("--auto", action="store_true",
+                       help="choose graph dims and a tuned plan from the data (uses --queries, "
+                            "-k, --target-recall)")
+    index.add_argument("--queries", default=None,
+                       help="with --auto: (q, dim) .npy of representative queries (default: "
+                            "300 rows of VECTORS)")
+    index.add_argument("-k", type=_positive_int, default=10,
+                       help="with --auto: results per query the plan is tuned for")
+    index.add_argument("--target-recall", type=_recall, default=0.95,
+                       help="with --auto: recall@k the plan must reach, as a 95%% lower bound")
+    index.add_argument("--json", action="store_true",
+                       help="print the index's settings (and --auto's report) as JSON")
     index.set_defaults(func=_cmd_index)
 
-    query = commands.add_parser("query", help="funnel search with a (q, dim) .npy of queries")
+    info = command("info", "show an index's settings, size, plan and memory")
+    info.add_argument("index", help="index directory")
+    info.add_argument("--mmap", action="store_true",
+                      help="memory-map the vectors (memory_usage then counts resident pages)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(func=_cmd_info)
+
+    add = command("add", "add vectors to an index (saved atomically)",
+                  description="Load the index, add the vectors (an id already present is "
+                              "replaced), and save it: the directory is rewritten aside and "
+                              "renamed into place.")
+    add.add_argument("index", help="index directory")
+    add.add_argument("vectors", help="(n, dim) or (dim,) float .npy file")
+    add.add_argument("--ids", default=None,
+                     help="(n,) integer .npy of ids in [0, 2**63) (default: consecutive ids "
+                          "after the largest)")
+    add.add_argument("--json", action="store_true", help="print the new ids as JSON")
+    add.set_defaults(func=_cmd_add)
+
+    remove = command("remove", "remove ids from an index (saved atomically)",
+                     description="Load the index, remove the ids (all or none: an unknown id "
+                                 "removes nothing), and save it atomically. Removed rows stay "
+                                 "as tombstones until --compact.")
+    remove.add_argument("index", help="index directory")
+    remove.add_argument("ids", nargs="*", type=_int_range(0, 2**63 - 1), metavar="ID",
+                        help="ids to remove")
+    remove.add_argument("--ids-file", default=None,
+                        help="more ids: an integer .npy, or a text file with one id a line "
+                             "(default: none)")
+    remove.add_argument("--compact", action="store_true",
+                        help="rebuild without the removed rows (frees their memory)")
+    remove.add_argument("--json", action="store_true", help="print counts as JSON")
+    remove.set_defaults(func=_cmd_remove)
+
+    query = command("query", "search with a (q, dim) .npy of queries, or texts",
+                    description="Search the index: its tuned plan (or the default funnel), or "
+                                "the --stages given.")
     query.add_argument("index", help="index directory")
     query.add_argument("queries", nargs="?", default=None, help="(q, dim) or (dim,) .npy file")
     query.add_argument("--text", action="append", default=None,
-                       help="a text query (repeatable); needs --model")
-    query.add_argument("--model", default=None, help="model directory for --text")
-    query.add_argument("-k", type=int, default=10)
-    query.add_argument("--stages", type=_stages, default=None, help="e.g. 16:200,64:50,384:10")
-    query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+                       help="a text query (repeatable); the model is the one the index was "
+                            "built from, or --model (default: none, give QUERIES)")
+    query.add_argument("--model", default=None,
+                       help="model directory for --text (default: the one recorded by "
+                            "'index --model')")
+    query.add_argument("-k", type=_positive_int, default=10, help="results per query")
+    query.add_argument("--stages", type=_stages, default=None,
+                       help="dim:shortlist or dim:precision:shortlist, e.g. 16:int8:400,64:50,"
+                            "384:10 (default: the index's plan, else the default funnel)")
+    query.add_argument("--ef", type=_positive_int, default=None,
+                       help="graph walk breadth, >= the first shortlist (default: the plan's, "
+                            "else the first shortlist)")
+    query.add_argument("--json", action="store_true",
+                       help="print {ids, scores} as JSON (one list per query, best first)")
     query.add_argument("--mmap", action="store_true", help="memory-map the vectors")
     query.set_defaults(func=_cmd_query)
 
-    tune = commands.add_parser("tune", help="find the fastest stages that meet a recall target")
+    tune = command("tune", "find the fastest stages that meet a recall target",
+                   description="Measure funnel schedules on the queries and print the fastest "
+                               "whose 95 % lower recall bound meets the target. --save stores "
+                               "it in the index: the whole directory is rewritten aside and "
+                               "renamed into place (atomic; the format has no plan-only "
+                               "update).")
     tune.add_argument("index", help="index directory")
     tune.add_argument("queries", help="(q, dim) .npy of representative queries")
-    tune.add_argument("-k", type=int, default=10)
-    tune.add_argument("--target-recall", type=float, default=0.95)
-    tune.add_argument("--save", action="store_true", help="store the plan in the index")
+    tune.add_argument("-k", type=_positive_int, default=10,
+                      help="results per query the plan is tuned for (serves any k)")
+    tune.add_argument("--target-recall", type=_recall, default=0.95,
+                      help="recall@k the plan must reach")
+    tune.add_argument("--max-shortlist", type=_positive_int, default=4096,
+                      help="largest first-stage shortlist tried")
+    tune.add_argument("--save", action="store_true",
+                      help="store the plan in the index (rewrites it atomically)")
+    tune.add_argument("--json", action="store_true", help="print the plan as JSON")
     tune.set_defaults(func=_cmd_tune)
 
-    cascade = commands.add_parser("cascade", help="classify rows with a cascade classifier")
+    cascade = command("cascade", "classify rows with a cascade classifier")
     cascade.add_argument("classifier", help="classifier .npz")
     cascade.add_argument("x", help="(n, dim) .npy of embeddings")
     cascade.add_argument("--calibrate", nargs=2, metavar=("X_VAL", "Y_VAL"),
-                         help="calibrate thresholds first on these .npy files")
-    cascade.add_argument("--max-drop", type=float, default=0.005)
+                         help="calibrate thresholds first on these .npy files (Y_VAL: integer "
+                              "class labels) (default: use the stored thresholds)")
+    cascade.add_argument("--max-drop", type=_drop, default=0.005,
+                         help="accuracy drop allowed by --calibrate")
     cascade.add_argument("--objective", choices=("expected_dim", "compute"),
                          default="expected_dim", help="what --calibrate minimises")
-    cascade.add_argument("--confidence", choices=("max_prob", "margin"), default="max_prob")
+    cascade.add_argument("--confidence", choices=("max_prob", "margin"), default="max_prob",
+                         help="confidence score compared with the thresholds")
     cascade.add_argument("--save", action="store_true", help="store calibrated thresholds")
     cascade.add_argument("--json", action="store_true", help="print labels as JSON")
     cascade.set_defaults(func=_cmd_cascade)
 
-    bench = commands.add_parser(
-        "bench", help="funnel vs hnswlib full-dim vs exact vs faiss on your data",
+    bench = command(
+        "bench", "funnel vs hnswlib full-dim vs exact vs faiss on your data",
         description="Side-by-side recall@k and queries/s of the tuned funnel, hnswlib at full "
                     "dim, exact numpy search and (when installed) a faiss funnel. Half of the "
                     "queries tune every method to the target recall, half measure.")
@@ -251,32 +644,68 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--queries", default=None,
                        help="(q, dim) .npy of queries (default: --n-queries rows held out of "
                             "the vectors, or sampled from the index)")
-    bench.add_argument("--n-queries", type=_positive_int, default=1000)
-    bench.add_argument("-k", type=_positive_int, default=10)
-    bench.add_argument("--target-recall", type=float, default=0.95)
+    bench.add_argument("--n-queries", type=_positive_int, default=1000,
+                       help="queries sampled when --queries is not given")
+    bench.add_argument("-k", type=_positive_int, default=10, help="results per query")
+    bench.add_argument("--target-recall", type=_recall, default=0.95,
+                       help="recall@k every method is tuned to")
     bench.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine",
                        help="for a .npy source (an index keeps its own)")
     bench.add_argument("--index-dims", type=_int_list, default=None,
-                       help="for a .npy source: dims with an HNSW graph")
+                       help="for a .npy source: dims with an HNSW graph (default: chosen from "
+                            "the data)")
     bench.add_argument("--methods", type=_methods, default=("funnel", "exact", "hnswlib", "faiss"),
                        help="comma-separated subset of funnel,exact,hnswlib,faiss")
-    bench.add_argument("--out", default=None, help="directory for bench.json and bench.png")
+    bench.add_argument("--out", default=None, help="directory for bench.json and bench.png (default: print only)")
     bench.add_argument("--mmap", action="store_true", help="memory-map an index's vectors")
     bench.add_argument("--seed", type=int, default=0, help="seed of the query sample")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null so the interpreter's final flush cannot fail."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit code."""
+    """Run the CLI; return the exit code (argparse exits with 2 on a usage error).
+
+    Examples
+    --------
+    >>> main(["--version"])  # doctest: +SKIP
+    mrlsearch 0.1.0
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (MRLError, ValueError, TypeError, OSError) as exc:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"mrlsearch: error: {exc}", file=sys.stderr)
+        print("mrlsearch: interrupted", file=sys.stderr)
+        return 130
+    except _UsageError as exc:
+        print(f"mrlsearch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (MRLError, ValueError, TypeError, KeyError, OSError) as exc:
+        if args.debug:
+            raise
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        message = str(text).strip() or type(exc).__name__
+        print(f"mrlsearch: error: {message.splitlines()[0]}", file=sys.stderr)
         return 1
     return 0
 

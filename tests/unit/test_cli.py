@@ -1,9 +1,14 @@
+import argparse
 import json
+import subprocess
+import sys
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from mrlsearch import Classifier, Searcher
+import mrlsearch
+from mrlsearch import Classifier, Searcher, cli
 from mrlsearch.cli import main
 
 
@@ -68,3 +73,207 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["query", "idx", "q.npy", "--stages", "16-200"])
     assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------------- issue 12: the CLI
+@pytest.fixture
+def index(files):
+    path = files / "index"
+    assert main(["index", str(files / "vectors.npy"), "--dims", "8,16,32", "--index-dims", "8",
+                 "--out", str(path)]) == 0
+    return path
+
+
+def test_version_and_help_show_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mrlsearch {mrlsearch.__version__}"
+    parser = cli.build_parser()
+    assert "``" not in parser.format_help()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subparsers.choices.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            text = formatter._get_help_string(action) if action.help else ""
+            if not text or (action.default is not False and not action.required
+                             and "default" not in text):
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert missing == []
+    query_help = subparsers.choices["query"].format_help()
+    assert "results per query (default: 10)" in " ".join(query_help.split())
+    assert "HNSW graph degree" in subparsers.choices["index"].format_help()
+
+
+def test_info_add_remove(index, files, capsys):
+    capsys.readouterr()
+    assert main(["info", str(index), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 400 and info["dims"] == [8, 16, 32] and info["index_dims"] == [8]
+    assert info["tombstones"] == 0 and info["plan"] is None and info["metric"] == "cosine"
+    assert info["memory_usage"]["total"] > 0 and "codes" in info
+    rng = np.random.default_rng(3)
+    np.save(files / "more.npy", rng.standard_normal((5, 32)).astype(np.float32))
+    np.save(files / "more_ids.npy", np.arange(1000, 1005))
+    assert main(["add", str(index), str(files / "more.npy"), "--ids",
+                 str(files / "more_ids.npy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"] == list(range(1000, 1005))
+    loaded = Searcher.load(index)
+    assert len(loaded) == 405 and 1003 in loaded
+    (files / "ids.txt").write_text("1004\n")
+    assert main(["remove", str(index), "1000", "1001", "--ids-file", str(files / "ids.txt")]) == 0
+    loaded = Searcher.load(index)
+    assert len(loaded) == 402 and 1000 not in loaded and 1004 not in loaded
+    assert loaded.tombstones == 3
+    assert main(["remove", str(index), "5", "--compact"]) == 0
+    assert Searcher.load(index).tombstones == 0
+    capsys.readouterr()
+    assert main(["remove", str(index), "999999"]) == 1  # unknown id: nothing removed
+    assert "unknown" in capsys.readouterr().err and len(Searcher.load(index)) == 401
+    assert main(["info", str(index)]) == 0
+    assert "count: 401" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["remove", str(index), "x"])
+    assert exc.value.code == 2
+    assert main(["remove", str(index)]) == 2
+
+
+def test_query_ef_json_and_tune_json(index, files, capsys):
+    capsys.readouterr()
+    assert main(["query", str(index), str(files / "queries.npy"), "-k", "3", "--ef", "250",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row[0] for row in out["ids"]] == list(range(20)) and len(out["scores"][0]) == 3
+    assert main(["query", str(index), str(files / "queries.npy"), "--stages", "8:100,32:5",
+                 "-k", "5", "--ef", "50"]) == 1  # ef below the first shortlist
+    assert "'ef'" in capsys.readouterr().err
+    assert main(["tune", str(index), str(files / "queries.npy"), "--target-recall", "0.9",
+                 "-k", "5", "--json", "--save"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["k"] == 5 and plan["recall_lower"] >= 0.9
+    assert Searcher.load(index).plan.to_dict()["stages"] == plan["stages"]
+    # a plan tuned for k=5 serves k=20
+    assert main(["query", str(index), str(files / "queries.npy"), "-k", "20", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["ids"][0]) == 20
+
+
+def test_index_auto_json(files, capsys):
+    out_dir = files / "auto"
+    assert main(["index", str(files / "vectors.npy"), "--out", str(out_dir), "--auto",
+                 "--queries", str(files / "queries.npy"), "-k", "5", "--target-recall", "0.9",
+                 "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 400 and info["plan"]["k"] == 5 and "build_report" in info
+    assert Searcher.load(out_dir).plan is not None
+    assert main(["index", str(files / "vectors.npy"), "--out", str(out_dir), "--auto",
+                 "--index-dims", "8"]) == 2
+
+
+class _FakeTextEncoder:
+    """Stands in for an exported text model: a fixed vector per text (blank ones included)."""
+
+    made: ClassVar[list] = []
+
+    def __init__(self, model_dir, *args, **kwargs):
+        self.model_dir = str(model_dir)
+        _FakeTextEncoder.made.append(self.model_dir)
+
+    is_text = True
+    dims = (8, 16)
+    metric = "cosine"
+
+    def encode(self, texts, *args, **kwargs):
+        out = np.empty((len(texts), 16), dtype=np.float32)
+        for row, text in enumerate(texts):
+            seed = sum(text.encode("utf-8")) + 7 * len(text)
+            out[row] = np.random.default_rng(seed).standard_normal(16)
+        return out
+
+
+def test_text_index_remembers_model_and_keeps_blank_lines(tmp_path, monkeypatch, capsys):
+    import mrlsearch.encoder
+
+    monkeypatch.setattr(mrlsearch.encoder, "Encoder", _FakeTextEncoder)
+    model = tmp_path / "model"
+    model.mkdir()
+    texts = ["alpha beta", "", "gamma", "   ", "delta epsilon zeta"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    index = tmp_path / "text_index"
+    assert main(["index", str(tmp_path / "texts.txt"), "--model", str(model),
+                 "--out", str(index)]) == 0
+    assert sorted(Searcher.load(index).ids().tolist()) == list(range(len(texts)))
+    sidecar = json.loads(cli.sidecar_path(index).read_text())
+    assert sidecar["model"] == str(model.resolve())
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path.parent)  # a relative --out must not matter either
+    assert main(["query", str(index), "--text", "gamma", "--text", "delta epsilon zeta",
+                 "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"] == [[2], [4]]
+    assert _FakeTextEncoder.made[-1] == str(model.resolve())
+    # rebuilding from vectors forgets the model: --text asks for --model again
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((20, 16)).astype("f4"))
+    assert main(["index", str(tmp_path / "v.npy"), "--out", str(index)]) == 0
+    assert not cli.sidecar_path(index).exists()
+    capsys.readouterr()
+    assert main(["query", str(index), "--text", "gamma"]) == 1
+    assert "--model" in capsys.readouterr().err
+
+
+def test_bad_values_exit_codes(files, index, capsys):
+    for argv in (["query", str(index), str(files / "queries.npy"), "-k", "0"],
+                 ["tune", str(index), str(files / "queries.npy"), "-k", "0"],
+                 ["index", str(files / "vectors.npy"), "--out", str(files / "x"), "--M", "1"],
+                 ["tune", str(index), str(files / "queries.npy"), "--target-recall", "1.5"],
+                 ["query", str(index), str(files / "queries.npy"), "--ef", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
+    capsys.readouterr()
+    np.save(files / "empty.npy", np.zeros((0, 32), dtype=np.float32))
+    # an empty file is bad input, not bad usage: exit 1 (docs/troubleshooting.md, "empty batch")
+    for argv in (["index", str(files / "empty.npy"), "--out", str(files / "x")],
+                 ["query", str(index), str(files / "empty.npy")],
+                 ["add", str(index), str(files / "empty.npy")]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert "is empty" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["query", str(index), str(files / "queries.npy"), "--text", "x"]) == 2
+
+
+def test_cascade_float_labels(files, capsys):
+    rng = np.random.default_rng(1)
+    clf = Classifier.shared(rng.standard_normal((3, 32)), np.zeros(3), dims=(8, 16, 32))
+    clf.save(files / "clf.npz")
+    x = rng.standard_normal((50, 32)).astype(np.float32)
+    np.save(files / "x.npy", x)
+    np.save(files / "y_float.npy", clf.predict(x).astype(np.float64))
+    assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
+                 str(files / "x.npy"), str(files / "y_float.npy"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["labels"]) == 50 and "calibration" in out
+    y = clf.predict(x).astype(np.float64)
+    y[3] = 0.5
+    np.save(files / "y_bad.npy", y)
+    assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
+                 str(files / "x.npy"), str(files / "y_bad.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "integer class labels" in err and "0.5" in err and "[0," not in err
+
+
+def test_closed_pipe_exits_quietly(index, files):
+    np.save(files / "many.npy", np.repeat(np.load(files / "queries.npy"), 500, axis=0))
+    code = ("import sys; from mrlsearch.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, "query", str(index),
+                             str(files / "many.npy"), "-k", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `| head -1` does
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == cli.EXIT_BROKEN_PIPE
+    assert first.startswith(b"0\t0:")
+    assert "Broken pipe" not in err and "Traceback" not in err and err == ""
