@@ -178,3 +178,110 @@ def test_golden_index_v1_still_loads_and_answers_the_same():
     np.testing.assert_array_equal(result.ids, expected["ids"])
     np.testing.assert_allclose(result.scores, expected["scores"], rtol=1e-6)
     assert searcher.metric == "cosine" and len(searcher) == 295
+
+
+def test_concurrent_adds_without_ids_never_share_an_id():
+    searcher = Searcher(16, (8, 16), index_dims=(8,))
+    searcher.add(np.ones((1, 16), dtype=np.float32))
+    batches = [np.random.default_rng(i).standard_normal((200, 16)).astype(np.float32)
+               for i in range(6)]
+    got: list = [None] * len(batches)
+
+    def worker(slot):
+        got[slot] = searcher.add(batches[slot], num_threads=1)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    all_ids = np.concatenate(got)
+    assert np.unique(all_ids).size == all_ids.size == 1200
+    assert len(searcher) == 1201
+    for batch, ids in zip(batches, got):  # each batch is stored under its own ids
+        np.testing.assert_allclose(searcher.get(ids), batch)
+
+
+def test_compact_under_load_never_shows_a_half_built_index(tmp_path):
+    vectors, queries = synthetic_mrl(3000, 32, n_queries=20, n_clusters=30, seed=4)
+    searcher = Searcher(32, (8, 16, 32), index_dims=(16,))
+    ids = searcher.add(vectors)
+    searcher.remove(ids[:1500])
+    stages = [(16, 60), (32, 10)]
+    expected = searcher.funnel(queries, 10, stages, ef=200)
+    errors: list = []
+    done = threading.Event()
+
+    def reader():
+        try:
+            while not done.is_set():
+                result = searcher.funnel(queries, 10, stages, ef=200)
+                assert (result.counts == 10).all()
+                assert not np.isin(result.ids, ids[:1500]).any()
+                searcher.exact(queries[:2], 5)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def saver():
+        try:
+            while not done.is_set():
+                searcher.save(tmp_path / "index")
+                assert len(Searcher.load(tmp_path / "index")) >= 1500
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=saver)]
+    for thread in threads:
+        thread.start()
+    searcher.compact()
+    searcher.compact()
+    done.set()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:2]
+    assert searcher.tombstones == 0 and len(searcher) == 1500
+    after = searcher.funnel(queries, 10, stages, ef=200)
+    assert after.recall(expected) >= 0.95
+
+
+def test_writes_during_compact_are_kept():
+    vectors, _ = synthetic_mrl(2000, 16, n_queries=0, n_clusters=20, seed=5)
+    searcher = Searcher(16, (8, 16), index_dims=(8,))
+    ids = searcher.add(vectors[:1000])
+    searcher.remove(ids[:500])
+    started = threading.Event()
+    original_add = Searcher.add
+
+    def slow_add(self, *args, **kwargs):  # the rebuild's add: let a writer in meanwhile
+        started.set()
+        time.sleep(0.2)
+        return original_add(self, *args, **kwargs)
+
+    def writer():
+        started.wait()
+        searcher.add(vectors[1000:1010], ids=np.arange(5000, 5010))
+        searcher.remove(ids[500:510])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        Searcher.add = slow_add
+        searcher.compact()
+    finally:
+        Searcher.add = original_add
+    thread.join()
+    assert 5003 in searcher and int(ids[505]) not in searcher
+    assert len(searcher) == 500 - 10 + 10
+
+
+def test_extreme_values_are_refused_and_exact_stays_the_truth():
+    searcher = Searcher(8, (4, 8), index_dims=(4,))
+    with pytest.raises(ValueError, match="within"):
+        searcher.add(np.full((1, 8), 1e20, dtype=np.float32))
+    assert len(searcher) == 0
+    # dim=1 cosine: the funnel and exact agree on the sign
+    one = Searcher(1, (1,), index_dims=(1,))
+    one.add(np.array([[1.0], [-1.0], [2.0], [-3.0]], dtype=np.float32))
+    query = np.array([1.0], dtype=np.float32)
+    assert set(one.search(query, k=2).ids[0].tolist()) == set(one.exact(query, k=2).ids[0].tolist())
+    assert set(one.exact(query, k=2).ids[0].tolist()) == {0, 2}
