@@ -13,9 +13,6 @@ __all__: list[str] = []
 
 #: A prefix graph walk computes about this many distances per unit of ``ef`` (M=16).
 _DISTANCES_PER_EF = 12.0
-#: The full-dim graph is built too unless its estimated cost is above this many times the
-#: best prefix's: the estimate is rough, the tuning that follows measures.
-_FULL_DIM_MARGIN = 1.5
 _SAMPLE_QUERIES = 300
 
 
@@ -96,9 +93,9 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, metric, dims
                               effective_k, target_recall, metric)
     costs = estimate_costs(needed, n_rows=n_rows, sample_rows=sample_rows, dim=dim, k=k)
     best_prefix = min((d for d in costs if d != dim), key=costs.get, default=dim)
-    index_dims = {best_prefix}
-    if best_prefix == dim or costs[dim] <= _FULL_DIM_MARGIN * costs[best_prefix]:
-        index_dims.add(dim)
+    # the full dim is always a candidate: the estimate above ranks prefixes, but only a
+    # measurement tells whether the best of them beats a walk over the full vectors
+    index_dims = {best_prefix, dim}
     searcher = cls(dim, probe.dims, metric=metric, index_dims=sorted(index_dims), M=M,
                    ef_construction=ef_construction, dtype=dtype)
     searcher.add(source, ids, progress=progress)

@@ -249,11 +249,13 @@ class Searcher:
 
         A sample of the vectors (``sample_size`` rows) is searched exactly at every nesting
         dim to see how long a shortlist each prefix needs before the true full-dim neighbours
-        of the sample queries are in it; the prefixes with the lowest estimated cost become
-        graphs, and the full dim is always a candidate, so on data whose short prefixes rank
-        badly the result falls back to what plain HNSW at full dim would do. After the build
-        :meth:`tune` chooses among graph dims, precisions and shortlists by measured latency,
-        and the graphs the chosen plan does not use are dropped.
+        of the sample queries are in it; the prefix with the lowest estimated cost gets a
+        graph, and so does the full dim, always, so on data whose short prefixes rank badly
+        the result falls back to what plain HNSW at full dim would do (with an int8 walk where
+        that measures faster). After the build :meth:`tune` chooses among graph dims,
+        precisions and shortlists by measured latency, and the graph the chosen plan does not
+        use is dropped. Building two graphs costs more than one: when you know a prefix ranks
+        well, ``Searcher(..., index_dims=(prefix,))`` then :meth:`tune` builds faster.
 
         Parameters
         ----------

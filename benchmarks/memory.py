@@ -1,0 +1,140 @@
+"""Memory tiers: a funnel index loaded with ``mmap=True`` against plain hnswlib at full dim.
+
+Builds a synthetic MRL-like set (default 1,000,000 x 768, decay 0.8) into a Searcher whose
+graph and codes are over a short prefix, tunes it, saves it, then in a fresh process loads it
+with ``mmap=True``, runs the unseen queries, and reports what is resident: the process's RSS
+growth and ``Searcher.memory_usage()`` per part. hnswlib at full dim keeps every vector in its
+graph in RAM; its resident size is its index size, ``index_file_size()``, measured on a full
+build when ``--hnswlib-rows`` covers the set, or from hnswlib's fixed per-element layout
+(links + float32 vector + label, plus the upper levels measured on a smaller build) scaled to
+the set's size -- the script says which. Recall@10 of both on the same unseen queries.
+
+    python benchmarks/memory.py --n 1000000 --out benchmarks/results/memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+from _common import write_report
+
+from mrlsearch import Searcher
+from mrlsearch.benchmark import recalls_at_k
+from mrlsearch.datasets import synthetic_mrl
+
+_CHILD = """
+import json, sys, time, numpy as np
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) * 1024
+from mrlsearch import Searcher
+queries = np.load(sys.argv[2])
+before = rss()
+started = time.perf_counter()
+s = Searcher.load(sys.argv[1], mmap=True)
+load_s = time.perf_counter() - started
+after_load = rss()
+started = time.perf_counter()
+result = s.search(queries, k=10)
+for q in queries[:200]:
+    s.search(q, k=10)
+query_s = time.perf_counter() - started
+np.save(sys.argv[3], result.ids)
+print(json.dumps({"rss_before": before, "rss_after_load": after_load, "rss_after_queries": rss(),
+                  "load_s": load_s, "query_s": query_s, "usage": s.memory_usage(),
+                  "plan": str(s.plan)}))
+"""
+
+
+def hnswlib_bytes(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: int,
+                  M: int, ef_construction: int) -> dict:
+    """hnswlib at full dim on ``rows`` vectors: its index size and recall at the smallest
+    qualifying ef (of a grid)."""
+    graph = hnswlib.Index(space="cosine", dim=vectors.shape[1])
+    graph.init_index(max_elements=rows, M=M, ef_construction=ef_construction)
+    started = time.perf_counter()
+    graph.add_items(vectors[:rows])
+    build_s = time.perf_counter() - started
+    out = {"rows": rows, "index_bytes": graph.index_file_size(), "build_s": build_s}
+    if rows == len(vectors):
+        for ef in (10, 20, 40, 60, 80, 120, 160, 320):
+            graph.set_ef(ef)
+            ids, _ = graph.knn_query(queries, k=10)
+            recall = float(recalls_at_k(ids, truth).mean())
+            if recall >= 0.95:
+                out.update(ef=ef, recall=recall)
+                break
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--index-dim", type=int, default=64)
+    parser.add_argument("--hnswlib-rows", type=int, default=100_000,
+                        help="rows of the hnswlib build (its size is scaled to --n if smaller)")
+    parser.add_argument("--M", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--out", default="benchmarks/results/memory.json")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    vectors, queries = synthetic_mrl(args.n, args.dim, n_queries=2 * args.queries, decay=0.8,
+                                     seed=0)
+    fit, test = queries[: args.queries], queries[args.queries:]
+    print(f"{args.n:,} x {args.dim} generated in {time.perf_counter() - started:.0f}s",
+          flush=True)
+    searcher = Searcher(args.dim, metric="cosine", index_dims=(args.index_dim,))
+    started = time.perf_counter()
+    searcher.add(vectors, progress=False)
+    build_s = time.perf_counter() - started
+    truth = searcher.exact(test, 10).ids
+    plan = searcher.tune(fit, k=10, target_recall=0.95, progress=False)
+    print(f"mrlsearch: built in {build_s:.0f}s, plan {plan}", flush=True)
+    with tempfile.TemporaryDirectory(dir=".") as scratch:
+        index_dir = Path(scratch) / "index"
+        searcher.save(index_dir)
+        del searcher
+        np.save(Path(scratch) / "queries.npy", test)
+        child = subprocess.run([sys.executable, "-c", _CHILD, str(index_dir),
+                                str(Path(scratch) / "queries.npy"), str(Path(scratch) / "ids.npy")],
+                               check=True, capture_output=True, text=True)
+        loaded = json.loads(child.stdout.strip().splitlines()[-1])
+        funnel_ids = np.load(Path(scratch) / "ids.npy")
+    funnel_recall = float(recalls_at_k(funnel_ids, truth).mean())
+    resident = loaded["rss_after_queries"] - loaded["rss_before"]
+    print(f"mrlsearch mmap: recall@10 {funnel_recall:.3f}, RSS growth {resident / 2**20:.0f} MiB, "
+          f"memory_usage {json.dumps({k: round(v / 2**20, 1) for k, v in loaded['usage'].items()})}"
+          " MiB", flush=True)
+    hnsw = hnswlib_bytes(vectors, test, truth, min(args.hnswlib_rows, args.n), args.M,
+                         args.ef_construction)
+    if hnsw["rows"] < args.n:
+        per_row = hnsw["index_bytes"] / hnsw["rows"]
+        hnsw["scaled_index_bytes"] = int(per_row * args.n)
+        hnsw["how"] = (f"measured on {hnsw['rows']:,} rows ({per_row:.0f} B/row: links, "
+                       f"float32 vector, label, upper levels), scaled to {args.n:,}")
+        full_bytes = hnsw["scaled_index_bytes"]
+    else:
+        hnsw["how"] = "measured on the full set"
+        full_bytes = hnsw["index_bytes"]
+    ratio = resident / full_bytes
+    print(f"hnswlib full dim: {full_bytes / 2**20:.0f} MiB ({hnsw['how']}); "
+          f"mrlsearch mmap / hnswlib = {ratio:.2f}", flush=True)
+    write_report(args.out, "memory", {"numpy": np.__version__}, n=args.n, dim=args.dim,
+                 index_dim=args.index_dim, plan=plan.to_dict(), build_s=build_s,
+                 funnel_recall=funnel_recall, loaded=loaded, hnswlib=hnsw,
+                 resident_ratio=ratio)
+
+
+if __name__ == "__main__":
+    main()
