@@ -69,19 +69,19 @@ FIELDS = ("train_queries", "train_positives", "val_queries", "val_positives", "t
           "test_positives")
 
 
-def minilm_features(pairs: PairData, cache_dir: Path) -> PairData:
-    """all-MiniLM-L6-v2 embeddings (sentence-transformers, 128 tokens) of every text, cached
-    under ``cache_dir`` by a hash of the texts."""
+def minilm_features(pairs: PairData, cache_dir: Path, max_length: int = 128) -> PairData:
+    """all-MiniLM-L6-v2 embeddings (sentence-transformers, ``max_length`` tokens) of every
+    text, cached under ``cache_dir`` by a hash of the texts."""
     from sentence_transformers import SentenceTransformer
 
     texts = [t for f in FIELDS for t in getattr(pairs, f)]
-    key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    key = hashlib.sha256(("\x00".join(texts) + f"|{max_length}").encode()).hexdigest()[:16]
     path = cache_dir / f"minilm-features-{key}.npy"
     if path.is_file():
         flat = np.load(path, allow_pickle=False)
     else:
         model = SentenceTransformer(str(minilm_path()), device="cpu")
-        model.max_seq_length = 128
+        model.max_seq_length = max_length
         started = time.perf_counter()
         flat = model.encode(texts, batch_size=64, convert_to_numpy=True).astype(np.float32)
         print(f"  embedded {len(texts)} texts with MiniLM in {time.perf_counter() - started:.0f}s",
@@ -130,13 +130,14 @@ def plain_linear_baseline(features: PairData, dims=DOC_DIMS, *, epochs=4, batch_
     return linear.eval()
 
 
-def docstrings(results: dict, *, max_pairs: int, max_eval: int, cache_dir: Path) -> None:
+def docstrings(results: dict, *, max_pairs: int, max_eval: int, cache_dir: Path,
+               max_length: int = 128) -> None:
     """Adapters over frozen MiniLM features of docstrings (stdlib + installed packages)."""
     started = time.perf_counter()
     pairs = docstring_pairs(source="all", max_pairs=max_pairs, max_eval=max_eval, seed=0)
     print(f"  docstring pairs: {len(pairs.train_queries)} train, {len(pairs.val_queries)} val, "
           f"{len(pairs.test_queries)} test ({time.perf_counter() - started:.0f}s)", flush=True)
-    features = minilm_features(pairs, cache_dir)
+    features = minilm_features(pairs, cache_dir, max_length)
     tq, tp = features.test_queries, features.test_positives
     table = {"raw MiniLM, truncated": recall_table(tq, tp)}
     # PCA-ordered truncation: rotate onto the principal axes of the training texts (centred
@@ -185,8 +186,8 @@ def docstrings(results: dict, *, max_pairs: int, max_eval: int, cache_dir: Path)
                                    "train": len(pairs.train_queries),
                                    "val": len(pairs.val_queries),
                                    "test": len(pairs.test_queries),
-                                   "features": "all-MiniLM-L6-v2 (sentence-transformers), "
-                                               "128 tokens, normalised"}
+                                   "features": f"all-MiniLM-L6-v2 (sentence-transformers), "
+                                               f"{max_length} tokens, normalised"}
 
 
 def step_time(results: dict, steps: int = 30) -> None:
@@ -228,6 +229,7 @@ def main() -> None:
     parser.add_argument("--max-pairs", type=int, default=20_000, help="training pairs")
     parser.add_argument("--max-eval", type=int, default=2_000, help="val / test pairs each")
     parser.add_argument("--cache", default="bench_out", help="feature cache folder")
+    parser.add_argument("--max-length", type=int, default=128, help="MiniLM tokens per text")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     results: dict = {}
@@ -235,7 +237,7 @@ def main() -> None:
         digits(results)
     if "docstrings" in parts:
         docstrings(results, max_pairs=args.max_pairs, max_eval=args.max_eval,
-                   cache_dir=Path(args.cache))
+                   cache_dir=Path(args.cache), max_length=args.max_length)
     if "steps" in parts:
         step_time(results)
     write_report(args.out, "train", {"torch": torch.__version__}, results=results)
