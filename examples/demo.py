@@ -94,7 +94,7 @@ def part_b(out: Path, rows: list) -> None:
           flush=True)
     features = PairData(*(minilm.encode(list(getattr(pairs, f)), batch_size=64)
                           for f in fields))
-    # starts as the raw model (identity), symmetric InfoNCE over the dims; keeps
+    # starts as a rotation of the raw model (PCA), symmetric InfoNCE over the dims; keeps
     # the best validation epoch, the raw model included
     adapter, history = fit_adapter(features, dims, batch_size=128, epochs=10, seed=0)
     kept = next(h for h in history if h["kept"])

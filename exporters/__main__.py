@@ -7,7 +7,7 @@
     python -m exporters export-wordllama --out models/wordllama
 
 ``train --backbone adapter`` trains :func:`exporters.fit_adapter` on sentence-transformers
-features (the packaged MiniLM unless ``--features-model``): identity start, symmetric InfoNCE,
+features (the packaged MiniLM unless ``--features-model``): PCA-rotation start, symmetric InfoNCE,
 batch 512, the best validation epoch kept (epoch 0, the raw model, included).
 
 Exit codes: 0 ok, 1 error (one line, the traceback with --debug), 2 usage.
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_int_list, default=[256], help="hidden widths (mlp)")
     train.add_argument("--adapter-hidden", type=int, default=0,
                        help="adapter: residual MLP width (0: linear adapter)")
-    train.add_argument("--init", choices=("identity", "orthogonal", "pca"), default="identity",
+    train.add_argument("--init", choices=("pca", "identity", "orthogonal"), default="pca",
                        help="adapter: starting map (each equals the raw model at full dim)")
     train.add_argument("--features-model", default=None,
                        help="adapter on texts: local sentence-transformers model directory "

@@ -74,7 +74,8 @@ def test_symmetric_info_nce_adds_the_reverse_direction():
 
 
 def test_fit_adapter_improves_small_prefixes(pairs):
-    _, history = fit_adapter(pairs, (4, 8, 32), batch_size=128, epochs=6, lr=1e-2)
+    _, history = fit_adapter(pairs, (4, 8, 32), batch_size=128, epochs=6, lr=1e-2,
+                             init="identity")
     raw, final = history[0]["val"], next(h for h in history if h["kept"])["val"]
     assert history[0]["epoch"] == 0 and len(history) == 7
     assert final[4] > raw[4] + 0.05
@@ -92,7 +93,8 @@ def test_fit_adapter_keeps_the_raw_model_when_training_only_hurts():
     mismatched = base[:800][rng.permutation(800)]
     data = PairData(noisy[:800], mismatched, noisy[800:1000], base[800:1000], noisy[1000:],
                     base[1000:])
-    model, history = fit_adapter(data, (4, 8, 32), batch_size=128, epochs=2, lr=0.5)
+    model, history = fit_adapter(data, (4, 8, 32), batch_size=128, epochs=2, lr=0.5,
+                                 init="identity")
     assert all(np.mean(list(h["val"].values())) < np.mean(list(history[0]["val"].values()))
                for h in history[1:])
     assert [h["kept"] for h in history] == [True, False, False]
