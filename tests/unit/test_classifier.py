@@ -174,3 +174,105 @@ def test_constructor_errors():
         Classifier.shared(np.ones((3, 4)), np.zeros(3), dims=(4, 2))
     with pytest.raises(DimensionError, match=r"'bias' must have 3 columns"):
         Classifier.shared(np.ones((3, 4)), np.zeros(2), dims=(2, 4))
+
+
+# ---------------------------------------------------------------- calibrate: promises and fallback
+def shared_task(seed=21, n=400, noise=0.0):
+    """MRL-E heads whose full-dim label is the truth (plus ``noise`` flipped labels)."""
+    rng = np.random.default_rng(seed)
+    clf = make_heads(seed, shared=True)
+    x = (rng.standard_normal((n, DIMS[-1])) * 2).astype(np.float32)
+    y = clf.predict(x)
+    flip = rng.random(n) < noise
+    y[flip] = rng.integers(0, clf.n_classes, int(flip.sum()))
+    return clf, x, y
+
+
+def test_calibration_result_fields_are_documented():
+    import dataclasses
+
+    from mrlsearch import CalibrationResult, CurvePoint
+
+    doc = CalibrationResult.__doc__
+    for f in dataclasses.fields(CalibrationResult):
+        assert f.name in doc, f.name
+    assert "Examples" in doc and "drop_bound" in CurvePoint.__doc__
+    assert "drop_sigmas : float, default=1.645" in Classifier.calibrate.__doc__
+
+
+def test_default_calibration_reports_its_bound_and_replays():
+    clf, x, y = shared_task(noise=0.05)
+    result = clf.calibrate(x, y, max_drop=0.02)
+    assert result.drop_sigmas == 1.645 and not result.full_dim
+    assert result.faster is None and result.cascade_rows_per_s is None  # not timed
+    replay = clf.cascade(x)
+    np.testing.assert_array_equal(clf.thresholds, result.thresholds)
+    assert float((replay.labels == y).mean()) == pytest.approx(result.accuracy)
+    assert replay.expected_dim == pytest.approx(result.expected_dim) and result.expected_dim < 16
+    # the bound is McNemar's: mean drop + 1.645 * sqrt(losses + gains + 1) / n
+    drop = (clf.predict(x) == y).astype(int) - (replay.labels == y)
+    losses, gains = int((drop > 0).sum()), int((drop < 0).sum())
+    margin = 1.645 * np.sqrt(losses + gains + 1) / len(x)
+    assert result.drop_margin == pytest.approx(margin)
+    assert result.drop_bound == pytest.approx(drop.mean() + margin)
+    assert result.drop_bound <= 0.02 + 1e-12
+    # without the margin the same search may go further (never less far)
+    plain = clf.calibrate(x, y, max_drop=0.02, drop_sigmas=0.0)
+    assert plain.drop_margin == 0.0 and plain.expected_dim <= result.expected_dim
+
+
+@pytest.mark.parametrize("objective", ["expected_dim", "compute"])
+def test_full_dim_is_returned_when_no_cascade_keeps_the_promise(objective, monkeypatch):
+    # early heads are independent random heads: they disagree with the full head on ~80 % of
+    # rows, so no threshold can stop a row early within a 0.1 % drop at 40 rows
+    clf = make_heads(23)
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    y = clf.predict(x)
+    monkeypatch.setattr(Classifier, "_rows_per_s",
+                        lambda *a: pytest.fail("a full-dim choice must not be timed"))
+    result = clf.calibrate(x, y, max_drop=0.001, objective=objective)
+    assert result.full_dim and "full dim" in result.note
+    assert (result.thresholds[:-1] > 1).all() and result.thresholds[-1] == -np.inf
+    assert result.expected_dim == 16 and result.accuracy == result.full_accuracy == 1.0
+    assert result.drop_bound == 0.0 and result.faster is None
+    assert (clf.cascade(x).dims == 16).all()
+
+
+@pytest.mark.parametrize("cascade_speed, full_speed", [(1.0e5, 2.0e5), (2.0e5, 2.0e5)])
+def test_compute_falls_back_to_full_dim_when_the_cascade_measures_slower(
+        cascade_speed, full_speed, monkeypatch):
+    clf, x, y = shared_task(noise=0.05)
+    seen = []
+
+    def fake_speed(self, batch, thresholds, full, kind):
+        seen.append((thresholds.copy(), full.copy()))
+        return cascade_speed, full_speed
+
+    monkeypatch.setattr(Classifier, "_rows_per_s", fake_speed)
+    result = clf.calibrate(x, y, max_drop=0.02, objective="compute", test_cost=1.0)
+    assert len(seen) == 1
+    timed, full = seen[0]
+    assert (timed[:-1] <= 1).any() and (full[:-1] > 1).all()  # a real cascade vs full dim
+    assert result.faster is False and result.full_dim and "not faster" in result.note
+    assert result.cascade_rows_per_s == cascade_speed and result.full_rows_per_s == full_speed
+    assert (result.thresholds[:-1] > 1).all() and result.expected_dim == 16
+    assert result.accuracy == result.full_accuracy and result.drop_bound == 0.0
+    assert (clf.cascade(x).dims == 16).all()
+
+
+def test_compute_keeps_the_cascade_when_it_measures_faster(monkeypatch):
+    clf, x, y = shared_task(noise=0.05)
+    monkeypatch.setattr(Classifier, "_rows_per_s", lambda *a: (3.0e5, 1.0e5))
+    result = clf.calibrate(x, y, max_drop=0.02, objective="compute", test_cost=1.0)
+    assert result.faster is True and not result.full_dim and "3.00x" in result.note
+    assert result.expected_dim < 16 and (result.thresholds[:-1] <= 1).any()
+    replay = clf.cascade(x)
+    assert replay.expected_dim == pytest.approx(result.expected_dim)
+
+
+def test_rows_per_s_times_both_scorings():
+    clf, x, _ = shared_task(n=64)
+    cascade_speed, full_speed = clf._rows_per_s(
+        x, np.array([0.5, 0.5, 0.5, -np.inf]), np.array([np.inf] * 3 + [-np.inf]), "max_prob")
+    assert 0 < cascade_speed < np.inf and 0 < full_speed < np.inf
