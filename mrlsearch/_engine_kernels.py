@@ -157,7 +157,7 @@ def _partial_from_distance(precision, distance, metric, row_norms, gcol, row):
 # ---------------------------------------------------------------------------- heaps
 @numba.njit(inline="always")
 def _min_push(keys, rows, size, key, row):
-    """Push onto a binary min-heap held in ``keys``/``rows`` (room for every row)."""
+    """Push onto a binary min-heap held in ``keys``/``rows`` (the caller keeps room)."""
     i = size
     while i > 0:
         parent = (i - 1) >> 1
@@ -185,44 +185,6 @@ def _min_pop(keys, rows, size):
         if child + 1 < size and keys[child + 1] < keys[child]:
             child += 1
         if keys[child] >= key:
-            break
-        keys[i] = keys[child]
-        rows[i] = rows[child]
-        i = child
-    keys[i] = key
-    rows[i] = row
-    return size
-
-
-@numba.njit(inline="always")
-def _max_push(keys, rows, size, key, row):
-    """Push onto a binary max-heap of fixed capacity (the caller keeps size < capacity)."""
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if keys[parent] >= key:
-            break
-        keys[i] = keys[parent]
-        rows[i] = rows[parent]
-        i = parent
-    keys[i] = key
-    rows[i] = row
-    return size + 1
-
-
-@numba.njit(inline="always")
-def _max_pop(keys, rows, size):
-    size -= 1
-    key = keys[size]
-    row = rows[size]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and keys[child + 1] > keys[child]:
-            child += 1
-        if keys[child] <= key:
             break
         keys[i] = keys[child]
         rows[i] = rows[child]
@@ -268,8 +230,9 @@ def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, u
     cand_size = 0
     visited[current] = tag
     bound = np.float32(np.inf)
+    # the beam is a max-heap on distance: a min-heap of negated distances
     if not deleted[current] and (not filtered or allow[current]):
-        top_size = _max_push(top_keys, top_rows, top_size, best, current)
+        top_size = _min_push(top_keys, top_rows, top_size, -best, current)
         bound = best
     cand_size = _min_push(cand_keys, cand_rows, cand_size, best, current)
     while cand_size > 0:
@@ -294,15 +257,15 @@ def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, u
             if top_size < ef or d < bound:
                 cand_size = _min_push(cand_keys, cand_rows, cand_size, d, neighbour)
                 if not deleted[neighbour] and (not filtered or allow[neighbour]):
-                    top_size = _max_push(top_keys, top_rows, top_size, d, neighbour)
+                    top_size = _min_push(top_keys, top_rows, top_size, -d, neighbour)
                     if top_size > ef:
-                        top_size = _max_pop(top_keys, top_rows, top_size)
-                    bound = top_keys[0]
+                        top_size = _min_pop(top_keys, top_rows, top_size)
+                    bound = -top_keys[0]
     found = top_size
-    while top_size > 0:  # the max-heap pops farthest first: fill from the back
-        out_keys[top_size - 1] = top_keys[0]
+    while top_size > 0:  # the beam pops the farthest first: fill from the back
+        out_keys[top_size - 1] = -top_keys[0]
         out_rows[top_size - 1] = top_rows[0]
-        top_size = _max_pop(top_keys, top_rows, top_size)
+        top_size = _min_pop(top_keys, top_rows, top_size)
     return found, computed
 
 
@@ -463,7 +426,8 @@ _GRAPH_SIGNATURES = [_GRAPH_SIGNATURE.format(store=store) for store in ("f4", "u
 def graph_funnel_serial(queries, vectors, table, row_norms, query_norms, deleted, allow,
                         links0, upper, upper_start, entry, max_level, codes, scales, bits,
                         metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
-                        heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores, out_counts, out_scored):
+                        heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
+                        out_counts, out_scored):
     """The whole funnel for a batch, one query after another on the calling thread.
 
     Stage 0 walks the graph (``links0``: per row ``[count, neighbours...]`` at level 0;
@@ -475,22 +439,24 @@ def graph_funnel_serial(queries, vectors, table, row_norms, query_norms, deleted
     ids (``id_of_row``), best first, padded with -1 / -inf. ``visited[0]`` is a tag array over
     rows; query ``qi`` marks with ``tag_base + qi + 1``, so the caller never clears it between
     calls. ``heap_keys`` / ``heap_rows`` (same shape as ``visited``, one more column) hold the
-    walk's candidate heap. ``out_scored[qi, s]``: distances computed in the walk (stage 0) or candidates scored.
+    walk's candidate heap. ``out_scored[qi, s]``: distances computed in the walk (stage 0) or
+    candidates scored (later stages).
     """
     visited_row = visited[0]
     for qi in range(queries.shape[0]):
         _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, allow,
                      links0, upper, upper_start, entry, max_level, codes, scales, bits, metric,
                      ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited_row,
-                     np.uint32(tag_base + qi + 1), heap_keys[0], heap_rows[0], id_of_row, out_ids, out_scores, out_counts,
-                     out_scored)
+                     np.uint32(tag_base + qi + 1), heap_keys[0], heap_rows[0], id_of_row,
+                     out_ids, out_scores, out_counts, out_scored)
 
 
 @numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
 def graph_funnel_parallel(queries, vectors, table, row_norms, query_norms, deleted, allow,
                           links0, upper, upper_start, entry, max_level, codes, scales, bits,
                           metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
-                          heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores, out_counts, out_scored):
+                          heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
+                          out_counts, out_scored):
     """:func:`graph_funnel_serial` parallel over queries: ``visited.shape[0]`` interleaved
     chunks of the batch, each with its own row of ``visited``."""
     n_chunks = visited.shape[0]
