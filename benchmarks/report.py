@@ -356,7 +356,8 @@ def memory_section(report: dict) -> list[str]:
     full = hnsw.get("scaled_index_bytes", hnsw["index_bytes"]) / 2**20
     return ["## Memory tiers (`benchmarks/memory.py`)", "",
             f"{report['n']:,} x {report['dim']} synthetic vectors (decay 0.8), graph and codes "
-            f"over the {report['index_dim']}-dim prefix, plan {_plan_text(report['plan']['stages'])}"
+            f"over the {report['index_dim']}-dim prefix, plan "
+            f"{_plan_text(report['plan']['stages'])}"
             f" (built in {report['build_s']:.0f} s). Saved, then loaded in a fresh process with "
             f"`mmap=True` ({loaded['load_s']:.1f} s, checksums included) and queried: recall@10 "
             f"{report['funnel_recall']:.3f} on the unseen queries. Resident growth of that "

@@ -145,10 +145,10 @@ class Engine:
                 short = np.asarray(short, dtype=np.int64)
                 # the walk could not reach enough returnable rows (heavy deletion or a filter
                 # cut the graph): scan for those queries instead
+                scan_all = ((first_dim, schedule[0][1], live),) + schedule[1:]
                 rescue = self.run(np.ascontiguousarray(batch[short]),
-                                  np.ascontiguousarray(query_norms[short]),
-                                  ((first_dim, schedule[0][1], live),) + schedule[1:], k, max(ef, live), allow=allow,
-                                  num_threads=num_threads)
+                                  np.ascontiguousarray(query_norms[short]), scan_all, k,
+                                  max(ef, live), allow=allow, num_threads=num_threads)
                 out_ids[short], out_scores[short] = rescue.ids, rescue.scores
                 out_counts[short] = rescue.counts
         seconds = time.perf_counter() - started

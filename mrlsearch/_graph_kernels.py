@@ -51,7 +51,8 @@ def relabel_links(records, label_offset, max_m0, capacity, levels, upper_blocks,
         out_level0[row, 0] = n_links
         for j in range(n_links):
             base = 4 + 4 * j
-            target = (np.int64(records[internal, base]) | (np.int64(records[internal, base + 1]) << 8)
+            target = (np.int64(records[internal, base])
+                      | (np.int64(records[internal, base + 1]) << 8)
                       | (np.int64(records[internal, base + 2]) << 16)
                       | (np.int64(records[internal, base + 3]) << 24))
             if target >= count:

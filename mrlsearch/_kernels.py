@@ -1,7 +1,8 @@
 """Shared numba pieces (float16 lookup, prefix norms), the cascade's softmax and file checks.
 
-The funnel's search kernels are in :mod:`mrlsearch._engine_kernels`. Kernels are pure functions over C-contiguous arrays: they never validate (the callers in
-``searcher.py`` and ``classifier.py`` do), never allocate their outputs (the callers preallocate
+The funnel's search kernels are in :mod:`mrlsearch._engine_kernels`. Kernels are pure
+functions over C-contiguous arrays: they never validate (the callers in ``searcher.py`` and
+``classifier.py`` do), never allocate their outputs (the callers preallocate
 them, padded with ``-1`` / ``-inf``) and are compiled with explicit signatures and
 ``cache=True`` so that a process pays the compile cost once per machine, not once per run.
 The hot kernels release the GIL (``nogil=True``): queries from several threads run in

@@ -121,7 +121,8 @@ class SearchResult:
 
     def __getitem__(self, index: int) -> Hits:
         if not isinstance(index, (int, np.integer)) or not -len(self) <= index < len(self):
-            raise IndexError(f"'index' must be an int in [-{len(self)}, {len(self)}) (got {index!r})")
+            raise IndexError(f"'index' must be an int in [-{len(self)}, {len(self)}) "
+                             f"(got {index!r})")
         count = int(self.counts[index])
         return Hits(self.ids[index, :count], self.scores[index, :count])
 

@@ -136,7 +136,8 @@ def check_ids(ids: object, name: str, *, count: int | None = None) -> np.ndarray
             raise TypeError(f"'{name}' must be integer ids (got non-integral values)")
     array = array.astype(np.int64)
     if count is not None and array.shape[0] != count:
-        raise DimensionError(f"'{name}' must hold {count} ids, one per vector (got {array.shape[0]})")
+        raise DimensionError(f"'{name}' must hold {count} ids, one per vector "
+                             f"(got {array.shape[0]})")
     if np.any(array < 0):
         raise ValueError(f"'{name}' must be non-negative (got {int(array[array < 0][0])})")
     unique, counts = np.unique(array, return_counts=True)

@@ -4,8 +4,9 @@ Every method runs in this process on the same vectors and the same queries. Half
 queries tune each method (the funnel's stage schedule, hnswlib's and usearch's ``ef``, the
 faiss funnel's and usearch int8's shortlist) by one rule -- the one-sided 95 % lower bound of
 recall@k must reach the target -- and the other half measure recall@k against exact search at
-full dim, batch and single-query throughput. ``mrlsearch bench`` prints the table and writes JSON and a plot;
-``benchmarks/funnel.py`` and ``benchmarks/scale.py`` are built on the same functions.
+full dim, batch and single-query throughput. ``mrlsearch bench`` prints the table and writes
+JSON and a plot; ``benchmarks/funnel.py`` and ``benchmarks/scale.py`` are built on the same
+functions.
 
 Examples
 --------
@@ -452,7 +453,7 @@ def compare(
     # usearch answer); the funnel answers ids: row_ids maps one to the other
     exact_numpy = _exact_numpy(vectors, metric, k)
     truth_rows, truth_fit_rows = exact_numpy(test), exact_numpy(fit)
-    truth, truth_fit = row_ids[truth_rows], row_ids[truth_fit_rows]
+    truth = row_ids[truth_rows]
     threads = os.cpu_count() or 1
 
     def add(row: BenchRow) -> None:
