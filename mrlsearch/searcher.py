@@ -46,6 +46,8 @@ _PROGRESS_MIN_ROWS = 20_000
 _ADD_CHUNK = 10_000
 #: Largest |value| accepted: beyond it float32 dot products of long prefixes can overflow.
 MAX_ABS_VALUE = 1e15
+#: Smallest nonzero peak |value| of a row: below it float32 products underflow to zero.
+MIN_ABS_VALUE = 1e-15
 #: z of a one-sided 95 % bound, used to keep a margin over the target recall.
 _Z_95 = 1.645
 _MAX_EF = 1 << 20
@@ -310,7 +312,9 @@ class Searcher:
         Parameters
         ----------
         vectors : array-like of shape (n, dim) or (dim,)
-            Finite vectors, every value within +-1e15. Stored as ``dtype``.
+            Finite vectors, every value within +-1e15, and a row that is not all zero must
+            reach 1e-15 somewhere (float32 products of smaller values underflow). Stored as
+            ``dtype``.
         ids : array-like of int of shape (n,), optional
             Distinct ids in [0, 2**63). Default: consecutive ids after the largest one so far
             (allocated under the write lock: concurrent adds never share ids).
@@ -372,6 +376,13 @@ class Searcher:
             row = int(np.flatnonzero(peak > MAX_ABS_VALUE)[0]) + offset
             raise ValueError(f"'{name}' values must be within +-{MAX_ABS_VALUE:g} "
                              f"(got {float(peak.max()):g} in row {row})")
+        tiny = (peak > 0) & (peak < MIN_ABS_VALUE)
+        if np.any(tiny):
+            row = int(np.flatnonzero(tiny)[0]) + offset
+            raise ValueError(f"'{name}' values are too small to score in float32 (row {row} "
+                             f"peaks at {float(peak[tiny][0]):g}; the supported range is "
+                             f"{MIN_ABS_VALUE:g} to {MAX_ABS_VALUE:g}, or exactly 0): "
+                             "scale the vectors up")
         if self._dtype == "float16" and np.any(peak > np.finfo(np.float16).max):
             raise ValueError(f"'{name}' must fit float16 (got values beyond +-65504)")
 
@@ -476,7 +487,7 @@ class Searcher:
             # the common single-query call: one reduction tests finiteness and range
             row = np.ascontiguousarray(queries, dtype=np.float32)
             square = float(row.dot(row))
-            if math.isfinite(square) and square <= MAX_ABS_VALUE ** 2:
+            if math.isfinite(square) and MIN_ABS_VALUE ** 2 <= square <= MAX_ABS_VALUE ** 2:
                 batch = row.reshape(1, self._dim)
         if batch is None:
             batch, _ = check_matrix(queries, "queries", dim=self._dim)

@@ -123,13 +123,15 @@ SAVER = textwrap.dedent("""
 """)
 
 
-def test_killed_save_leaves_a_loadable_index(tmp_path):
+def _kill_saves(tmp_path, attempts: int, seed: int) -> None:
+    """Kill a process that saves over an index again and again, ``attempts`` times at random
+    moments; after every kill the index loads, whole, as the old or the new version."""
     path = tmp_path / "index"
     first = Searcher(32, (8, 32), index_dims=(8,))
     first.add(np.random.default_rng(0).standard_normal((500, 32)))
     first.save(path)
-    rng = np.random.default_rng(1)
-    for attempt in range(12):
+    rng = np.random.default_rng(seed)
+    for attempt in range(attempts):
         proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), "3000"],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
@@ -140,8 +142,19 @@ def test_killed_save_leaves_a_loadable_index(tmp_path):
         assert len(loaded) in (500, 3000), f"attempt {attempt}: {len(loaded)} vectors"
         loaded.exact(np.ones(32), k=3)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "index"]
-    # temporary siblings of killed saves stay behind (never loaded); the index itself is intact
+    # siblings of killed saves are never loaded, and the next load or save clears them
     assert all(name.startswith(".index.") for name in leftovers)
+    Searcher.load(path).save(path)
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".index.tmp-")]) == 0
+
+
+def test_killed_save_leaves_a_loadable_index(tmp_path):
+    _kill_saves(tmp_path, attempts=12, seed=1)
+
+
+@pytest.mark.slow
+def test_two_hundred_killed_saves_never_lose_the_index(tmp_path):
+    _kill_saves(tmp_path, attempts=200, seed=2)
 
 
 def test_load_skips_a_half_deleted_backup_and_takes_the_newest(tmp_path):
@@ -278,7 +291,13 @@ def test_extreme_values_are_refused_and_exact_stays_the_truth():
     searcher = Searcher(8, (4, 8), index_dims=(4,))
     with pytest.raises(ValueError, match="within"):
         searcher.add(np.full((1, 8), 1e20, dtype=np.float32))
-    assert len(searcher) == 0
+    with pytest.raises(ValueError, match="too small"):
+        searcher.add(np.full((2, 8), 1e-30, dtype=np.float32))
+    searcher.add(np.ones((1, 8)), num_threads=1)
+    with pytest.raises(ValueError, match="too small"):
+        searcher.exact(np.full(8, 1e-30), k=1)
+    assert len(searcher) == 1
+    searcher.add(np.zeros((1, 8)))  # an all-zero vector is fine: it scores 0 everywhere
     # dim=1 cosine: the funnel and exact agree on the sign
     one = Searcher(1, (1,), index_dims=(1,))
     one.add(np.array([[1.0], [-1.0], [2.0], [-3.0]], dtype=np.float32))
