@@ -32,13 +32,19 @@ from mrlsearch.datasets import synthetic_mrl
 
 _CHILD = """
 import json, sys, time, numpy as np
+def rollup():
+    out = {}
+    for line in open('/proc/self/smaps_rollup'):
+        parts = line.split()
+        if parts[0] in ('Rss:', 'Anonymous:'):
+            out[parts[0][:-1].lower()] = int(parts[1]) * 1024
+    return out
 def rss():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmRSS:'):
-            return int(line.split()[1]) * 1024
+    return rollup()['rss']
 from mrlsearch import Searcher
 queries = np.load(sys.argv[2])
 before = rss()
+anonymous_before = rollup()['anonymous']
 started = time.perf_counter()
 s = Searcher.load(sys.argv[1], mmap=True)
 load_s = time.perf_counter() - started
@@ -50,8 +56,9 @@ for q in queries[:200]:
 query_s = time.perf_counter() - started
 np.save(sys.argv[3], result.ids)
 print(json.dumps({"rss_before": before, "rss_after_load": after_load, "rss_after_queries": rss(),
+                  "anonymous_after_queries": rollup()["anonymous"],
                   "load_s": load_s, "query_s": query_s, "usage": s.memory_usage(),
-                  "plan": str(s.plan)}))
+                  "anonymous_before": anonymous_before, "plan": str(s.plan)}))
 """
 
 
@@ -113,9 +120,10 @@ def main() -> None:
         funnel_ids = np.load(Path(scratch) / "ids.npy")
     funnel_recall = float(recalls_at_k(funnel_ids, truth).mean())
     resident = loaded["rss_after_queries"] - loaded["rss_before"]
+    private = loaded["anonymous_after_queries"] - loaded["anonymous_before"]
     print(f"mrlsearch mmap: recall@10 {funnel_recall:.3f}, RSS growth {resident / 2**20:.0f} MiB, "
           f"memory_usage {json.dumps({k: round(v / 2**20, 1) for k, v in loaded['usage'].items()})}"
-          " MiB", flush=True)
+          f" MiB; private (anonymous) growth {private / 2**20:.0f} MiB", flush=True)
     hnsw = hnswlib_bytes(vectors, test, truth, min(args.hnswlib_rows, args.n), args.M,
                          args.ef_construction)
     if hnsw["rows"] < args.n:
@@ -133,7 +141,7 @@ def main() -> None:
     write_report(args.out, "memory", {"numpy": np.__version__}, n=args.n, dim=args.dim,
                  index_dim=args.index_dim, plan=plan.to_dict(), build_s=build_s,
                  funnel_recall=funnel_recall, loaded=loaded, hnswlib=hnsw,
-                 resident_ratio=ratio)
+                 resident_ratio=ratio, private_ratio=private / full_bytes)
 
 
 if __name__ == "__main__":

@@ -364,7 +364,11 @@ def memory_section(report: dict) -> list[str]:
             f"process: **{resident:,.0f} MiB**; `memory_usage()` in MiB: {usage}.", "",
             f"hnswlib at full dim keeps every float32 vector in its graph: {full:,.0f} MiB "
             f"({hnsw['how']}). Ratio mrlsearch mmap / hnswlib: "
-            f"**{report['resident_ratio']:.2f}**."]
+            f"**{report['resident_ratio']:.2f}** counting every resident page of the process "
+            f"(mapped file pages included), **{report.get('private_ratio', float('nan')):.2f}** "
+            "counting its private (anonymous) memory, which is what it cannot give back: clean "
+            "pages of the mapped vector file are shared page cache the kernel reclaims under "
+            "pressure."]
 
 
 SECTIONS = {"funnel": funnel_section, "scale": scale_section, "cascade": cascade_section,

@@ -36,6 +36,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -54,6 +55,8 @@ except ImportError:  # pragma: no cover - Windows
 __all__: list[str] = []
 
 MANIFEST = "manifest.json"
+#: How often resolve_directory looks again while a concurrent save swaps the directory.
+_RESOLVE_TRIES = 200
 #: a manifest larger than this is refused before it is parsed
 MAX_MANIFEST_BYTES = 4 << 20
 #: deepest nesting of lists/objects a manifest may have
@@ -727,19 +730,26 @@ def resolve_directory(path: str | os.PathLike, *, what: str = "index",
         If ``path`` is something other than a directory.
     """
     path = Path(path)
-    if path.is_dir():
-        return path
     parent = path.parent if str(path.parent) else Path(".")
-    backups = [b for b in _backups(parent, path.name) if (b / MANIFEST).is_file()]
-    if backups:
-        def written(backup: Path) -> int:
-            try:
-                return (backup / MANIFEST).stat().st_mtime_ns
-            except OSError:
-                return -1
-        return max(backups, key=written)
-    if path.exists():
-        raise FormatError(f"{argument!r} must be a saved {what} directory (got the file {path})")
+    # a save in another thread or process swaps the directory with two renames: between them
+    # the path is briefly missing, so look again before calling anything missing or foreign
+    for _ in range(_RESOLVE_TRIES):
+        if path.is_dir():
+            return path
+        backups = [b for b in _backups(parent, path.name) if (b / MANIFEST).is_file()]
+        if backups:
+            def written(backup: Path) -> int:
+                try:
+                    return (backup / MANIFEST).stat().st_mtime_ns
+                except OSError:
+                    return -1
+            return max(backups, key=written)
+        if path.exists() and not path.is_dir():
+            raise FormatError(f"{argument!r} must be a saved {what} directory (got the file "
+                              f"{path})")
+        if not lock_path(path).exists() and not any(parent.glob(f".{path.name}.tmp-*")):
+            break  # no save is under way: the directory really is not there
+        time.sleep(0.001)
     raise FileNotFoundError(f"No {what} directory at {path}")
 
 
@@ -1125,6 +1135,9 @@ def _array_from_fd(fd: int, label: object, *, dtype, shape: tuple[int | None, ..
                           f"(truncated or padded)")
     if mmap:
         mapping = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
+        if hasattr(mapping, "madvise") and hasattr(_mmap, "MADV_RANDOM"):
+            # reranking reads scattered rows: no readahead around each one
+            mapping.madvise(_mmap.MADV_RANDOM)
         array = np.ndarray(header_shape, dtype=header_dtype, buffer=mapping, offset=offset)
     else:
         array = data[offset:].view(header_dtype).reshape(header_shape)
