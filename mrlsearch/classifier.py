@@ -773,6 +773,9 @@ class Classifier:
     def load(cls, path: str | os.PathLike) -> Classifier:
         """Read a classifier written by :meth:`save` (or by ``exporters``).
 
+        ``path`` is the ``.npz`` file, or a model directory written by ``exporters``, whose
+        ``classifier.npz`` is read (so ``Classifier.load(d)`` pairs with ``Encoder(d)``).
+
         The file is opened once (a FIFO or directory in its place is refused without
         blocking) and read through that handle. Only the members the format names are
         read, each after its declared uncompressed size was checked against its ``.npy``
@@ -793,6 +796,8 @@ class Classifier:
         <mrlsearch.Classifier MRL-E n_classes=10 dims=(8, 16, 32, 64) calibrated=True>
         """
         path = Path(path)
+        if path.is_dir() and not path.is_symlink():
+            path = path / "classifier.npz"
         try:
             fd = _format.open_regular(path, follow=True)
         except FileNotFoundError as exc:

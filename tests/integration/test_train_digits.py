@@ -57,7 +57,7 @@ def test_checkpoint_resume_continues_training(tmp_path):
 
 @pytest.mark.export
 def test_encoder_and_heads_chained_with_defaults_reproduce_torch(tmp_path):
-    """Issue 15: Encoder(model_dir) + Classifier.load(its classifier.npz), defaults only, give
+    """Issue 15: Encoder(model_dir) + Classifier.load(model_dir), defaults only, give
     torch's per-dim accuracy: the manifest says the heads take the raw embedding."""
     pytest.importorskip("onnxruntime")
     import numpy as np
@@ -72,7 +72,7 @@ def test_encoder_and_heads_chained_with_defaults_reproduce_torch(tmp_path):
     manifest = export_onnx(model, tmp_path / "digits", data.x_val[:32])
     assert manifest["normalize"] is False and manifest["classifier_input"] == "raw"
     encoder = Encoder(tmp_path / "digits")
-    clf = Classifier.load(tmp_path / "digits" / "classifier.npz")
+    clf = Classifier.load(tmp_path / "digits")  # the model directory, as Encoder takes it
     z = encoder.encode(data.x_test)
     got = {m: float((clf.predict(z, dim=m) == data.y_test).mean()) for m in dims}
     one_row = 1.0 / len(data.y_test)  # float32 ties between onnxruntime and torch, at most

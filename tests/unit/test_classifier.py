@@ -276,3 +276,14 @@ def test_rows_per_s_times_both_scorings():
     cascade_speed, full_speed = clf._rows_per_s(
         x, np.array([0.5, 0.5, 0.5, -np.inf]), np.array([np.inf] * 3 + [-np.inf]), "max_prob")
     assert 0 < cascade_speed < np.inf and 0 < full_speed < np.inf
+
+
+def test_load_takes_a_model_directory(tmp_path):
+    clf = Classifier(
+        [np.eye(3, 2, dtype=np.float32), np.eye(3, 4, dtype=np.float32)],
+        [np.zeros(3, dtype=np.float32)] * 2, dims=(2, 4))
+    (tmp_path / "model").mkdir()
+    clf.save(tmp_path / "model" / "classifier.npz")
+    assert Classifier.load(tmp_path / "model").dims == (2, 4)
+    with pytest.raises(FileNotFoundError):
+        Classifier.load(tmp_path)  # a directory without classifier.npz
