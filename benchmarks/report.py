@@ -195,7 +195,7 @@ def train_section(report: dict) -> list[str]:
 def load_section(report: dict) -> list[str]:
     out = ["## Concurrent load (`benchmarks/load.py`)", "",
            f"{report['n']:,} x {report['dim']} synthetic vectors (decay 1.0), tuned funnel "
-           f"({' -> '.join(f'{d}:{s}' for d, s in report['plan']['stages'])}), one query per "
+           f"({_plan_text(report['plan']['stages'])}), one query per "
            "call from each thread, latency measured per call.", ""]
     rows = [[f"{r['threads']} readers" + (f" + writer (+{r['vectors_added']:,} vectors)"
                                          if r["writer"] else ""),
