@@ -796,8 +796,8 @@ class Classifier:
         <mrlsearch.Classifier MRL-E n_classes=10 dims=(8, 16, 32, 64) calibrated=True>
         """
         path = Path(path)
-        if path.is_dir() and not path.is_symlink():
-            path = path / "classifier.npz"
+        if path.is_dir() and not path.is_symlink() and (path / "classifier.npz").exists():
+            path = path / "classifier.npz"  # a model directory written by exporters
         try:
             fd = _format.open_regular(path, follow=True)
         except FileNotFoundError as exc:

@@ -93,7 +93,12 @@ def test_doc_blocks_run(path: Path, tmp_path, monkeypatch, capsys):
     blocks = fenced_blocks(path.read_text())
     needs(blocks)
     monkeypatch.chdir(tmp_path)
+    real_token = Path.home() / ".ray" / "auth_token"
     monkeypatch.setenv("HOME", str(tmp_path))  # load_wordllama's cache folder
+    if real_token.is_file():
+        # a Ray cluster started earlier in this process made its auth token under the real
+        # HOME; a later cluster must find the same one
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(real_token))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
         str(ROOT), os.environ.get("PYTHONPATH", "")])))

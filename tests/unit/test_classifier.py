@@ -285,5 +285,5 @@ def test_load_takes_a_model_directory(tmp_path):
     (tmp_path / "model").mkdir()
     clf.save(tmp_path / "model" / "classifier.npz")
     assert Classifier.load(tmp_path / "model").dims == (2, 4)
-    with pytest.raises(FileNotFoundError):
-        Classifier.load(tmp_path)  # a directory without classifier.npz
+    with pytest.raises(FormatError):
+        Classifier.load(tmp_path)  # a directory without classifier.npz is not a classifier
