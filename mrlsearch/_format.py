@@ -166,20 +166,25 @@ def _read_fd(fd: int, label: object, *, limit: int | None = None) -> np.ndarray:
     return buffer
 
 
-def _hash_fd(fd: int, size: int, label: object = "the file") -> str:
-    """sha256 of the first ``size`` bytes of ``fd``, read with pread (no file offset used)."""
-    digest = hashlib.sha256()
+def _blocks(fd: int, size: int, label: object) -> Iterator[memoryview]:
+    """The first ``size`` bytes of ``fd`` in blocks, read with pread (no file offset used);
+    each block is only valid until the next one is read."""
     block = bytearray(min(_BLOCK, max(size, 1)))
     view = memoryview(block)
     offset = 0
     while offset < size:
         n = os.preadv(fd, [view[: min(len(block), size - offset)]], offset)
         if n == 0:
-            break
-        digest.update(view[:n])
+            raise FormatError(f"{label} changed while it was read ({offset} of {size} bytes)")
+        yield view[:n]
         offset += n
-    if offset != size:
-        raise FormatError(f"{label} changed while it was read ({offset} of {size} bytes)")
+
+
+def _hash_fd(fd: int, size: int, label: object = "the file") -> str:
+    """sha256 of the first ``size`` bytes of ``fd``, read with pread (no file offset used)."""
+    digest = hashlib.sha256()
+    for chunk in _blocks(fd, size, label):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -903,18 +908,11 @@ class SavedDirectory:
         label = self.path / name
         with _private_file(name) as (copy_fd, copy_path):
             digest = hashlib.sha256()
-            block = bytearray(min(_BLOCK, max(size, 1)))
-            view = memoryview(block)
-            offset = 0
-            while offset < size:
-                n = os.preadv(fd, [view[: min(len(block), size - offset)]], offset)
-                if n == 0:
-                    raise FormatError(f"{label} changed while it was read")
-                digest.update(view[:n])
+            for chunk in _blocks(fd, size, label):
+                digest.update(chunk)
                 written = 0
-                while written < n:
-                    written += os.write(copy_fd, view[written:n])
-                offset += n
+                while written < len(chunk):
+                    written += os.write(copy_fd, chunk[written:])
             if digest.hexdigest() != self.files[name]:
                 raise self._corrupt(name)
             if check is not None:

@@ -22,39 +22,33 @@ BAD_UPPER = 3
 BAD_UPPER_LEVEL = 4
 
 
-@numba.njit(["i8(u1[:, ::1], i8, i8, i8, i4[::1], u4[:, ::1], i8, i4[:, ::1], i4[:, ::1], "
+@numba.njit(["i8(u4[:, ::1], u8[::1], i8, i4[::1], u4[:, ::1], i8, i4[:, ::1], i4[:, ::1], "
              "i8[::1], i8[::1])"], cache=True, nogil=True)
-def relabel_links(records, label_offset, max_m0, capacity, levels, upper_blocks, max_m,
-                  out_level0, out_upper, out_upper_start, out_row_of_internal):
-    """Fill ``out_level0`` / ``out_upper`` / ``out_upper_start`` from hnswlib's records.
+def relabel_links(level0_words, labels, capacity, levels, upper_blocks, max_m, out_level0,
+                  out_upper, out_upper_start, out_row_of_internal):
+    """Fill ``out_level0`` / ``out_upper`` / ``out_upper_start`` from hnswlib's link lists.
 
-    ``records``: (count, size_data_per_element) level-0 records (uint32 link header with the
-    count in its low 16 bits, ``max_m0`` uint32 internal ids, ..., uint64 label at
-    ``label_offset``); ``levels``: level of each element; ``upper_blocks``: (sum of levels,
-    max_m + 1) uint32 blocks, element by element, level 1 first. Returns :data:`OK` or an
-    error code.
+    ``level0_words``: (count, maxM0 + 1) uint32 per element, the link header (count in its low
+    16 bits) then internal ids; ``labels``: each element's label (its row); ``levels``: level
+    of each element; ``upper_blocks``: (sum of levels, max_m + 1) uint32 blocks, element by
+    element, level 1 first. Returns :data:`OK` or an error code.
     """
-    count = records.shape[0]
+    count = level0_words.shape[0]
+    max_m0 = level0_words.shape[1] - 1
     for internal in range(count):
-        label = np.int64(0)
-        for byte in range(8):
-            label |= np.int64(records[internal, label_offset + byte]) << (8 * byte)
-        if label < 0 or label >= capacity:
+        label = labels[internal]
+        if label >= np.uint64(capacity):
             return BAD_LABEL
-        out_row_of_internal[internal] = label
+        out_row_of_internal[internal] = np.int64(label)
     start = 0
     for internal in range(count):
         row = out_row_of_internal[internal]
-        n_links = np.int64(records[internal, 0]) | (np.int64(records[internal, 1]) << 8)
+        n_links = np.int64(level0_words[internal, 0] & 0xFFFF)
         if n_links > max_m0:
             return BAD_LEVEL0
         out_level0[row, 0] = n_links
         for j in range(n_links):
-            base = 4 + 4 * j
-            target = (np.int64(records[internal, base])
-                      | (np.int64(records[internal, base + 1]) << 8)
-                      | (np.int64(records[internal, base + 2]) << 16)
-                      | (np.int64(records[internal, base + 3]) << 24))
+            target = np.int64(level0_words[internal, 1 + j])
             if target >= count:
                 return BAD_LEVEL0
             out_level0[row, 1 + j] = out_row_of_internal[target]

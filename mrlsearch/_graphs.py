@@ -87,9 +87,11 @@ def links_from_state(state: dict, capacity: int) -> GraphLinks:
     upper_blocks = raw.view(np.uint32).reshape(total_blocks, max_m + 1)
     upper = np.zeros((total_blocks, max_m + 1), dtype=np.int32)
     row_of_internal = np.empty(count, dtype=np.int64)
-    status = _graph_kernels.relabel_links(np.ascontiguousarray(records), label_offset, max_m0,
-                                          capacity, levels, upper_blocks, max_m, level0, upper,
-                                          upper_start, row_of_internal)
+    level0_words = np.ascontiguousarray(records[:, : 4 * (max_m0 + 1)]).view(np.uint32)
+    labels = np.ascontiguousarray(records[:, label_offset:label_offset + 8]).view(np.uint64)
+    status = _graph_kernels.relabel_links(level0_words, labels[:, 0].copy(), capacity, levels,
+                                          upper_blocks, max_m, level0, upper, upper_start,
+                                          row_of_internal)
     if status != _graph_kernels.OK:
         raise FormatError(_PROBLEMS[status])
     if np.unique(row_of_internal).size != count:

@@ -1,4 +1,4 @@
-"""Shared numba pieces (float16 lookup, prefix norms), the cascade's softmax and file checks.
+"""Shared numba pieces (float16 lookup, prefix norms) and the cascade's softmax.
 
 The funnel's search kernels are in :mod:`mrlsearch._engine_kernels`. Kernels are pure
 functions over C-contiguous arrays: they never validate (the callers in ``searcher.py`` and
@@ -151,39 +151,3 @@ def softmax_confidence(logits, kind, threshold, out_labels, out_confidence, out_
                 break
         out_confidence[i] = numerator / total
         out_stop[i] = not stopped_early and out_confidence[i] >= threshold
-
-
-@numba.njit(["i8(u1[::1], i8, i8, i8, i8, i8, i8)"], cache=True, nogil=True)
-def check_hnsw_upper_links(buffer, start, count, size_links_per_element, max_m, max_level,
-                           n_rows):
-    """Walk the upper-level link lists of an hnswlib file; return the end offset or -1.
-
-    Layout per element: a uint32 byte size (a multiple of ``size_links_per_element``, one
-    block per level above 0), then per level a uint16 neighbour count (<= ``max_m``) padded to
-    4 bytes and ``max_m`` uint32 neighbour ids (each < ``n_rows``).
-    """
-    offset = start
-    size = buffer.shape[0]
-    for _ in range(count):
-        if offset + 4 > size:
-            return -1
-        nbytes = (np.int64(buffer[offset]) | (np.int64(buffer[offset + 1]) << 8)
-                  | (np.int64(buffer[offset + 2]) << 16) | (np.int64(buffer[offset + 3]) << 24))
-        offset += 4
-        if nbytes % size_links_per_element != 0 or nbytes // size_links_per_element > max_level:
-            return -1
-        if offset + nbytes > size:
-            return -1
-        for block in range(nbytes // size_links_per_element):
-            base = offset + block * size_links_per_element
-            links = np.int64(buffer[base]) | (np.int64(buffer[base + 1]) << 8)
-            if links > max_m:
-                return -1
-            for j in range(links):
-                p = base + 4 + 4 * j
-                neighbour = (np.int64(buffer[p]) | (np.int64(buffer[p + 1]) << 8)
-                             | (np.int64(buffer[p + 2]) << 16) | (np.int64(buffer[p + 3]) << 24))
-                if neighbour >= n_rows:
-                    return -1
-        offset += nbytes
-    return offset
