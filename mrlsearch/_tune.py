@@ -73,15 +73,16 @@ def make_stages(dims: Sequence[int], first_dim: int, precision: str, float_name:
 
 
 def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[int],
-                 precisions: Sequence[str], live: int, k: int, target_recall: float,
-                 max_shortlist: int, progress: bool | None) -> FunnelPlan:
+                 precisions: Sequence[str], float_name: str, refine_binary: bool, live: int,
+                 k: int, target_recall: float, max_shortlist: int,
+                 progress: bool | None) -> FunnelPlan:
     """Try schedules in order of growing shortlist; keep the fastest that meets the target.
 
     For each (graph dim, walk precision, ef factor, shape) the shortlist grows until the
-    target is met, since a longer shortlist only adds time. ``precisions[0]`` is the stored
-    float type.
+    target is met, since a longer shortlist only adds time. ``precisions`` are the walk's
+    precisions to try, ``float_name`` the stored float type every later stage scores, and
+    ``refine_binary`` whether int8 codes exist to refine a binary walk.
     """
-    float_name = precisions[0]
     grid = shortlist_grid(k, live, max_shortlist)
     qualified: list[FunnelPlan] = []
     best_recall = (-1.0, None)
@@ -106,7 +107,7 @@ def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[
                         for decay in list(open_shapes):
                             stages = make_stages(dims, first_dim, precision, float_name,
                                                  shortlist, k, decay,
-                                                 refine_binary="int8" in precisions)
+                                                 refine_binary=refine_binary)
                             recall, lower, seconds = measure(stages, ef)
                             fastest_here = min(fastest_here, seconds)
                             if recall > best_recall[0]:

@@ -739,10 +739,14 @@ class Searcher:
         """Run a schedule on ``queries``; return (result, mean recall@k against ``truth``,
         its one-sided 95 % lower bound, best seconds per query over ``repeats`` runs)."""
         truth_ids = truth.ids if isinstance(truth, SearchResult) else np.asarray(truth)
-        k = truth_ids.shape[1] if k is None else k
+        if truth_ids.ndim != 2:
+            raise DimensionError(f"'truth' must be ids of shape (n_queries, k) "
+                                 f"(got shape {truth_ids.shape})")
+        k = truth_ids.shape[1] if k is None else self._check_k(k)
+        repeats = check_positive_int(repeats, "repeats")
         best = math.inf
         result = None
-        for _ in range(max(1, repeats)):
+        for _ in range(repeats):
             started = time.perf_counter()
             result = self.funnel(queries, k, stages, ef=ef)
             best = min(best, time.perf_counter() - started)
@@ -806,8 +810,13 @@ class Searcher:
         if precisions is None:
             precisions = (self._dtype,) + self._codes
         else:
-            precisions = tuple(self._dtype if p.startswith("float") else
-                               check_choice(p, "precisions", self._codes) for p in precisions)
+            if isinstance(precisions, str) or not all(isinstance(p, str) for p in precisions):
+                raise TypeError(f"'precisions' must be a sequence of str (got {precisions!r})")
+            precisions = tuple(dict.fromkeys(
+                self._dtype if p in ("float", "float16", "float32") else
+                check_choice(p, "precisions", self._codes) for p in precisions))
+            if not precisions:
+                raise ValueError("'precisions' must name at least one precision (got none)")
         batch = self._check_queries(queries)
         if batch.shape[0] < 2:
             raise ValueError(f"'queries' must hold at least 2 rows to tune (got {batch.shape[0]})")
@@ -816,6 +825,7 @@ class Searcher:
             lambda stages, ef, repeats=1: self.measure(batch, truth, stages, ef=ef, k=k,
                                                        repeats=repeats)[1:],
             dims=self._dims, index_dims=self._index_dims, precisions=precisions,
+            float_name=self._dtype, refine_binary="int8" in self._codes,
             live=len(self), k=k, target_recall=target_recall, max_shortlist=max_shortlist,
             progress=progress)
         if set_default:

@@ -183,6 +183,14 @@ def test_a_tuned_plan_serves_any_k():
     assert searcher.search(queries[20:], k=3).ids.shape == (20, 3)
 
 
+def test_tune_over_code_walks_only_still_ends_in_float():
+    searcher, vectors, queries, ids = build(n=1500, index_dims=(64,))
+    plan = searcher.tune(queries[:20], k=5, target_recall=0.9, precisions=["int8"],
+                         progress=False)
+    assert plan.stages[0][1] == "int8" and plan.stages[-1][1] == "float32"
+    assert searcher.search(queries[20:], k=5).recall(searcher.exact(queries[20:], k=5)) >= 0.8
+
+
 def test_build_falls_back_to_a_full_dim_graph_where_prefixes_are_useless():
     # a random rotation spreads every direction over all coordinates: no prefix ranks well
     vectors, queries = synthetic_mrl(3000, 64, n_queries=120, n_clusters=60, decay=1.0, seed=1)
