@@ -78,10 +78,14 @@ def exp_shifted(row, start, stop, top, out):
     """``out[j - start] = exp(row[j] - top)`` for ``start <= j < stop``, all ``row[j] <= top``.
 
     A branch-free polynomial the compiler vectorises (numba's ``np.exp`` is a scalar libm
-    call without SVML). Not ``fastmath``: reassociation would undo the rounding trick.
+    call without SVML). Not ``fastmath``: reassociation would undo the rounding trick. The loop
+    runs over the slice ``row[start:stop]`` from 0: indexed by ``range(start, stop)`` numba
+    checks every index for negative wraparound, which keeps LLVM from vectorising the loop
+    (0.63-0.79 -> 0.19 ns per element at 128-1000 classes on the benchmark machine).
     """
-    for j in range(start, stop):
-        x = row[j] - top
+    part = row[start:stop]
+    for j in range(part.shape[0]):
+        x = part[j] - top
         x = x if x > _EXP_LOWEST else _EXP_LOWEST
         shifted = x * _LOG2E + _ROUND_MAGIC
         n = shifted - _ROUND_MAGIC
@@ -90,7 +94,7 @@ def exp_shifted(row, start, stop, top, out):
             _F32(1.0 / 24.0) + r * (_F32(1.0 / 120.0) + r * (_F32(1.0 / 720.0)
                                                           + r * _F32(1.0 / 5040.0)))))))
         bits = (np.float32(shifted).view(np.int32) + np.int32(127)) << np.int32(23)
-        out[j - start] = poly * np.int32(bits).view(np.float32)
+        out[j] = poly * np.int32(bits).view(np.float32)
 
 
 @numba.njit(["f8(f4[::1], i8)"], fastmath={"reassoc"}, cache=True, nogil=True)
