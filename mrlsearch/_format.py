@@ -887,10 +887,21 @@ class SavedDirectory:
         return parse_json(self.read_buffer(name, limit=MAX_MANIFEST_BYTES), self.path / name)
 
     def load_array(self, name: str, *, dtype: np.dtype | tuple[np.dtype, ...],
-                   shape: tuple[int | None, ...], mmap: bool = False) -> np.ndarray:
-        """A listed ``.npy`` file, verified and checked like :func:`load_array`."""
+                   shape: tuple[int | None, ...], mmap: bool = False,
+                   verify: bool = True) -> np.ndarray:
+        """A listed ``.npy`` file, verified and checked like :func:`load_array`.
+
+        With ``verify=False`` its header, dtype, shape and size are checked but not its
+        sha256: pair it with :meth:`deferred_check` to check that later.
+        """
         return _array_from_fd(self._fd(name), self.path / name, dtype=dtype, shape=shape,
-                              mmap=mmap, sha256=self.files[name])
+                              mmap=mmap, sha256=self.files[name] if verify else None)
+
+    def deferred_check(self, name: str) -> DeferredCheck:
+        """The sha256 check of ``name``, to run later (it keeps its own handle on the file,
+        valid after this directory is closed)."""
+        return DeferredCheck(os.dup(self._fd(name)), self.path / name, self.files[name],
+                             self.path / MANIFEST)
 
     @contextmanager
     def private_copy(self, name: str, *,
@@ -930,6 +941,134 @@ class SavedDirectory:
                 else:
                     check(np.zeros(0, dtype=np.uint8))
             yield copy_path
+
+
+class DeferredCheck:
+    """The sha256 check of one file, deferred: for ``Searcher.load(verify="lazy"|"none")``.
+
+    It holds its own descriptor of the file (the one the load read or mapped), so the check
+    reads the very file the index uses even if the directory was replaced since. :meth:`run`
+    is thread-safe and runs the check once: later calls (from any thread) wait for it and
+    get the same outcome. Where the platform allows, the file is read with ``O_DIRECT``, so
+    the check neither fills the page cache nor evicts what is in it: a memory-mapped index
+    stays as small in RAM as its queries make it (pages in the cache would be mapped
+    around every faulted page, "fault-around", and count in the process's RSS).
+
+    Examples
+    --------
+    >>> import tempfile, hashlib, os
+    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+    ...     _ = f.write(b"abc")
+    >>> check = DeferredCheck(os.open(f.name, os.O_RDONLY), f.name,
+    ...                       hashlib.sha256(b"abc").hexdigest(), "manifest.json")
+    >>> check.run() is None
+    True
+    """
+
+    def __init__(self, fd: int, label: object, sha256: str, manifest: object) -> None:
+        self._fd = fd
+        self.label = label
+        self._sha256 = sha256
+        self._manifest = manifest
+        self._lock = threading.Lock()
+        self._done = False
+        self._error: FormatError | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the check has run (to the end)."""
+        return self._done
+
+    def run(self, cancelled: Callable[[], bool] | None = None) -> FormatError | None:
+        """Run the check (once); return the :class:`FormatError` it found, or None.
+
+        ``cancelled`` is polled between blocks; when it returns True the check stops without
+        an outcome (a later call starts again).
+        """
+        with self._lock:
+            if self._done:
+                return self._error
+            try:
+                digest = _hash_uncached(self._fd, self.label, cancelled)
+            except FormatError as exc:
+                digest, self._error = None, exc
+            except OSError as exc:
+                digest, self._error = None, FormatError(
+                    f"{self.label} cannot be read to check its sha256 ({exc})")
+            if digest is None and self._error is None:
+                return None  # cancelled
+            if digest is not None and digest != self._sha256:
+                self._error = FormatError(f"{self.label} is corrupt: its sha256 does not "
+                                          f"match {self._manifest}")
+            self._done = True
+            self.close()
+            return self._error
+
+    def close(self) -> None:
+        """Release the descriptor (idempotent); a check not yet run cannot run after."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            self.close()
+
+
+def _hash_uncached(fd: int, label: object,
+                   cancelled: Callable[[], bool] | None = None) -> str | None:
+    """sha256 of the file open at ``fd``, read with ``O_DIRECT`` where that works (through
+    a second open of the same file), else through ``fd``; None when ``cancelled``."""
+    if fd < 0:
+        raise FormatError(f"{label} was released before its sha256 was checked")
+    size = os.fstat(fd).st_size
+    direct = -1
+    if hasattr(os, "O_DIRECT") and os.path.exists(f"/proc/self/fd/{fd}"):
+        try:
+            direct = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+            if not os.path.samestat(os.fstat(direct), os.fstat(fd)):
+                os.close(direct)
+                direct = -1
+        except OSError:
+            direct = -1
+    digest = hashlib.sha256()
+    try:
+        if direct >= 0:
+            block = _mmap.mmap(-1, _BLOCK)  # page-aligned, as O_DIRECT needs
+            view = memoryview(block)
+            offset = 0
+            try:
+                while offset < size:
+                    if cancelled is not None and cancelled():
+                        return None
+                    try:
+                        n = os.preadv(direct, [view], offset)
+                    except OSError:
+                        if offset:
+                            raise
+                        direct_failed = True  # e.g. tmpfs refuses O_DIRECT reads
+                        break
+                    if n == 0:
+                        raise FormatError(f"{label} changed while it was read ({offset} of "
+                                          f"{size} bytes)")
+                    n = min(n, size - offset)
+                    digest.update(view[:n])
+                    offset += n
+                else:
+                    direct_failed = False
+            finally:
+                view.release()
+                block.close()
+            if not direct_failed:
+                return digest.hexdigest()
+        for chunk in _blocks(fd, size, label):
+            if cancelled is not None and cancelled():
+                return None
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        if direct >= 0:
+            os.close(direct)
 
 
 @contextmanager

@@ -2,7 +2,16 @@
 
 Format 2 adds the compact codes (``codes_<dim>_int8.npy`` with ``scales_<dim>.npy``,
 ``codes_<dim>_binary.npy``) and stages with a precision; format 1 directories still load (their
-codes are computed on load). See docs/format.md.
+codes are computed on load). Format 3 is format 2 plus the payload column
+(``payload_kinds.npy``, ``payload_offsets.npy``, ``payload_data.npy``, see
+:mod:`~mrlsearch._payloads`); an index without payloads is still written as format 2, so
+older readers keep reading it, and one with payloads is refused by them instead of losing its
+payloads. See docs/format.md.
+
+Load verification (``verify``): ``"full"`` checks every file's sha256 before returning;
+``"lazy"`` and ``"none"`` check the manifest, every header, shape and size and the sha256 of
+every small file, but defer the checksums of the big files (:data:`BIG_FILES`) to the
+:class:`~mrlsearch._format.DeferredCheck` objects returned with the parts.
 """
 
 from __future__ import annotations
@@ -15,13 +24,20 @@ from . import _format
 from ._errors import FormatError
 from ._graphs import GraphSet
 from ._results import FunnelPlan
+from ._payloads import PayloadColumn
 from ._store import VectorStore
 
 __all__: list[str] = []
 
 FORMAT_NAME = "mrlsearch.index"
 FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+#: the version written when the index holds payloads
+PAYLOAD_FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
+VERIFY_MODES = ("full", "lazy", "none")
+#: files whose sha256 ``verify="lazy"|"none"`` defers (everything else is checked at load)
+BIG_FILES = ("vectors.npy", "payload_data.npy")
+PAYLOAD_FILES = ("payload_kinds.npy", "payload_offsets.npy", "payload_data.npy")
 _HNSW_SPACE = {"cosine": "cosine", "ip": "ip", "l2": "l2"}
 
 
@@ -50,6 +66,11 @@ def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, gra
         for prefix_dim, bits in store.binary.items():
             arrays[f"codes_{prefix_dim}_binary.npy"] = np.asarray(bits[:rows])
             codes.setdefault(str(prefix_dim), []).append("binary")
+        if store.payloads is not None:
+            saved = store.payloads.saved(rows, arrays["deleted.npy"])
+            arrays["payload_kinds.npy"] = saved.kinds
+            arrays["payload_offsets.npy"] = saved.offsets
+            arrays["payload_data.npy"] = saved.data
         checksums = {name: _format.write_array(staging / name, array)
                      for name, array in arrays.items()}
         graph_files = {}
@@ -70,7 +91,7 @@ def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, gra
                 graph_files[str(prefix_dim)] = name
         manifest = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": FORMAT_VERSION if store.payloads is None else PAYLOAD_FORMAT_VERSION,
             **config,
             "rows": rows,
             "count": store.live,
@@ -90,20 +111,30 @@ def _field_int(manifest: dict, where: object, key: str, minimum: int = 0) -> int
     return value
 
 
-def read_index(path: str | os.PathLike, *, mmap: bool, make_parts):
+def read_index(path: str | os.PathLike, *, mmap: bool, make_parts, verify: str = "full"):
     """Read an index directory.
 
     ``make_parts(config)`` returns an empty ``(searcher, store, graphs)`` for the manifest's
-    settings; they are filled here and returned with the saved plan as
-    ``(searcher, store, graphs, plan)`` for the caller to install. Every file is read once,
-    through the handle whose bytes were checksummed (:func:`_format.open_directory`), so a
-    save running meanwhile can never mix two versions into what is loaded.
+    settings; they are filled here and returned with the saved plan and the deferred
+    checksum checks as ``(searcher, store, graphs, plan, deferred)`` for the caller to
+    install (``deferred`` is empty with ``verify="full"``). Every file is read once, through
+    the handle whose bytes were checksummed (:func:`_format.open_directory`), so a save
+    running meanwhile can never mix two versions into what is loaded.
     """
     with _format.open_directory(path, format_name=FORMAT_NAME, versions=READ_VERSIONS) as saved:
-        return _read(saved, mmap=mmap, make_parts=make_parts)
+        deferred: list[_format.DeferredCheck] = []
+        try:
+            parts = _read(saved, mmap=mmap, make_parts=make_parts, verify=verify,
+                          deferred=deferred)
+        except BaseException:
+            for check in deferred:
+                check.close()
+            raise
+        return (*parts, deferred)
 
 
-def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts):
+def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
+          deferred: list):
     directory, manifest = saved.path, saved.manifest
     where = directory / _format.MANIFEST
     rows = _field_int(manifest, where, "rows")
@@ -130,7 +161,7 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts):
         "ef_construction": _field_int(manifest, where, "ef_construction", 1),
         "dtype": manifest.get("dtype"),
         "seed": _field_int(manifest, where, "seed") if "seed" in manifest else 100,
-        "codes": tuple(precisions) if manifest.get("version") == 2 else ("int8", "binary"),
+        "codes": tuple(precisions) if manifest.get("version") != 1 else ("int8", "binary"),
     }
     try:
         searcher, store, graphs = make_parts(config)
@@ -141,8 +172,11 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts):
         raise FormatError(f"{where} lists graphs {sorted(graph_files)} but index_dims "
                           f"{graphs.dims}")
     n_dims = len(store.dims)
+    full = verify == "full"
     vectors = saved.load_array("vectors.npy", dtype=store.dtype, shape=(rows, store.dim),
-                               mmap=mmap)
+                               mmap=mmap, verify=full)
+    if not full:
+        deferred.append(saved.deferred_check("vectors.npy"))
     store.vectors = np.asarray(vectors) if mmap else vectors
     store.norms = saved.load_array("norms.npy", dtype=np.float32, shape=(rows, n_dims))
     store.ids = saved.load_array("ids.npy", dtype=np.int64, shape=(rows,))
@@ -158,6 +192,7 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts):
         raise FormatError(f"{directory / 'ids.npy'} holds ids outside [0, next_id)")
     store.next_id = next_id
     _read_codes(saved, manifest, store, rows)
+    _read_payloads(saved, store, rows, mmap=mmap, full=full, deferred=deferred)
     for prefix_dim, name in graph_files.items():
 
         def check(data, name=name, prefix_dim=prefix_dim):
@@ -213,3 +248,28 @@ def _read_codes(saved: _format.SavedDirectory, manifest: dict, store: VectorStor
             store.binary[prefix_dim] = saved.load_array(
                 f"codes_{prefix_dim}_binary.npy", dtype=np.uint64,
                 shape=(rows, (prefix_dim + 63) // 64))
+
+
+def _read_payloads(saved: _format.SavedDirectory, store: VectorStore, rows: int, *, mmap: bool,
+                   full: bool, deferred: list) -> None:
+    """The payload column, when the directory has one (format 3)."""
+    listed = [name for name in PAYLOAD_FILES if name in saved.files]
+    if not listed:
+        if saved.manifest.get("version") == PAYLOAD_FORMAT_VERSION:
+            raise FormatError(f"{saved.path / _format.MANIFEST} has format version "
+                              f"{PAYLOAD_FORMAT_VERSION} but lists no payload files")
+        return
+    if len(listed) != len(PAYLOAD_FILES):
+        missing = sorted(set(PAYLOAD_FILES) - set(listed))
+        raise FormatError(f"{saved.path / _format.MANIFEST} lists some payload files but not "
+                          f"{missing}")
+    kinds = saved.load_array("payload_kinds.npy", dtype=np.uint8, shape=(rows,))
+    offsets = saved.load_array("payload_offsets.npy", dtype=np.uint64, shape=(rows + 1,))
+    data = saved.load_array("payload_data.npy", dtype=np.uint8, shape=(None,), mmap=mmap,
+                            verify=full)
+    if not full:
+        deferred.append(saved.deferred_check("payload_data.npy"))
+    if mmap:
+        data = np.asarray(data)
+    store.payloads = PayloadColumn.from_arrays(kinds, offsets, data,
+                                               label=saved.path / "payload_offsets.npy")

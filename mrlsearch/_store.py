@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _codes, _kernels
+from ._payloads import EncodedPayloads, PayloadColumn
 
 __all__: list[str] = []
 
@@ -55,6 +56,8 @@ class VectorStore:
         self.int8: dict[int, np.ndarray] = {}
         self.scales: dict[int, np.ndarray] = {}
         self.binary: dict[int, np.ndarray] = {}
+        #: the optional payload column, created by the first add that brings payloads
+        self.payloads: PayloadColumn | None = None
         self.allocate_codes(0)
 
     # ---------------------------------------------------------------- sizes
@@ -73,8 +76,11 @@ class VectorStore:
         """Bytes held per part (the arrays' sizes; for a memory map, see ``resident``)."""
         codes = sum(a.nbytes for a in self.int8.values()) + sum(
             a.nbytes for a in self.binary.values()) + sum(a.nbytes for a in self.scales.values())
-        return {"vectors": self.vectors.nbytes, "norms": self.norms.nbytes, "codes": codes,
-                "ids": self.ids.nbytes + self.deleted.nbytes}
+        sizes = {"vectors": self.vectors.nbytes, "norms": self.norms.nbytes, "codes": codes,
+                 "ids": self.ids.nbytes + self.deleted.nbytes}
+        if self.payloads is not None:
+            sizes["payloads"] = self.payloads.nbytes()
+        return sizes
 
     # ---------------------------------------------------------------- writing
     def reserve(self, rows_needed: int) -> bool:
@@ -99,6 +105,8 @@ class VectorStore:
         for store in (self.int8, self.binary):
             for prefix_dim in store:
                 store[prefix_dim] = grown(store[prefix_dim], 0)
+        if self.payloads is not None:
+            self.payloads.reserve(new_capacity, used)
         return True
 
     def allocate_codes(self, capacity: int) -> None:
@@ -115,10 +123,19 @@ class VectorStore:
         return _kernels.prefix_norms(np.ascontiguousarray(batch, dtype=np.float32),
                                      self.dims_array)
 
-    def append(self, stored: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Write rows after the last one (capacity reserved by the caller); returns them."""
+    def append(self, stored: np.ndarray, ids: np.ndarray,
+               payloads: EncodedPayloads | None = None) -> np.ndarray:
+        """Write rows after the last one (capacity reserved by the caller); returns them.
+
+        ``payloads`` (encoded, one per row) creates the payload column on first use; rows
+        added without them have no payload.
+        """
         start, stop = self.rows, self.rows + stored.shape[0]
-        as_float = stored.astype(np.float32)
+        if payloads is not None and self.payloads is None:
+            self.payloads = PayloadColumn(self.capacity)
+        if self.payloads is not None:
+            self.payloads.append(start, payloads, stop - start)
+        as_float = stored.astype(np.float32, copy=False)
         norms = self.prefix_norms(as_float)
         self.vectors[start:stop] = stored
         self.norms[start:stop] = norms

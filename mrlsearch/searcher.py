@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Union
 
@@ -22,10 +23,12 @@ from tqdm.auto import tqdm
 from . import _persist
 from ._codes import CODE_PRECISIONS
 from ._engine import Engine
-from ._errors import DimensionError
+from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
 from ._memory import resident_bytes
+from ._payloads import EncodedPayloads, PayloadColumn
+from ._payloads import encode as encode_payloads
 from ._results import FunnelPlan, SearchResult, StageStats, parse_stage, recall_per_query
 from ._rwlock import RWLock
 from ._store import VectorStore
@@ -157,6 +160,9 @@ class Searcher:
         self._checked_stages: dict = {}
         self._lock = RWLock()
         self._compact_lock = threading.Lock()
+        #: sha256 checks ``load(verify="lazy"|"none")`` deferred, and what they found
+        self._deferred_checks: tuple = ()
+        self._failure: FormatError | None = None
 
     def _new_parts(self) -> tuple[VectorStore, GraphSet]:
         store = VectorStore(self._dim, self._dims, dtype=self._dtype,
@@ -301,6 +307,7 @@ class Searcher:
         vectors: np.ndarray,
         ids: Sequence[int] | np.ndarray | None = None,
         *,
+        payloads: Sequence[str | bytes | None] | None = None,
         num_threads: int = -1,
         progress: bool | None = None,
     ) -> np.ndarray:
@@ -318,6 +325,11 @@ class Searcher:
         ids : array-like of int of shape (n,), optional
             Distinct ids in [0, 2**63). Default: consecutive ids after the largest one so far
             (allocated under the write lock: concurrent adds never share ids).
+        payloads : sequence of str, bytes or None, optional
+            One payload per vector (e.g. the text it embeds), stored with the index and
+            returned by ``get(ids, payload=True)``. ``str`` is stored as UTF-8 and comes back
+            as ``str``, ``bytes`` as ``bytes``, ``None`` as no payload. Re-adding an id
+            replaces its payload too (with ``None`` when no payloads are given).
         num_threads : int, default=-1
             Threads for the HNSW insertion (-1: all cores).
         progress : bool, optional
@@ -328,7 +340,25 @@ class Searcher:
         -------
         ndarray of shape (n,), int64
             The ids of the added vectors.
+
+        Raises
+        ------
+        TypeError
+            If ``payloads`` is not a sequence of str, bytes or None.
+        ValueError
+            If ``payloads`` does not hold one payload per vector.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mrlsearch import Searcher
+        >>> s = Searcher(16, dims=(8, 16), index_dims=(8,))
+        >>> s.add(np.eye(16, dtype=np.float32)[:3], payloads=["a", b"b", None]).tolist()
+        [0, 1, 2]
+        >>> s.get([2, 0], payload=True)
+        [None, 'a']
         """
+        self._ensure_intact()
         source = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
         if source.ndim == 1:
             source = source[None, :]
@@ -338,6 +368,11 @@ class Searcher:
         given_ids = None if ids is None else check_ids(ids, "ids", count=n_rows)
         if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
+        encoded = None
+        if isinstance(payloads, EncodedPayloads):  # compact's transfer of stored payloads
+            encoded = payloads
+        elif payloads is not None:
+            encoded = encode_payloads(payloads, n_rows, "payloads")
         for lo in range(0, n_rows, _ADD_CHUNK):  # validate everything before writing anything
             self._check_values(source[lo:lo + _ADD_CHUNK], "vectors", offset=lo)
         # None lets tqdm decide (a bar on a terminal only); True forces one anywhere
@@ -360,13 +395,18 @@ class Searcher:
             with tqdm(total=n_rows * len(self._index_dims), desc="mrlsearch: indexing",
                       unit="vec", disable=disable, leave=False) as bar:
                 for lo in range(0, n_rows, _ADD_CHUNK):
-                    chunk = np.asarray(source[lo:lo + _ADD_CHUNK], dtype=np.float32)
+                    hi = min(n_rows, lo + _ADD_CHUNK)
+                    # one float32 copy of the chunk (none when the input is float32 and
+                    # contiguous in memory); a memory-mapped input is read chunk by chunk
+                    chunk = np.ascontiguousarray(source[lo:hi], dtype=np.float32)
                     stored = chunk.astype(self._dtype, copy=False)
-                    rows = store.append(stored, new_ids[lo:lo + chunk.shape[0]])
+                    rows = store.append(stored, new_ids[lo:hi],
+                                        None if encoded is None else encoded.slice(lo, hi))
                     for prefix_dim in self._index_dims:
                         part = np.ascontiguousarray(stored[:, :prefix_dim], dtype=np.float32)
                         self._graphs.add(prefix_dim, part, rows, num_threads=num_threads)
-                        bar.update(chunk.shape[0])
+                        bar.update(hi - lo)
+                    del chunk, stored
         return new_ids
 
     def _check_values(self, chunk: np.ndarray, name: str, *, offset: int = 0) -> None:
@@ -394,6 +434,7 @@ class Searcher:
         ValueError
             If an id is not in the index (nothing is removed then).
         """
+        self._ensure_intact()
         targets = check_ids(ids, "ids")
         with self._lock.write():
             row_of = self._store.row_of
@@ -414,8 +455,10 @@ class Searcher:
         Compacting frees that memory and gives graphs as good as a fresh build. The new index
         is built aside while queries go on against the old one, then swapped in at once under
         the write lock: no query ever sees a half-built index. Writes made during the rebuild
-        are replayed onto the new index before the swap. Ids and the plan are kept.
+        are replayed onto the new index before the swap. Ids, payloads and the plan are kept
+        (the payloads of removed rows are freed).
         """
+        self._ensure_intact()
         if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
         with self._compact_lock:
@@ -424,14 +467,16 @@ class Searcher:
                 rows = old.live_rows()
                 live_ids = old.ids[rows].copy()
                 vectors = np.asarray(old.vectors[rows], dtype=np.float32)
+                payloads = None if old.payloads is None else old.payloads.take(rows)
                 seen_rows, seen_version = old.rows, old.version
             fresh = Searcher(self._dim, self._dims, metric=self._metric,
                              index_dims=self._index_dims, M=self._M,
                              ef_construction=self._ef_construction, dtype=self._dtype,
                              codes=self._codes, seed=self._seed)
             if rows.size:
-                fresh.add(vectors, live_ids, num_threads=num_threads, progress=progress)
-            del vectors
+                fresh.add(vectors, live_ids, payloads=payloads, num_threads=num_threads,
+                          progress=progress)
+            del vectors, payloads
             with self._lock.write():
                 if old.version != seen_version:
                     # writes landed during the rebuild: replay them onto the new index
@@ -442,23 +487,65 @@ class Searcher:
                     added = added[~old.deleted[seen_rows:old.rows]]
                     if added.size:
                         fresh.add(np.asarray(old.vectors[added], dtype=np.float32),
-                                  old.ids[added], num_threads=num_threads)
+                                  old.ids[added], num_threads=num_threads,
+                                  payloads=None if old.payloads is None
+                                  else old.payloads.take(added))
+                if old.payloads is not None and fresh._store.payloads is None:
+                    fresh._store.payloads = PayloadColumn(fresh._store.capacity)
                 fresh._store.next_id = max(fresh._store.next_id, old.next_id)
                 self._store, self._graphs = fresh._store, fresh._graphs
                 self._engine.rebind(self._store, self._graphs)
 
     # ------------------------------------------------------------------ reading
-    def get(self, ids: Sequence[int] | np.ndarray | int) -> np.ndarray:
-        """Stored vectors of ``ids`` (float32, shape (n, dim)); KeyError for an unknown id."""
+    def get(self, ids: Sequence[int] | np.ndarray | int, *,
+            payload: bool = False) -> np.ndarray | list[str | bytes | None]:
+        """Stored vectors of ``ids`` (float32, shape (n, dim)), or with ``payload=True`` their
+        payloads.
+
+        Parameters
+        ----------
+        ids : int or array-like of int
+        payload : bool, default=False
+            Return a list of the payloads given to :meth:`add` (``str``, ``bytes`` or
+            ``None``), in the order of ``ids``, instead of the vectors.
+
+        Raises
+        ------
+        KeyError
+            If an id is not in the index (removed ids included).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mrlsearch import Searcher
+        >>> s = Searcher(8, dims=(4, 8), index_dims=(4,))
+        >>> _ = s.add(np.eye(8, dtype=np.float32)[:2], ids=[7, 9], payloads=["seven", "nine"])
+        >>> s.get([9, 7], payload=True), s.get(7).shape
+        (['nine', 'seven'], (1, 8))
+        """
+        self._ensure_intact()
+        if not isinstance(payload, (bool, np.bool_)):
+            raise TypeError(f"'payload' must be a bool (got {payload!r})")
         targets = check_ids(ids, "ids")
         with self._lock.read():
-            rows = self._store.rows_of(targets)
+            store = self._store
+            rows = store.rows_of(targets)
             if np.any(rows < 0):
                 raise KeyError(f"id {int(targets[rows < 0][0])} is not in the index")
-            return np.asarray(self._store.vectors[rows], dtype=np.float32)
+            if payload:
+                if store.payloads is None:
+                    return [None] * rows.size
+                return store.payloads.get(rows)
+            return np.asarray(store.vectors[rows], dtype=np.float32)
+
+    @property
+    def has_payloads(self) -> bool:
+        """Whether a payload column exists (some :meth:`add` was given ``payloads``)."""
+        return self._store.payloads is not None
 
     def ids(self) -> np.ndarray:
         """The live ids, in storage order (int64)."""
+        self._ensure_intact()
         with self._lock.read():
             store = self._store
             return store.ids[store.live_rows()].copy()
@@ -470,10 +557,15 @@ class Searcher:
         Arrays in memory count whole; a memory-mapped vector file counts the pages the
         kernel holds resident for this process (from ``/proc/self/smaps`` where available).
         """
+        self._ensure_intact()
         with self._lock.read():
             store = self._store
             usage = store.nbytes()
             usage["vectors"] = resident_bytes(store.vectors[: store.rows])
+            if store.payloads is not None:
+                column = store.payloads
+                usage["payloads"] = (column.kinds.nbytes + column.offsets.nbytes
+                                     + resident_bytes(column.data[: column.size]))
             usage["graphs"] = self._graphs.index_bytes()
             usage["graph_links"] = self._graphs.links_bytes()
         usage["total"] = sum(usage.values())
@@ -713,6 +805,7 @@ class Searcher:
 
         Scores every live vector with numpy (BLAS) in blocks of bounded memory.
         """
+        self._ensure_intact()
         k = self._check_k(k)
         prefix_dim = self._check_dim(dim, "dim")
         batch = self._check_queries(queries)
@@ -835,6 +928,7 @@ class Searcher:
     def drop_graphs(self, keep: Sequence[int]) -> None:
         """Free the graphs (and codes) of indexed dims not in ``keep``, e.g. those a tuned plan
         does not use. The current plan must not need a dropped graph."""
+        self._ensure_intact()
         keep_dims = check_dims(sorted(set(keep)), "keep", max_dim=self._dim)
         if any(d not in self._index_dims for d in keep_dims):
             raise DimensionError(f"'keep' must be among index_dims {self._index_dims} "
@@ -857,28 +951,53 @@ class Searcher:
         """Save to an index directory (see docs/format.md), atomically.
 
         The directory is written beside ``path`` and renamed into place once complete, so a
-        crash never leaves a half-written index at ``path``.
+        crash never leaves a half-written index at ``path``. An index loaded with
+        ``verify="lazy"`` or ``"none"`` is verified first (:meth:`verify`): a corrupt file is
+        never saved again under fresh checksums.
 
         Raises
         ------
         ValueError
             If the index is empty (saving it would replace a saved index with nothing).
+        FormatError
+            If the deferred check of the loaded files finds a mismatch.
         """
+        self.verify()
         with self._lock.read():
             _persist.save_index(path, config=self._config(), store=self._store,
                                 graphs=self._graphs, plan=self._plan)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = False) -> Searcher:
+    def load(cls, path: str | os.PathLike, *, mmap: bool = False,
+             verify: str = "full") -> Searcher:
         """Load an index directory written by :meth:`save`.
 
         Parameters
         ----------
         path : str or path-like
         mmap : bool, default=False
-            Map ``vectors.npy`` copy-on-write instead of reading it: graphs, codes and norms
-            are in memory, full vectors stay on disk and pages load as the reranking reads
-            them. Adding to a mapped index copies it into memory.
+            Map ``vectors.npy`` (and the payload bytes) copy-on-write instead of reading
+            them: graphs, codes and norms are in memory, full vectors stay on disk and pages
+            load as the reranking reads them. Adding to a mapped index copies it into memory.
+        verify : {'full', 'lazy', 'none'}, default='full'
+            How the files' sha256 checksums are checked. The manifest, every file's header,
+            dtype, shape and size, every graph (completely) and the sha256 of every small
+            file (graphs, ids, norms, codes, payload kinds and offsets) are checked in every
+            mode; the modes differ on the big files, ``vectors.npy`` and
+            ``payload_data.npy``:
+
+            * ``'full'``: hashed before ``load`` returns (reads every byte once; with
+              ``mmap=True`` that also fills the page cache with the whole vector file).
+            * ``'lazy'``: hashed on a background thread while the index already answers
+              queries. A mismatch makes every later call (search, get, add, save, ...) raise
+              :class:`FormatError` naming the file; :meth:`verify` waits for the check. Until
+              it ends, queries may return results computed from corrupt vectors.
+            * ``'none'``: not hashed until :meth:`verify` is called (:meth:`save` calls it).
+              Corruption of those files goes unnoticed; structure is still checked.
+
+            The background check reads with ``O_DIRECT`` where the file system allows, so it
+            leaves the page cache as it found it: with ``mmap=True`` the process's RSS then
+            grows only with the pages queries touch.
 
         Raises
         ------
@@ -886,7 +1005,24 @@ class Searcher:
             If there is no directory at ``path``.
         FormatError
             If the manifest, a checksum, a shape or a graph does not match, naming the file.
+        ValueError
+            If ``verify`` is not one of the modes.
+
+        Examples
+        --------
+        >>> import tempfile, numpy as np
+        >>> from mrlsearch import Searcher
+        >>> s = Searcher(16, dims=(8, 16), index_dims=(8,))
+        >>> _ = s.add(np.random.default_rng(0).standard_normal((100, 16)))
+        >>> path = tempfile.mkdtemp() + "/index"
+        >>> s.save(path)
+        >>> loaded = Searcher.load(path, mmap=True, verify="lazy")
+        >>> loaded.verify()  # waits for the background check; raises FormatError on a mismatch
+        >>> len(loaded)
+        100
         """
+        verify = check_choice(verify, "verify", _persist.VERIFY_MODES)
+
         def make_parts(config: dict):
             searcher = cls(config["dim"], config["dims"], metric=config["metric"],
                            index_dims=config["index_dims"], M=config["M"],
@@ -894,16 +1030,100 @@ class Searcher:
                            codes=config["codes"], seed=config["seed"])
             return searcher, searcher._store, searcher._graphs
 
-        searcher, store, graphs, plan = _persist.read_index(path, mmap=mmap,
-                                                            make_parts=make_parts)
+        searcher, store, graphs, plan, deferred = _persist.read_index(
+            path, mmap=mmap, make_parts=make_parts, verify=verify)
         searcher._engine.rebind(store, graphs)
         if plan is not None:
             try:
                 searcher.plan = plan
             except (TypeError, ValueError) as exc:
-                from ._errors import FormatError
-
+                for check in deferred:
+                    check.close()
                 raise FormatError(f"{path}: the saved plan does not fit the index ({exc})") \
                     from exc
+        if deferred:
+            searcher._deferred_checks = tuple(deferred)
+            if verify == "lazy":
+                searcher._start_background_check()
         return searcher
 
+    # ------------------------------------------------------------------ deferred checks
+    def verify(self) -> None:
+        """Finish the checksum checks that ``load(verify="lazy"|"none")`` deferred.
+
+        With ``"lazy"`` this waits for the background check (or runs the rest of it); with
+        ``"none"`` it hashes the big files now. Once passed, later calls return at once. An
+        index that was built in memory or loaded with ``verify="full"`` has nothing left to
+        check.
+
+        Raises
+        ------
+        FormatError
+            Naming the file whose sha256 does not match the manifest; every later call on
+            this Searcher raises it too.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mrlsearch import Searcher
+        >>> s = Searcher(16, dims=(8, 16), index_dims=(8,))
+        >>> s.verify()  # nothing deferred
+        """
+        self._ensure_intact()
+        checks = self._deferred_checks
+        for check in checks:
+            error = check.run()
+            if error is not None:
+                self._fail(error)
+                self._ensure_intact()
+        if checks and self._deferred_checks is checks:
+            self._deferred_checks = ()
+
+    def _start_background_check(self) -> None:
+        """Run the deferred checks on a daemon thread (it holds no reference to the Searcher:
+        a Searcher dropped meanwhile stops it)."""
+        ref = weakref.ref(self)
+        checks = self._deferred_checks
+
+        def cancelled() -> bool:
+            return ref() is None
+
+        def work() -> None:
+            for check in checks:
+                error = check.run(cancelled)
+                if error is not None:
+                    searcher = ref()
+                    if searcher is not None:
+                        searcher._fail(error)
+                    return
+                if not check.done:  # cancelled
+                    return
+
+        threading.Thread(target=work, name="mrlsearch-verify", daemon=True).start()
+
+    def _fail(self, error: FormatError) -> None:
+        """Mark the index corrupt: every later call raises ``error``'s message."""
+        if self._failure is None:
+            self._failure = error
+            self._engine = _FailedEngine(error)
+
+    def _ensure_intact(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            raise FormatError(f"{failure} (found by the deferred check of Searcher.load("
+                              f"verify=...); this Searcher cannot be used: load a good copy)")
+
+
+class _FailedEngine:
+    """Stands in for the engine of a Searcher whose deferred check failed: every search
+    raises (so the query path itself pays nothing for the check)."""
+
+    def __init__(self, error: FormatError) -> None:
+        self._error = error
+
+    def run(self, *args, **kwargs):
+        raise FormatError(f"{self._error} (found by the deferred check of Searcher.load("
+                          f"verify=...); this Searcher cannot be used: load a good copy)")
+
+    def rebind(self, *args) -> None:
+        pass
