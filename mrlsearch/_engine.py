@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -66,35 +67,54 @@ class Engine:
         self._metric = METRIC_CODES[metric]
         self._metric_name = metric
         self._scratch = _Scratch()
-        self._arrays: dict = {}
+        self._cache: dict = {}
+        self._state: tuple = ()
 
     def rebind(self, store: VectorStore, graphs: GraphSet) -> None:
         """Point at a new store and graphs (after ``compact`` swapped them in)."""
         self._store, self._graphs = store, graphs
+        self._cache, self._state = {}, ()
 
     def _stage_arrays(self, schedule: tuple[tuple[int, str, int], ...]):
-        arrays = self._arrays.get(schedule)
-        if arrays is None:
-            dims = self._store.dims
-            arrays = (np.array([d for d, _, _ in schedule], dtype=np.int64),
-                      np.array([dims.index(d) for d, _, _ in schedule], dtype=np.int64),
-                      np.array([s for _, _, s in schedule], dtype=np.int64),
-                      np.array([kernels.PRECISION_CODES[p] for _, p, _ in schedule],
-                               dtype=np.int64))
-            if len(self._arrays) < 512:
-                self._arrays[schedule] = arrays
-        return arrays
+        dims = self._store.dims
+        return (np.array([d for d, _, _ in schedule], dtype=np.int64),
+                np.array([dims.index(d) for d, _, _ in schedule], dtype=np.int64),
+                np.array([s for _, _, s in schedule], dtype=np.int64),
+                np.array([kernels.PRECISION_CODES[p] for _, p, _ in schedule], dtype=np.int64))
 
-    def run(self, batch: np.ndarray, query_norms: np.ndarray,
+    def _prepared(self, schedule: tuple[tuple[int, str, int], ...]) -> _Prepared:
+        """What a call with ``schedule`` passes the kernels besides the queries, made once per
+        schedule and index state: a single query then costs one dict lookup here instead of
+        rebuilding a dozen arguments (the Python around the kernel was 2-3x its run time)."""
+        store = self._store
+        state = (store.version, store.capacity, self._graphs.dims)
+        if state != self._state:
+            self._cache = {}
+            self._state = state
+        prepared = self._cache.get(schedule)
+        if prepared is None:
+            vectors, table = store.kernel_vectors()
+            codes, scales, bits = store.kernel_codes(schedule[0][0])
+            stats = tuple((dim, keep, "hnsw" if i == 0 else "rerank",
+                           _report_precision(precision, store))
+                          for i, (dim, precision, keep) in enumerate(schedule))
+            prepared = _Prepared(self._stage_arrays(schedule), vectors, table, codes, scales,
+                                 bits, stats)
+            if len(self._cache) < 512:
+                self._cache[schedule] = prepared
+        return prepared
+
+    def run(self, batch: np.ndarray,
             schedule: tuple[tuple[int, str, int], ...], k: int, ef: int, *,
             allow: np.ndarray | None, num_threads: int) -> SearchResult:
         """Run ``schedule`` for every query of ``batch``; ``allow`` is a row mask or None."""
         started = time.perf_counter()
         store = self._store
         n_queries = batch.shape[0]
-        stage_dims, stage_cols, stage_keeps, stage_precs = self._stage_arrays(schedule)
-        vectors, table = store.kernel_vectors()
-        codes, scales, bits = store.kernel_codes(schedule[0][0])
+        prepared = self._prepared(schedule)
+        stage_dims, stage_cols, stage_keeps, stage_precs = prepared.stage_arrays
+        vectors, table = prepared.vectors, prepared.table
+        codes, scales, bits = prepared.codes, prepared.scales, prepared.bits
         out_ids = np.empty((n_queries, k), dtype=np.int64)
         out_scores = np.empty((n_queries, k), dtype=np.float32)
         out_counts = np.empty(n_queries, dtype=np.int64)
@@ -110,16 +130,15 @@ class Engine:
             else:
                 rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
             candidates = np.repeat(rows[None, :], n_queries, axis=0)
-            kernels.rows_funnel(batch, vectors, table, store.norms, query_norms, candidates,
+            kernels.rows_funnel(batch, vectors, table, store.norms, store.dims_array, candidates,
                                 codes, scales, bits, self._metric, stage_dims, stage_cols,
                                 stage_keeps, stage_precs, store.ids, out_ids, out_scores,
                                 out_counts, out_scored)
             method = "exhaustive"
         else:
             links = self._graphs.links(first_dim, store.capacity)
-            parallel = n_queries >= SERIAL_BELOW and num_threads != 1
             n_chunks = 1
-            if parallel:
+            if n_queries >= SERIAL_BELOW and num_threads != 1:
                 n_chunks = numba.get_num_threads() if num_threads < 1 else min(
                     num_threads, numba.get_num_threads())
                 n_chunks = max(1, min(n_chunks, n_queries))
@@ -131,7 +150,7 @@ class Engine:
                                                  heap_rows[:n_chunks])
             else:
                 kernel = kernels.graph_funnel_serial
-            kernel(batch, vectors, table, store.norms, query_norms, store.deleted,
+            kernel(batch, vectors, table, store.norms, store.dims_array, store.deleted,
                    _NO_FILTER if allow is None else allow, links.level0, links.upper,
                    links.upper_start, links.entry, links.max_level, codes, scales, bits,
                    self._metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs,
@@ -139,15 +158,15 @@ class Engine:
                    out_counts, out_scored)
             method = "hnsw"
             want = min(k, n_allowed)
-            short = (() if out_counts[0] >= want else (0,)) if n_queries == 1 else \
-                np.flatnonzero(out_counts < want)
+            if n_queries == 1:
+                short = () if out_counts[0] >= want else np.zeros(1, dtype=np.int64)
+            else:
+                short = np.flatnonzero(out_counts < want)
             if len(short):
-                short = np.asarray(short, dtype=np.int64)
                 # the walk could not reach enough returnable rows (heavy deletion or a filter
                 # cut the graph): scan for those queries instead
                 scan_all = ((first_dim, schedule[0][1], live),) + schedule[1:]
-                rescue = self.run(np.ascontiguousarray(batch[short]),
-                                  np.ascontiguousarray(query_norms[short]), scan_all, k,
+                rescue = self.run(np.ascontiguousarray(batch[short]), scan_all, k,
                                   max(ef, live), allow=allow, num_threads=num_threads)
                 out_ids[short], out_scores[short] = rescue.ids, rescue.scores
                 out_counts[short] = rescue.counts
@@ -156,9 +175,21 @@ class Engine:
         last = len(schedule) - 1
         stats = tuple(
             StageStats(dim, keep, scored[i], seconds if i == last else 0.0,
-                       method if i == 0 else "rerank", _report_precision(precision, store))
-            for i, (dim, precision, keep) in enumerate(schedule))
+                       method if i == 0 else stage_method, precision)
+            for i, (dim, keep, stage_method, precision) in enumerate(prepared.stats))
         return SearchResult(out_ids, out_scores, out_counts, stats, self._metric_name)
+
+
+class _Prepared(NamedTuple):
+    """The kernel arguments of one schedule over one state of the index."""
+
+    stage_arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    vectors: np.ndarray
+    table: np.ndarray
+    codes: np.ndarray
+    scales: np.ndarray
+    bits: np.ndarray
+    stats: tuple[tuple[int, int, str, str], ...]
 
 
 _NO_FILTER = np.zeros(0, dtype=bool)

@@ -200,6 +200,21 @@ def _partial_from_distance(precision, distance, metric, row_norms, gcol, row):
     return -distance
 
 
+@numba.njit(["f4[::1](f4[::1], i8[::1])"], cache=True, nogil=True)
+def query_prefix_norms(query, dims):
+    """Norms of the query's prefixes at every nesting dim, accumulated in float64 in order,
+    exactly as the stored rows' norms are (no fastmath: the same rounding on both sides)."""
+    out = np.empty(dims.shape[0], dtype=np.float32)
+    acc = 0.0
+    c = 0
+    for j in range(dims.shape[0]):
+        while c < dims[j]:
+            acc += np.float64(query[c]) * np.float64(query[c])
+            c += 1
+        out[j] = np.sqrt(acc)
+    return out
+
+
 # ---------------------------------------------------------------------------- heaps
 @numba.njit(inline="always")
 def _min_push(keys, rows, size, key, row):
@@ -342,7 +357,7 @@ def _stages(qi, query, vectors, table, row_norms, query_norms, metric, gdim, sca
                 if metric == 2:
                     new_scores[j] = -acc
                 elif metric == 1:
-                    denom = query_norms[qi, col] * row_norms[row, col]
+                    denom = query_norms[col] * row_norms[row, col]
                     new_scores[j] = acc / denom if denom > 0.0 else np.float32(0.0)
                 else:
                     new_scores[j] = acc
@@ -398,15 +413,16 @@ def _prepare_query(query, gdim, metric, query_norms, gcol, scales, n_words, prec
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
-def _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, allow, links0,
+def _graph_query(qi, queries, vectors, table, row_norms, dims, deleted, allow, links0,
                  upper, upper_start, entry, max_level, codes, scales, bits, metric, ef,
                  stage_dims, stage_cols, stage_keeps, stage_precs, visited, tag, cand_keys,
                  cand_rows, id_of_row, out_ids, out_scores, out_counts, out_scored):
     query = queries[qi]
+    query_norms = query_prefix_norms(query, dims)
     gdim = stage_dims[0]
     gcol = stage_cols[0]
     precision = stage_precs[0]
-    scaled_query, query_bits = _prepare_query(query, gdim, metric, query_norms[qi], gcol,
+    scaled_query, query_bits = _prepare_query(query, gdim, metric, query_norms, gcol,
                                               scales, bits.shape[1], precision)
     walked_rows = np.empty(ef, dtype=np.int64)
     walked_keys = np.empty(ef, dtype=np.float32)
@@ -452,7 +468,7 @@ def _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, a
             if metric == 2:
                 scores[j] = -partial[j]
             elif metric == 1:
-                denom = query_norms[qi, gcol] * row_norms[row, gcol]
+                denom = query_norms[gcol] * row_norms[row, gcol]
                 scores[j] = partial[j] / denom if denom > 0.0 else np.float32(0.0)
             else:
                 scores[j] = partial[j]
@@ -466,7 +482,7 @@ def _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, a
 
 
 _GRAPH_SIGNATURE = (
-    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], b1[::1], b1[::1], "
+    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], b1[::1], b1[::1], "
     "i4[:, ::1], i4[:, ::1], i8[::1], i8, i8, i1[:, ::1], f4[::1], u8[:, ::1], i8, i8, "
     "i8[::1], i8[::1], i8[::1], i8[::1], u4[:, ::1], f4[:, ::1], i4[:, ::1], i8, i8[::1], "
     "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1])"
@@ -475,7 +491,7 @@ _GRAPH_SIGNATURES = [_GRAPH_SIGNATURE.format(store=store) for store in ("f4", "u
 
 
 @numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True)
-def graph_funnel_serial(queries, vectors, table, row_norms, query_norms, deleted, allow,
+def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow,
                         links0, upper, upper_start, entry, max_level, codes, scales, bits,
                         metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
                         heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
@@ -488,15 +504,16 @@ def graph_funnel_serial(queries, vectors, table, row_norms, query_norms, deleted
     ``stage_keeps[0]`` rows that are neither ``deleted`` nor outside ``allow`` (an empty
     ``allow`` allows every row). Each later stage scores the survivors at its dim and
     precision and keeps ``stage_keeps[stage]``. The best ``out_ids.shape[1]`` are written as
-    ids (``id_of_row``), best first, padded with -1 / -inf. ``visited[0]`` is a tag array over
-    rows; query ``qi`` marks with ``tag_base + qi + 1``, so the caller never clears it between
-    calls. ``heap_keys`` / ``heap_rows`` (same shape as ``visited``, one more column) hold the
+    ids (``id_of_row``), best first, padded with -1 / -inf. ``dims`` are the index's nesting
+    dims: each query's prefix norms (cosine) are computed here, as the rows' were at add.
+    ``visited[0]`` is a tag array over rows; query ``qi`` marks with ``tag_base + qi + 1``,
+    so the caller never clears it between calls. ``heap_keys`` / ``heap_rows`` (same shape as ``visited``, one more column) hold the
     walk's candidate heap. ``out_scored[qi, s]``: distances computed in the walk (stage 0) or
     candidates scored (later stages).
     """
     visited_row = visited[0]
     for qi in range(queries.shape[0]):
-        _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, allow,
+        _graph_query(qi, queries, vectors, table, row_norms, dims, deleted, allow,
                      links0, upper, upper_start, entry, max_level, codes, scales, bits, metric,
                      ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited_row,
                      np.uint32(tag_base + qi + 1), heap_keys[0], heap_rows[0], id_of_row,
@@ -504,7 +521,7 @@ def graph_funnel_serial(queries, vectors, table, row_norms, query_norms, deleted
 
 
 @numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
-def graph_funnel_parallel(queries, vectors, table, row_norms, query_norms, deleted, allow,
+def graph_funnel_parallel(queries, vectors, table, row_norms, dims, deleted, allow,
                           links0, upper, upper_start, entry, max_level, codes, scales, bits,
                           metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
                           heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
@@ -516,7 +533,7 @@ def graph_funnel_parallel(queries, vectors, table, row_norms, query_norms, delet
     for chunk in prange(n_chunks):
         visited_row = visited[chunk]
         for qi in range(chunk, n_queries, n_chunks):
-            _graph_query(qi, queries, vectors, table, row_norms, query_norms, deleted, allow,
+            _graph_query(qi, queries, vectors, table, row_norms, dims, deleted, allow,
                          links0, upper, upper_start, entry, max_level, codes, scales, bits,
                          metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs,
                          visited_row, np.uint32(tag_base + qi + 1), heap_keys[chunk],
@@ -525,13 +542,14 @@ def graph_funnel_parallel(queries, vectors, table, row_norms, query_norms, delet
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
-def _rows_query(qi, queries, vectors, table, row_norms, query_norms, candidates, codes, scales,
+def _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes, scales,
                 bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
                 out_ids, out_scores, out_counts, out_scored):
     """One query of :func:`rows_funnel` (a function of its own: numba's parallel loops must
     not see the allocations of the stages, or they may hoist them out of the loop)."""
     query = queries[qi]
-    scaled_query, query_bits = _prepare_query(query, stage_dims[0], metric, query_norms[qi],
+    query_norms = query_prefix_norms(query, dims)
+    scaled_query, query_bits = _prepare_query(query, stage_dims[0], metric, query_norms,
                                               stage_cols[0], scales, bits.shape[1],
                                               stage_precs[0])
     n_in = 0
@@ -553,7 +571,7 @@ def _rows_query(qi, queries, vectors, table, row_norms, query_norms, candidates,
 
 
 _ROWS_SIGNATURE = (
-    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], i8[:, ::1], "
+    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], i8[:, ::1], "
     "i1[:, ::1], f4[::1], u8[:, ::1], i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], "
     "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1])"
 )
@@ -561,7 +579,7 @@ _ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2"
 
 
 @numba.njit(_ROWS_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
-def rows_funnel(queries, vectors, table, row_norms, query_norms, candidates, codes, scales,
+def rows_funnel(queries, vectors, table, row_norms, dims, candidates, codes, scales,
                 bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
                 out_ids, out_scores, out_counts, out_scored):
     """Every stage of a funnel over given first-stage candidates (``-1`` padded rows).
@@ -572,6 +590,6 @@ def rows_funnel(queries, vectors, table, row_norms, query_norms, candidates, cod
     :func:`graph_funnel_serial`. Parallel over queries.
     """
     for qi in prange(queries.shape[0]):
-        _rows_query(qi, queries, vectors, table, row_norms, query_norms, candidates, codes,
+        _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
                     scales, bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs,
                     id_of_row, out_ids, out_scores, out_counts, out_scored)

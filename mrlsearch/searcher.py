@@ -782,8 +782,7 @@ class Searcher:
             if not self._store.live:
                 raise ValueError("the index is empty: add vectors before searching")
             allow = self._check_filter(filter)
-            query_norms = self._store.prefix_norms(batch)
-            return self._engine.run(batch, query_norms, schedule, k, ef, allow=allow,
+            return self._engine.run(batch, schedule, k, ef, allow=allow,
                                     num_threads=int(num_threads))
 
     def search_graph(self, queries: np.ndarray, k: int = 10, dim: int | None = None, *,
