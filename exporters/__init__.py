@@ -18,7 +18,7 @@ from .data import (
 from .evaluate import evaluate, write_metrics
 from .export import ExportValidationError, export_onnx, validate_onnx
 from .interop import export_sentence_transformer, export_wordllama, load_wordllama
-from .layers import MRLLinear, MRLModel
+from .layers import MRLLinear, MRLModel, PrefixLogits
 from .losses import MatryoshkaLoss, info_nce
 from .models import build_model, load_run, save_run
 from .train import Trainer, fit_adapter, seed_everything
@@ -45,6 +45,7 @@ __all__ = [
     "MLP",
     "MRLLinear",
     "MRLModel",
+    "PrefixLogits",
     "PairData",
     "save_run",
     "seed_everything",

@@ -10,7 +10,76 @@ from torch import nn
 
 from mrlsearch._validation import check_dims
 
-__all__ = ["MRLLinear", "MRLModel"]
+__all__ = ["MRLLinear", "MRLModel", "PrefixLogits"]
+
+
+class PrefixLogits(tuple):
+    """The per-dim logits of an MRL-E head: a tuple of ``(batch, num_classes)`` tensors that
+    are views of one ``(len(dims), batch, num_classes)`` tensor, kept as ``.stacked`` so that
+    :class:`~exporters.MatryoshkaLoss` takes every dim's cross-entropy without a copy."""
+
+    stacked: torch.Tensor
+
+    def __new__(cls, stacked: torch.Tensor) -> PrefixLogits:
+        self = super().__new__(cls, stacked.unbind(0))
+        self.stacked = stacked
+        return self
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no argument (and reports CUDA only)
+        return torch.is_autocast_enabled() or (
+            device_type == "cpu" and torch.is_autocast_cpu_enabled())
+
+
+class _PrefixLogitsFunction(torch.autograd.Function):
+    """``out[k] = z[:, :dims[k]] @ weight[:, :dims[k]].T + bias`` for every k, computed as a
+    chain ``out[k] = out[k - 1] + z[:, dims[k-1]:dims[k]] @ weight[:, dims[k-1]:dims[k]].T``
+    of ``addmm`` calls writing straight into one output (no cumsum, no stack), with a
+    backward that runs the reverse cumulative sum of the incoming gradients in one buffer and
+    multiplies each column block once (autograd through split + cumsum copied, flipped and
+    concatenated the (dims, batch, classes) gradients several times)."""
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, dims):
+        batch, classes = z.shape[0], weight.shape[0]
+        out = z.new_empty(len(dims), batch, classes)
+        previous, start = bias.expand(batch, classes), 0
+        for k, stop in enumerate(dims):
+            torch.addmm(previous, z[:, start:stop], weight[:, start:stop].T, out=out[k])
+            previous, start = out[k], stop
+        ctx.save_for_backward(z, weight)
+        ctx.dims = dims
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        z, weight = ctx.saved_tensors
+        dims = ctx.dims
+        need_z, need_w, need_b = ctx.needs_input_grad[:3]
+        # acc = sum of grad[m] over every dim m >= k: the gradient of column block k
+        acc = grad[-1].clone()
+        grad_z, grad_w = [], []
+        for k in range(len(dims) - 1, -1, -1):
+            if k < len(dims) - 1:
+                acc += grad[k]
+            start, stop = (dims[k - 1] if k else 0), dims[k]
+            if need_z:
+                grad_z.append(acc @ weight[:, start:stop])
+            if need_w:
+                grad_w.append(acc.T @ z[:, start:stop])
+        unused = z.shape[1] - dims[-1]
+        if unused:
+            if need_z:
+                grad_z.insert(0, z.new_zeros(z.shape[0], unused))
+            if need_w:
+                grad_w.insert(0, weight.new_zeros(weight.shape[0], unused))
+        return (torch.cat(grad_z[::-1], 1) if need_z else None,
+                torch.cat(grad_w[::-1], 1) if need_w else None,
+                acc.sum(0) if need_b else None, None)
 
 
 class MRLLinear(nn.Module):
@@ -50,22 +119,24 @@ class MRLLinear(nn.Module):
             self.heads = nn.ModuleList(nn.Linear(m, self.num_classes) for m in self.dims)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Logits of every nesting dim, a tuple of ``(batch, num_classes)`` tensors."""
+        """Logits of every nesting dim, a tuple of ``(batch, num_classes)`` tensors (for
+        MRL-E a :class:`PrefixLogits`, whose ``.stacked`` holds them all in one tensor)."""
         if z.shape[-1] != self.in_features:
             raise ValueError(f"'z' must have {self.in_features} features (got {z.shape[-1]})")
         if self.efficient:
-            # logits at m = logits at the previous dim + the slice [previous:m]: the heads of
-            # all dims together cost one full-width matmul (split in pieces), not one per dim
-            # torch.split (not slicing) so that backward concatenates the pieces' gradients
-            # once instead of adding each into a full-size zero tensor
             weight, bias = self.shared.weight, self.shared.bias
+            if (z.dtype == weight.dtype == bias.dtype and z.device == weight.device
+                    and not _autocast_on(z.device.type)):
+                return PrefixLogits(_PrefixLogitsFunction.apply(z, weight, bias, self.dims))
+            # under autocast (mixed dtypes): logits at m = logits at the previous dim + the
+            # slice [previous:m], from split pieces and a cumulative sum
             widths = [b - a for a, b in zip((0,) + self.dims[:-1], self.dims)]
             used = self.dims[-1]
             z_parts = torch.split(z[:, :used] if used < z.shape[1] else z, widths, dim=1)
             w_parts = torch.split(weight[:, :used] if used < weight.shape[1] else weight, widths,
                                   dim=1)
             parts = torch.stack([zp @ wp.T for zp, wp in zip(z_parts, w_parts)])
-            return tuple(torch.cumsum(parts, dim=0) + bias)
+            return PrefixLogits(torch.cumsum(parts, dim=0) + bias)
         return tuple(head(z[:, :m]) for m, head in zip(self.dims, self.heads))
 
     def to_numpy(self) -> dict:

@@ -102,8 +102,11 @@ class MatryoshkaLoss(nn.Module):
             if len(outputs) != len(self.dims):
                 raise ValueError(f"'outputs' must hold logits for each of the {len(self.dims)} "
                                  f"dims (got {len(outputs)})")
-            # one cross-entropy over all dims at once: (n_dims * batch, classes)
-            stacked = torch.stack(tuple(outputs))
+            # one cross-entropy over all dims at once: (n_dims * batch, classes); an MRL-E
+            # head's PrefixLogits already hold them in one tensor
+            stacked = getattr(outputs, "stacked", None)
+            if stacked is None:
+                stacked = torch.stack(tuple(outputs))
             n_dims, batch = stacked.shape[0], stacked.shape[1]
             losses = F.cross_entropy(stacked.reshape(n_dims * batch, -1), target.repeat(n_dims),
                                      reduction="none")
