@@ -60,26 +60,25 @@ class _PrefixLogitsFunction(torch.autograd.Function):
         z, weight = ctx.saved_tensors
         dims = ctx.dims
         need_z, need_w, need_b = ctx.needs_input_grad[:3]
-        # acc = sum of grad[m] over every dim m >= k: the gradient of column block k
+        # acc = sum of grad[m] over every dim m >= k: the gradient of column block k; each
+        # block's gradients are written straight into their columns of the full gradients
         acc = grad[-1].clone()
-        grad_z, grad_w = [], []
+        grad_z = z.new_empty(z.shape) if need_z else None
+        grad_w = weight.new_empty(weight.shape) if need_w else None
         for k in range(len(dims) - 1, -1, -1):
             if k < len(dims) - 1:
                 acc += grad[k]
             start, stop = (dims[k - 1] if k else 0), dims[k]
             if need_z:
-                grad_z.append(acc @ weight[:, start:stop])
+                torch.mm(acc, weight[:, start:stop], out=grad_z[:, start:stop])
             if need_w:
-                grad_w.append(acc.T @ z[:, start:stop])
-        unused = z.shape[1] - dims[-1]
-        if unused:
+                torch.mm(acc.T, z[:, start:stop], out=grad_w[:, start:stop])
+        if dims[-1] < z.shape[1]:  # columns past the last dim take no part
             if need_z:
-                grad_z.insert(0, z.new_zeros(z.shape[0], unused))
+                grad_z[:, dims[-1]:] = 0
             if need_w:
-                grad_w.insert(0, weight.new_zeros(weight.shape[0], unused))
-        return (torch.cat(grad_z[::-1], 1) if need_z else None,
-                torch.cat(grad_w[::-1], 1) if need_w else None,
-                acc.sum(0) if need_b else None, None)
+                grad_w[:, dims[-1]:] = 0
+        return grad_z, grad_w, (acc.sum(0) if need_b else None), None
 
 
 class MRLLinear(nn.Module):
