@@ -9,7 +9,16 @@ build when ``--hnswlib-rows`` covers the set, or from hnswlib's fixed per-elemen
 (links + float32 vector + label, plus the upper levels measured on a smaller build) scaled to
 the set's size -- the script says which. Recall@10 of both on the same unseen queries.
 
+``--verify`` picks ``Searcher.load``'s checksum mode (``full``, ``lazy``, ``none``; a
+comma-separated list loads the same saved index once per mode, each in a fresh process; the
+first mode's figures are the headline ones). With ``lazy`` the child waits for the background
+check (``Searcher.verify()``) before it measures, so the figures include its effect.
+``--cold`` drops the index files from the page cache before each load
+(``posix_fadvise(DONTNEED)``), as after a reboot; without it the files are still cached from
+the save.
+
     python benchmarks/memory.py --n 1000000 --out benchmarks/results/memory.json
+    python benchmarks/memory.py --n 200000 --verify full,lazy,none --cold --out /tmp/memory.json
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from mrlsearch.benchmark import recalls_at_k
 from mrlsearch.datasets import synthetic_mrl
 
 _CHILD = """
-import json, sys, time, numpy as np
+import json, os, sys, time, numpy as np
 def rollup():
     out = {}
     for line in open('/proc/self/smaps_rollup'):
@@ -43,19 +52,33 @@ def rss():
     return rollup()['rss']
 from mrlsearch import Searcher
 queries = np.load(sys.argv[2])
+verify = sys.argv[4]
+if sys.argv[5] == "cold":
+    for name in os.listdir(sys.argv[1]):
+        fd = os.open(os.path.join(sys.argv[1], name), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
 before = rss()
 anonymous_before = rollup()['anonymous']
 started = time.perf_counter()
-s = Searcher.load(sys.argv[1], mmap=True)
+s = Searcher.load(sys.argv[1], mmap=True, verify=verify)
 load_s = time.perf_counter() - started
 after_load = rss()
+started = time.perf_counter()
+verify_s = None
+if verify == "lazy":  # wait for the background check (with "none", verify() would hash now)
+    s.verify()
+    verify_s = time.perf_counter() - started
+after_verify = rss()
 started = time.perf_counter()
 result = s.search(queries, k=10)
 for q in queries[:200]:
     s.search(q, k=10)
 query_s = time.perf_counter() - started
 np.save(sys.argv[3], result.ids)
-print(json.dumps({"rss_before": before, "rss_after_load": after_load, "rss_after_queries": rss(),
+print(json.dumps({"verify": verify, "cold": sys.argv[5] == "cold", "verify_wait_s": verify_s,
+                  "rss_after_verify": after_verify,
+                  "rss_before": before, "rss_after_load": after_load, "rss_after_queries": rss(),
                   "anonymous_after_queries": rollup()["anonymous"],
                   "load_s": load_s, "query_s": query_s, "usage": s.memory_usage(),
                   "anonymous_before": anonymous_before, "plan": str(s.plan)}))
@@ -93,8 +116,16 @@ def main() -> None:
                         help="rows of the hnswlib build (its size is scaled to --n if smaller)")
     parser.add_argument("--M", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--verify", default="full",
+                        help="Searcher.load verify mode(s): full, lazy, none, comma-separated "
+                             "(each loads in a fresh process; the first is the headline)")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the index files from the page cache before each load")
     parser.add_argument("--out", default="benchmarks/results/memory.json")
     args = parser.parse_args()
+    modes = [mode for mode in args.verify.split(",") if mode]
+    if not modes or any(mode not in ("full", "lazy", "none") for mode in modes):
+        parser.error(f"--verify must list full, lazy or none (got {args.verify!r})")
     started = time.perf_counter()
     vectors, queries = synthetic_mrl(args.n, args.dim, n_queries=2 * args.queries, decay=0.8,
                                      seed=0)
@@ -113,17 +144,30 @@ def main() -> None:
         searcher.save(index_dir)
         del searcher
         np.save(Path(scratch) / "queries.npy", test)
-        child = subprocess.run([sys.executable, "-c", _CHILD, str(index_dir),
-                                str(Path(scratch) / "queries.npy"), str(Path(scratch) / "ids.npy")],
-                               check=True, capture_output=True, text=True)
-        loaded = json.loads(child.stdout.strip().splitlines()[-1])
-        funnel_ids = np.load(Path(scratch) / "ids.npy")
-    funnel_recall = float(recalls_at_k(funnel_ids, truth).mean())
-    resident = loaded["rss_after_queries"] - loaded["rss_before"]
-    private = loaded["anonymous_after_queries"] - loaded["anonymous_before"]
-    print(f"mrlsearch mmap: recall@10 {funnel_recall:.3f}, RSS growth {resident / 2**20:.0f} MiB, "
-          f"memory_usage {json.dumps({k: round(v / 2**20, 1) for k, v in loaded['usage'].items()})}"
-          f" MiB; private (anonymous) growth {private / 2**20:.0f} MiB", flush=True)
+        by_mode = {}
+        for mode in modes:
+            child = subprocess.run([sys.executable, "-c", _CHILD, str(index_dir),
+                                    str(Path(scratch) / "queries.npy"),
+                                    str(Path(scratch) / "ids.npy"), mode,
+                                    "cold" if args.cold else "warm"],
+                                   check=True, capture_output=True, text=True)
+            run = json.loads(child.stdout.strip().splitlines()[-1])
+            run["funnel_recall"] = float(recalls_at_k(np.load(Path(scratch) / "ids.npy"),
+                                                      truth).mean())
+            run["resident"] = run["rss_after_queries"] - run["rss_before"]
+            run["private"] = run["anonymous_after_queries"] - run["anonymous_before"]
+            by_mode[mode] = run
+            print(f"mrlsearch mmap, verify={mode}{' (cold cache)' if args.cold else ''}: "
+                  f"load {run['load_s']:.2f}s, recall@10 {run['funnel_recall']:.3f}, RSS growth "
+                  f"after load {(run['rss_after_load'] - run['rss_before']) / 2**20:.0f} MiB, "
+                  f"after queries {run['resident'] / 2**20:.0f} MiB, memory_usage "
+                  f"{json.dumps({k: round(v / 2**20, 1) for k, v in run['usage'].items()})}"
+                  f" MiB; private (anonymous) growth {run['private'] / 2**20:.0f} MiB",
+                  flush=True)
+    loaded = by_mode[modes[0]]
+    funnel_recall = loaded["funnel_recall"]
+    resident = loaded["resident"]
+    private = loaded["private"]
     hnsw = hnswlib_bytes(vectors, test, truth, min(args.hnswlib_rows, args.n), args.M,
                          args.ef_construction)
     if hnsw["rows"] < args.n:
@@ -136,12 +180,17 @@ def main() -> None:
         hnsw["how"] = "measured on the full set"
         full_bytes = hnsw["index_bytes"]
     ratio = resident / full_bytes
-    print(f"hnswlib full dim: {full_bytes / 2**20:.0f} MiB ({hnsw['how']}); "
-          f"mrlsearch mmap / hnswlib = {ratio:.2f}", flush=True)
+    print(f"hnswlib full dim: {full_bytes / 2**20:.0f} MiB ({hnsw['how']})", flush=True)
+    for mode, run in by_mode.items():
+        run["resident_ratio"] = run["resident"] / full_bytes
+        run["private_ratio"] = run["private"] / full_bytes
+        print(f"  verify={mode}: mrlsearch mmap / hnswlib = {run['resident_ratio']:.2f} "
+              f"(private {run['private_ratio']:.2f})", flush=True)
     write_report(args.out, "memory", {"numpy": np.__version__}, n=args.n, dim=args.dim,
                  index_dim=args.index_dim, plan=plan.to_dict(), build_s=build_s,
-                 funnel_recall=funnel_recall, loaded=loaded, hnswlib=hnsw,
-                 resident_ratio=ratio, private_ratio=private / full_bytes)
+                 verify=modes[0], cold=args.cold, funnel_recall=funnel_recall, loaded=loaded,
+                 by_verify=by_mode, hnswlib=hnsw, resident_ratio=ratio,
+                 private_ratio=private / full_bytes)
 
 
 if __name__ == "__main__":

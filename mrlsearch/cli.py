@@ -4,14 +4,16 @@ Exit codes: 0 ok, 1 error (one line on stderr, the traceback only with ``--debug
 (a bad option value, e.g. ``-k 0`` or ``--M 1``), 130 interrupted, 141 stdout closed early
 (``mrlsearch query ... | head -1``: the output stops quietly, like a program killed by SIGPIPE).
 
-A text index (``mrlsearch index TEXTS.txt --model MODEL_DIR --out DIR``) remembers its model
-in ``DIR.mrlsearch-cli.json`` beside the index directory, so ``mrlsearch query DIR --text ...``
-needs no ``--model``. Line ``i`` of the text file (0-based, blank lines included) gets id ``i``.
+A text index (``mrlsearch index --text TEXTS.txt --model MODEL_DIR --out DIR``) remembers its
+model in ``DIR.mrlsearch-cli.json`` beside the index directory, so ``mrlsearch query DIR --text
+...`` needs no ``--model``. Line ``i`` of the text file (0-based, blank lines included) gets id
+``i`` and is stored as its payload, which ``query`` prints with each hit.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -149,6 +151,23 @@ def _jsonable(value):
     return value
 
 
+def _payload_json(payload: str | bytes | None):
+    """A payload as JSON: str and None as they are, bytes as ``{"base64": ...}``."""
+    if isinstance(payload, bytes):
+        return {"base64": base64.b64encode(payload).decode("ascii")}
+    return payload
+
+
+def _payload_text(payload: str | bytes | None) -> str:
+    """A payload on one output line (tabs and line breaks escaped, bytes as repr)."""
+    if payload is None:
+        return "-"
+    if isinstance(payload, bytes):
+        return repr(payload)
+    return payload.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace(
+        "\r", "\\r")
+
+
 def _print_json(data) -> None:
     print(json.dumps(_jsonable(data), allow_nan=False))
 
@@ -199,12 +218,30 @@ def _describe(searcher: Searcher, index: str) -> dict:
         "index_dims": list(searcher.index_dims), "codes": list(searcher.codes),
         "M": searcher.M, "ef_construction": searcher.ef_construction,
         "count": len(searcher), "tombstones": searcher.tombstones, "plan": _plan_dict(searcher),
+        "payloads": searcher.has_payloads,
     }
 
 
 # ---------------------------------------------------------------------- commands
 def _cmd_index(args: argparse.Namespace) -> None:
     model = None
+    texts_path = args.text
+    if args.model and texts_path is None:
+        if args.vectors is None:
+            raise _UsageError("--model needs the texts: --text TEXTS.txt")
+        texts_path, args.vectors = args.vectors, None  # the older form: index TEXTS --model M
+    if args.vectors is None and texts_path is None:
+        raise _UsageError("give VECTORS.npy, or --text TEXTS.txt with --model")
+    if args.vectors is None and not args.model:
+        raise _UsageError("--text alone needs --model to encode the texts (or give "
+                          "VECTORS.npy: the texts are then stored as payloads only)")
+    if args.vectors is not None and args.model:
+        raise _UsageError("give VECTORS.npy or --model (to encode --text), not both")
+    lines = None
+    if texts_path is not None:
+        lines = _read_lines(texts_path)
+        if not lines:
+            raise MRLError(f"'--text' ({texts_path}) holds no lines of text")
     if args.model:
         from .encoder import Encoder
 
@@ -212,9 +249,6 @@ def _cmd_index(args: argparse.Namespace) -> None:
         if not encoder.is_text:
             raise MRLError(f"--model {args.model} takes vectors, not texts: pass VECTORS.npy "
                            "without --model")
-        lines = _read_lines(args.vectors)
-        if not lines:
-            raise MRLError(f"'VECTORS' ({args.vectors}) holds no lines of text")
         vectors = encoder.encode(lines)
         if args.dims is None:
             args.dims = encoder.dims
@@ -226,6 +260,9 @@ def _cmd_index(args: argparse.Namespace) -> None:
     metric = args.metric or "cosine"
     if vectors.ndim != 2:
         raise MRLError(f"'VECTORS' must be a 2-D array (got shape {vectors.shape})")
+    if lines is not None and len(lines) != len(vectors):
+        raise MRLError(f"'--text' ({texts_path}) has {len(lines)} lines but VECTORS has "
+                       f"{len(vectors)} rows: one text per vector")
     ids = np.arange(len(vectors), dtype=np.int64)
     if args.auto and args.index_dims is not None:
         raise _UsageError("--auto chooses the graph dims itself: drop --index-dims")
@@ -237,14 +274,16 @@ def _cmd_index(args: argparse.Namespace) -> None:
                                   target_recall=args.target_recall, ids=ids, metric=metric,
                                   dims=args.dims, dtype=args.dtype, M=args.M,
                                   ef_construction=args.ef_construction)
+        if lines is not None:  # build takes no payloads: attach them to the built rows
+            searcher._attach_payloads(ids, lines)
     else:
         searcher = Searcher(vectors.shape[1], args.dims, metric=metric,
                             index_dims=args.index_dims, M=args.M,
                             ef_construction=args.ef_construction, dtype=args.dtype)
-        searcher.add(vectors, ids)
+        searcher.add(vectors, ids, payloads=lines)
     searcher.save(args.out)
     _write_sidecar(args.out, None if model is None else {"model": model,
-                                                          "texts": os.path.abspath(args.vectors)})
+                                                          "texts": os.path.abspath(texts_path)})
     if args.json:
         info = _describe(searcher, args.out)
         info["model"] = model
@@ -261,7 +300,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    searcher = Searcher.load(args.index, mmap=args.mmap)
+    searcher = Searcher.load(args.index, mmap=args.mmap, verify=args.verify)
     info = _describe(searcher, args.index)
     info["memory_usage"] = searcher.memory_usage()
     info["model"] = _read_sidecar(args.index).get("model")
@@ -326,7 +365,7 @@ def _cmd_remove(args: argparse.Namespace) -> None:
 def _cmd_query(args: argparse.Namespace) -> None:
     if args.text is not None and args.queries is not None:
         raise _UsageError("give QUERIES.npy or --text, not both")
-    searcher = Searcher.load(args.index, mmap=args.mmap)
+    searcher = Searcher.load(args.index, mmap=args.mmap, verify=args.verify)
     if args.text is not None:
         model = args.model or _read_sidecar(args.index).get("model")
         if not model:
@@ -343,12 +382,27 @@ def _cmd_query(args: argparse.Namespace) -> None:
         result = searcher.funnel(queries, k=args.k, stages=args.stages, ef=args.ef)
     else:
         result = searcher.search(queries, k=args.k, ef=args.ef)
+    hits = result.hits()
+    payloads = None
+    if searcher.has_payloads and not args.no_payloads:
+        found = [h.ids for h in hits]
+        flat = searcher.get(np.concatenate(found), payload=True) if sum(map(len, found)) else []
+        payloads, at = [], 0
+        for ids in found:
+            payloads.append(flat[at:at + len(ids)])
+            at += len(ids)
     if args.json:
-        hits = result.hits()
-        _print_json({"ids": [h.ids for h in hits], "scores": [h.scores for h in hits]})
+        data = {"ids": [h.ids for h in hits], "scores": [h.scores for h in hits]}
+        if payloads is not None:
+            data["payloads"] = [[_payload_json(p) for p in row] for row in payloads]
+        _print_json(data)
         return
-    for row, hit in enumerate(result.hits()):
-        print(f"{row}\t" + ", ".join(f"{i}:{s:.4f}" for i, s in hit.to_list()))
+    for row, hit in enumerate(hits):
+        if payloads is None:
+            print(f"{row}\t" + ", ".join(f"{i}:{s:.4f}" for i, s in hit.to_list()))
+            continue
+        for (i, s), payload in zip(hit.to_list(), payloads[row]):
+            print(f"{row}\t{i}:{s:.4f}\t{_payload_text(payload)}")
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
@@ -505,15 +559,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = command(
         "index", "build an index from a .npy file (or texts)",
-        description="Build an index from a (n, dim) .npy file, or from a text file (one text a "
-                    "line, blank lines included: line i gets id i) with --model. A text index "
-                    "records its model in DIR.mrlsearch-cli.json, so 'query DIR --text' finds "
-                    "it. --auto picks graph dims from the data and tunes a plan "
-                    "(Searcher.build).")
-    index.add_argument("vectors", help="(n, dim) float .npy file, or a text file with --model")
+        description="Build an index from a (n, dim) .npy file, or from a text file (--text, "
+                    "one text a line, blank lines included: line i gets id i and is stored as "
+                    "its payload) with --model. A text index records its model in "
+                    "DIR.mrlsearch-cli.json, so 'query DIR --text' finds it. --auto picks graph "
+                    "dims from the data and tunes a plan (Searcher.build).")
+    index.add_argument("vectors", nargs="?", default=None,
+                       help="(n, dim) float .npy file (or, without --text, a text file to "
+                            "encode with --model)")
+    index.add_argument("--text", default=None, metavar="TEXTS.txt",
+                       help="UTF-8 text file, one text a line (blank lines included): line i "
+                            "is stored as the payload of id i; encoded with --model, or the "
+                            "payloads of VECTORS' rows (default: none)")
     index.add_argument("--model", default=None,
-                       help="model directory: encode VECTORS as a text file, one text a line "
-                            "(default: none, VECTORS is a .npy)")
+                       help="model directory: encode the texts of --text (default: none, "
+                            "VECTORS is a .npy)")
     index.add_argument("--out", required=True, help="index directory to write")
     index.add_argument("--dims", type=_int_list, default=None,
                        help="nesting dims, e.g. 16,32,64 (default: the model's, else 8,16,32,.. "
@@ -547,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("index", help="index directory")
     info.add_argument("--mmap", action="store_true",
                       help="memory-map the vectors (memory_usage then counts resident pages)")
+    info.add_argument("--verify", choices=("full", "lazy", "none"), default="full",
+                      help="checksums of the big files at load (Searcher.load's verify)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_cmd_info)
 
@@ -579,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = command("query", "search with a (q, dim) .npy of queries, or texts",
                     description="Search the index: its tuned plan (or the default funnel), or "
-                                "the --stages given.")
+                                "the --stages given. Prints a line per query, ROW<tab>ID:SCORE, "
+                                "...; when the index stores payloads (the texts of 'index "
+                                "--text'), a line per hit, ROW<tab>ID:SCORE<tab>PAYLOAD.")
     query.add_argument("index", help="index directory")
     query.add_argument("queries", nargs="?", default=None, help="(q, dim) or (dim,) .npy file")
     query.add_argument("--text", action="append", default=None,
@@ -596,8 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="graph walk breadth, >= the first shortlist (default: the plan's, "
                             "else the first shortlist)")
     query.add_argument("--json", action="store_true",
-                       help="print {ids, scores} as JSON (one list per query, best first)")
+                       help="print {ids, scores} as JSON (one list per query, best first), "
+                            "and payloads when the index has them")
+    query.add_argument("--no-payloads", action="store_true",
+                       help="do not print the stored payloads (texts) with the hits")
     query.add_argument("--mmap", action="store_true", help="memory-map the vectors")
+    query.add_argument("--verify", choices=("full", "lazy", "none"), default="full",
+                       help="checksums of the big files at load (Searcher.load's verify; "
+                            "'none' starts a one-off query on a big index sooner)")
     query.set_defaults(func=_cmd_query)
 
     tune = command("tune", "find the fastest stages that meet a recall target",

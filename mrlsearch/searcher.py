@@ -396,9 +396,12 @@ class Searcher:
                       unit="vec", disable=disable, leave=False) as bar:
                 for lo in range(0, n_rows, _ADD_CHUNK):
                     hi = min(n_rows, lo + _ADD_CHUNK)
-                    # one float32 copy of the chunk (none when the input is float32 and
-                    # contiguous in memory); a memory-mapped input is read chunk by chunk
+                    # at most one float32 copy of the chunk (none for writable contiguous
+                    # float32 input: the compiled kernels take writable arrays only); a
+                    # memory-mapped input is read chunk by chunk
                     chunk = np.ascontiguousarray(source[lo:hi], dtype=np.float32)
+                    if not chunk.flags.writeable:
+                        chunk = chunk.copy()
                     stored = chunk.astype(self._dtype, copy=False)
                     rows = store.append(stored, new_ids[lo:hi],
                                         None if encoded is None else encoded.slice(lo, hi))
@@ -537,6 +540,33 @@ class Searcher:
                     return [None] * rows.size
                 return store.payloads.get(rows)
             return np.asarray(store.vectors[rows], dtype=np.float32)
+
+    def _attach_payloads(self, ids: Sequence[int] | np.ndarray,
+                         payloads: Sequence[str | bytes | None]) -> None:
+        """Give stored ids payloads without re-adding them (for an index made by
+        :meth:`build`, which takes none). The index must not have a payload column yet."""
+        targets = check_ids(ids, "ids")
+        encoded = encode_payloads(payloads, targets.size, "payloads")
+        with self._lock.write():
+            store = self._store
+            if store.payloads is not None:
+                raise ValueError("the index already has payloads")
+            rows = store.rows_of(targets)
+            if np.any(rows < 0):
+                raise KeyError(f"id {int(targets[rows < 0][0])} is not in the index")
+            order = np.argsort(rows, kind="stable")
+            ordered = PayloadColumn.from_arrays(encoded.kinds, encoded.offsets,
+                                                encoded.data).take(order)
+            kinds = np.zeros(store.rows, dtype=np.uint8)
+            kinds[rows[order]] = ordered.kinds
+            lengths = np.zeros(store.rows, dtype=np.uint64)
+            lengths[rows[order]] = np.diff(ordered.offsets)
+            offsets = np.zeros(store.rows + 1, dtype=np.uint64)
+            np.cumsum(lengths, out=offsets[1:])
+            column = PayloadColumn.from_arrays(kinds, offsets, ordered.data)
+            column.reserve(store.capacity, store.rows)
+            store.payloads = column
+            store.version += 1
 
     @property
     def has_payloads(self) -> bool:

@@ -277,3 +277,88 @@ def test_closed_pipe_exits_quietly(index, files):
     assert proc.wait(timeout=120) == cli.EXIT_BROKEN_PIPE
     assert first.startswith(b"0\t0:")
     assert "Broken pipe" not in err and "Traceback" not in err and err == ""
+
+
+def test_text_index_stores_lines_as_payloads_and_query_prints_them(tmp_path, monkeypatch,
+                                                                   capsys):
+    import mrlsearch.encoder
+
+    monkeypatch.setattr(mrlsearch.encoder, "Encoder", _FakeTextEncoder)
+    model = tmp_path / "model"
+    model.mkdir()
+    texts = ["alpha beta", "", "gamma\twith tab", "délta ✓"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    index = tmp_path / "text_index"
+    assert main(["index", "--text", str(tmp_path / "texts.txt"), "--model", str(model),
+                 "--out", str(index), "--dims", "8,16", "--index-dims", "8"]) == 0
+    loaded = Searcher.load(index)
+    assert loaded.get(list(range(4)), payload=True) == texts
+    capsys.readouterr()
+    assert main(["info", str(index), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["payloads"] is True
+    assert main(["query", str(index), "--text", "gamma\twith tab", "--text", "délta ✓",
+                 "-k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row[0] for row in out["ids"]] == [2, 3]
+    assert [row[0] for row in out["payloads"]] == ["gamma\twith tab", "délta ✓"]
+    assert len(out["payloads"][0]) == len(out["ids"][0]) == len(out["scores"][0]) == 2
+    assert main(["query", str(index), "--text", "délta ✓", "-k", "1", "--verify", "none"]) == 0
+    assert capsys.readouterr().out.startswith("0\t3:1.0000\tdélta ✓\n")
+    assert main(["query", str(index), "--text", "gamma\twith tab", "-k", "1"]) == 0
+    assert capsys.readouterr().out == "0\t2:1.0000\tgamma\\twith tab\n"  # tab escaped
+    assert main(["query", str(index), "--text", "gamma\twith tab", "-k", "1",
+                 "--no-payloads"]) == 0
+    assert capsys.readouterr().out == "0\t2:1.0000\n"
+    # the older form (texts as the positional argument) stores them too
+    assert main(["index", str(tmp_path / "texts.txt"), "--model", str(model),
+                 "--out", str(tmp_path / "older")]) == 0
+    assert Searcher.load(tmp_path / "older").get([3], payload=True) == ["délta ✓"]
+
+
+def test_vectors_with_text_payloads_auto_and_mismatch(files, tmp_path, capsys):
+    lines = [f"doc {i}" for i in range(400)]
+    (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    index = tmp_path / "with_texts"
+    assert main(["index", str(files / "vectors.npy"), "--text", str(tmp_path / "docs.txt"),
+                 "--dims", "8,16,32", "--index-dims", "8", "--out", str(index)]) == 0
+    assert Searcher.load(index, mmap=True).get([0, 399], payload=True) == ["doc 0", "doc 399"]
+    capsys.readouterr()
+    assert main(["query", str(index), str(files / "queries.npy"), "-k", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[5] == "5\t5:" + \
+        _top_score(Searcher.load(index), files, 5) + "\tdoc 5"
+    auto = tmp_path / "auto_texts"
+    assert main(["index", str(files / "vectors.npy"), "--text", str(tmp_path / "docs.txt"),
+                 "--auto", "--queries", str(files / "queries.npy"), "-k", "5",
+                 "--target-recall", "0.9", "--out", str(auto)]) == 0
+    built = Searcher.load(auto)
+    assert built.plan is not None and built.get([7, 3], payload=True) == ["doc 7", "doc 3"]
+    (tmp_path / "short.txt").write_text("one\ntwo\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["index", str(files / "vectors.npy"), "--text", str(tmp_path / "short.txt"),
+                 "--out", str(tmp_path / "bad")]) == 1
+    assert "has 2 lines but VECTORS has 400 rows" in capsys.readouterr().err
+    assert main(["index", "--text", str(tmp_path / "short.txt"), "--out",
+                 str(tmp_path / "bad")]) == 2  # texts without a model or vectors
+    assert main(["index", "--out", str(tmp_path / "bad")]) == 2
+
+
+def _top_score(searcher, files, row):
+    queries = np.load(files / "queries.npy")
+    return f"{float(searcher.search(queries[row], k=1).scores[0, 0]):.4f}"
+
+
+def test_query_json_encodes_bytes_payloads(tmp_path, capsys):
+    import base64
+
+    vectors = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    s = Searcher(16, dims=(8, 16), index_dims=(8,))
+    s.add(vectors, payloads=[b"\x00\x01" if i == 3 else None for i in range(50)])
+    s.save(tmp_path / "index")
+    np.save(tmp_path / "q.npy", vectors[[3, 4]])
+    assert main(["query", str(tmp_path / "index"), str(tmp_path / "q.npy"), "-k", "1",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["payloads"] == [[{"base64": base64.b64encode(b"\x00\x01").decode()}], [None]]
+    assert main(["query", str(tmp_path / "index"), str(tmp_path / "q.npy"), "-k", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("\tb'\\x00\\x01'") and lines[1].endswith("\t-")
