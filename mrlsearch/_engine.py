@@ -129,8 +129,8 @@ class Engine:
                 rows = store.live_rows()
             else:
                 rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
-            candidates = np.repeat(rows[None, :], n_queries, axis=0)
-            kernels.rows_funnel(batch, vectors, table, store.norms, store.dims_array, candidates,
+            kernels.rows_funnel(batch, vectors, table, store.norms, store.dims_array,
+                                np.ascontiguousarray(rows, dtype=np.int64),
                                 codes, scales, bits, self._metric, stage_dims, stage_cols,
                                 stage_keeps, stage_precs, store.ids, out_ids, out_scores,
                                 out_counts, out_scored)

@@ -552,26 +552,17 @@ def _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
     scaled_query, query_bits = _prepare_query(query, stage_dims[0], metric, query_norms,
                                               stage_cols[0], scales, bits.shape[1],
                                               stage_precs[0])
-    n_in = 0
-    for j in range(candidates.shape[1]):
-        if candidates[qi, j] >= 0:
-            n_in += 1
-    rows = np.empty(n_in, dtype=np.int64)
-    t = 0
-    for j in range(candidates.shape[1]):
-        if candidates[qi, j] >= 0:
-            rows[t] = candidates[qi, j]
-            t += 1
+    n_in = candidates.shape[0]
     partial = np.zeros(n_in, dtype=np.float32)
     scores = np.empty(n_in, dtype=np.float32)
     _stages(qi, query, vectors, table, row_norms, query_norms, metric, stage_dims[0],
-            scaled_query, codes, query_bits, bits, rows, partial, scores, n_in, 0,
+            scaled_query, codes, query_bits, bits, candidates, partial, scores, n_in, 0,
             stage_dims, stage_cols, stage_keeps, stage_precs, 0, id_of_row, out_ids,
             out_scores, out_counts, out_scored)
 
 
 _ROWS_SIGNATURE = (
-    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], i8[:, ::1], "
+    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], i8[::1], "
     "i1[:, ::1], f4[::1], u8[:, ::1], i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], "
     "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1])"
 )
@@ -582,11 +573,11 @@ _ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2"
 def rows_funnel(queries, vectors, table, row_norms, dims, candidates, codes, scales,
                 bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
                 out_ids, out_scores, out_counts, out_scored):
-    """Every stage of a funnel over given first-stage candidates (``-1`` padded rows).
+    """Every stage of a funnel over given first-stage candidate rows, the same for every query.
 
     Used where the first stage is a scan instead of a graph walk (its shortlist covers the
     index, or a filter allows so few rows that walking the graph would cost more): stage 0
-    scores ``candidates[qi]`` at its dim and precision, later stages as in
+    scores ``candidates`` at its dim and precision, later stages as in
     :func:`graph_funnel_serial`. Parallel over queries.
     """
     for qi in prange(queries.shape[0]):
