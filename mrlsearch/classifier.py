@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from . import _format, _kernels
@@ -33,6 +34,8 @@ OBJECTIVES = ("expected_dim", "compute")
 _BLOCK_FLOATS = 1 << 20
 # Candidate thresholds per dim in calibrate(): quantiles of that dim's validation confidences.
 _GRID_SIZE = 64
+# calibrate(cv=k): cost levels tried, geometric from full dim's cost to the path's cheapest.
+_COST_LEVELS = 48
 # Any threshold above this stops no row (confidences are at most 1): the dim is not tested.
 _UNTESTED = np.inf
 
@@ -113,16 +116,24 @@ class CalibrationResult:
     drop_sigmas : float
         Standard errors of margin the promise was made with (1.645: one-sided 95 %).
     drop_bound : float
-        The promise: mean accuracy drop against full dim on the calibration rows plus
-        ``drop_margin``, at the chosen thresholds; it is at most ``max_drop``.
+        The promise, at most ``max_drop``: the mean accuracy drop against full dim plus
+        ``drop_margin``. With ``cv`` folds (the default) the drop is the cross-validated one,
+        ``cv_drop``: measured on rows the thresholds were not chosen on. With ``cv=None`` it
+        is the drop on the calibration rows at the chosen thresholds. 0 when ``full_dim``.
     drop_margin : float
-        ``drop_sigmas`` standard errors of the mean drop: ``drop_sigmas * sqrt(losses + gains
-        + 1) / n`` (McNemar's, over rows where the cascade is wrong and full dim right or the
-        reverse, plus one; the one keeps a cascade that loses no calibration row from
-        claiming an exact promise). On new rows, expect drops up to about ``max_drop`` plus
-        a margin of this size. Held-out rows from the same distribution exceed ``max_drop`` with
-        probability of about 5 % at ``drop_sigmas=1.645`` (less than that is not guaranteed:
-        the thresholds were chosen on the same rows).
+        ``drop_sigmas`` standard errors of that mean drop: ``drop_sigmas * sqrt(losses +
+        gains + 1) / n`` (McNemar's, over rows where the cascade is wrong and full dim right
+        or the reverse, plus one; the one keeps a cascade that loses no row from claiming an
+        exact promise). On new rows from the same distribution, expect drops up to about
+        ``max_drop``. With ``cv=None`` the thresholds were chosen on the rows the bound is
+        measured on, so new rows exceed ``max_drop`` more often than the nominal 5 % (on
+        digits at ``max_drop=0.005``, about a third of random splits; docs/concepts.md).
+    cv : int or None
+        Number of cross-validation folds used, or None.
+    cv_drop, cv_expected_dim : float
+        Cross-validated mean accuracy drop against full dim and mean answering dim at the
+        chosen cost level: each row answered by thresholds chosen on the other folds. nan
+        with ``cv=None`` or when no cascade kept the bound.
     full_dim : bool
         True when no cascade beat answering every row at full dim (under the objective and
         the bound, or in the timing check): the thresholds send every row to full dim.
@@ -163,6 +174,9 @@ class CalibrationResult:
     full_rows_per_s: float | None = None
     faster: bool | None = None
     note: str = ""
+    cv: int | None = None
+    cv_drop: float = float("nan")
+    cv_expected_dim: float = float("nan")
 
 
 def _softmax_confidence(logits: np.ndarray, kind: str, threshold: float = -np.inf
@@ -180,22 +194,228 @@ def _softmax_confidence(logits: np.ndarray, kind: str, threshold: float = -np.in
     return labels, confidence, stop
 
 
-def _drop_bound(drop: np.ndarray, sigmas: float, early: bool) -> tuple[float, float]:
-    """Mean of ``drop`` (per row: full-dim correct minus cascade correct, so -1, 0 or 1) and
-    its margin, ``sigmas`` standard errors of that mean.
+@numba.njit(["void(f4[:, ::1], b1[:, ::1], f8[::1], i8[::1], i8[::1])"], cache=True,
+            nogil=True)
+def _route(confidence, correct, thresholds, counts, tallies):
+    """Replay a cascade on precomputed per-dim confidences: where each row stops, and tallies.
 
-    The standard error is McNemar's, ``sqrt(losses + gains + 1) / n``, with one pseudo
-    disagreement: the search picks thresholds that avoid the losses it can see, so a point with
-    no loss on the calibration rows still loses some on new rows (on digits, +1 brought the
-    held-out drop at ``max_drop=0.005`` from 0.0076 to 0.0059 on average over 8 splits).
-    With no row stopped before the last dim (``early`` False) the drop is exactly 0.
+    ``confidence`` and ``correct`` are (rows, dims): a row's confidence and whether its label
+    is right at each dim. A row stops at the first dim ``i`` with ``confidence >=
+    thresholds[i]`` (the last dim always answers). Writes ``counts[i]``, the rows that stop at
+    dim ``i``, and ``tallies`` = (right answers, losses: full dim right and the cascade wrong,
+    gains: the reverse).
     """
-    n = drop.shape[0]
-    if not early:
-        return 0.0, 0.0
-    losses = int(np.count_nonzero(drop > 0))
-    gains = int(np.count_nonzero(drop < 0))
-    return (losses - gains) / n, float(sigmas * math.sqrt(losses + gains + 1) / n)
+    last = confidence.shape[1] - 1
+    counts[:] = 0
+    hits = 0
+    losses = 0
+    gains = 0
+    for row in range(confidence.shape[0]):
+        stop = last
+        for i in range(last):
+            if confidence[row, i] >= thresholds[i]:
+                stop = i
+                break
+        counts[stop] += 1
+        hit = correct[row, stop]
+        full = correct[row, last]
+        if hit:
+            hits += 1
+            if not full:
+                gains += 1
+        elif full:
+            losses += 1
+    tallies[0] = hits
+    tallies[1] = losses
+    tallies[2] = gains
+
+
+class _Point(NamedTuple):
+    """A threshold vector and what it does on the rows of one :class:`_ThresholdSearch`."""
+
+    thresholds: tuple[float, ...]
+    accuracy: float
+    expected_dim: float
+    cost: float
+    drop: float  # mean accuracy drop against full dim (losses - gains) / n
+    unit: float  # McNemar standard error sqrt(losses + gains + 1) / n; 0 if no row stops early
+    losses: int = 0  # rows full dim gets right and the cascade wrong
+
+    def bound(self, sigmas: float) -> float:
+        return self.drop + sigmas * self.unit
+
+
+def _tally(confidence: np.ndarray, correct: np.ndarray, thresholds: np.ndarray
+           ) -> tuple[np.ndarray, int, int, int]:
+    """Rows stopping at each dim, right answers, losses and gains (see :func:`_route`)."""
+    counts = np.empty(confidence.shape[1], dtype=np.int64)
+    tallies = np.empty(3, dtype=np.int64)
+    _route(confidence, correct, np.ascontiguousarray(thresholds, dtype=np.float64), counts,
+           tallies)
+    return counts, int(tallies[0]), int(tallies[1]), int(tallies[2])
+
+
+class _ThresholdSearch:
+    """calibrate's search over one set of rows (all of them, or the training folds).
+
+    Holds each row's confidence and correctness at every dim (computed once by the caller:
+    a fold is a column subset, no logits are recomputed), a grid of candidate thresholds per
+    dim (``_GRID_SIZE`` quantiles of these rows' confidences), and the cost model.
+    """
+
+    def __init__(self, confidence: np.ndarray, correct: np.ndarray, dims: np.ndarray,
+                 stop_costs) -> None:
+        self.confidence = confidence  # (n_dims, n) float32
+        self.rows = np.ascontiguousarray(confidence.T)  # (n, n_dims) for the router
+        self.correct = np.ascontiguousarray(correct.T)
+        self.n = confidence.shape[1]
+        self.dims = dims
+        self.stop_costs = stop_costs
+        self.grids = [np.unique(np.quantile(confidence[i], np.linspace(0.0, 1.0, _GRID_SIZE)))
+                      [::-1] for i in range(len(dims) - 1)]
+
+    def thresholds_at(self, position) -> np.ndarray:
+        values = np.full(len(self.dims), -np.inf)
+        for i, p in enumerate(position):
+            values[i] = _UNTESTED if p < 0 else self.grids[i][p]
+        return values
+
+    def evaluate(self, values: np.ndarray) -> _Point:
+        counts, hits, losses, gains = _tally(self.rows, self.correct, values)
+        n = self.n
+        early = counts[:-1].sum() > 0
+        return _Point(tuple(float(v) for v in values), hits / n, float(counts @ self.dims) / n,
+                      float(counts @ self.stop_costs(values)) / n, (losses - gains) / n,
+                      math.sqrt(losses + gains + 1) / n if early else 0.0, losses)
+
+    def path(self) -> list[_Point]:
+        """The greedy path from "every row at full dim" to "every row at the first dim": each
+        step lowers by one grid notch the threshold whose move saves the most cost per unit of
+        accuracy lost (moves that lose nothing first)."""
+        position = [-1] * (len(self.dims) - 1)  # -1: threshold +inf (nobody stops, no test)
+        points = [self.evaluate(self.thresholds_at(position))]
+        while True:
+            best = None
+            here = points[-1]
+            for i, grid in enumerate(self.grids):
+                if position[i] + 1 >= len(grid):
+                    continue
+                trial = list(position)
+                trial[i] += 1
+                point = self.evaluate(self.thresholds_at(trial))
+                saved = here.cost - point.cost
+                lost = here.accuracy - point.accuracy
+                key = (lost <= 0, saved / lost if lost > 0 else saved)
+                if best is None or key > best[0]:
+                    best = (key, trial, point)
+            if best is None:
+                return points
+            position = best[1]
+            points.append(best[2])
+
+    def choose(self, path: list[_Point], budget: float, sigmas: float) -> _Point:
+        """The cheapest point of ``path`` whose drop bound (``sigmas`` standard errors) is
+        within ``budget``, refined by coordinate descent; "every row at full dim" (the path's
+        first point) when nothing costs less. Thresholds sit in the middle of the gap below
+        the grid value they came from."""
+        full = path[0]
+
+        def on_target(point: _Point) -> bool:
+            return point.bound(sigmas) <= budget + 1e-12
+
+        chosen = min((p for p in path if on_target(p)), key=lambda p: (p.cost, -p.accuracy))
+        # coordinate descent: per dim, every grid threshold and "no test" (+inf) with the
+        # others fixed; keep the cheapest that stays on target; until a sweep changes nothing
+        values = np.asarray(chosen.thresholds, dtype=np.float64)
+        for _ in range(16):
+            improved = False
+            for i, grid in enumerate(self.grids):
+                for candidate in (_UNTESTED, *grid):
+                    if candidate == values[i]:
+                        continue
+                    trial = values.copy()
+                    trial[i] = candidate
+                    point = self.evaluate(trial)
+                    if on_target(point) and (point.cost, -point.accuracy) < (chosen.cost,
+                                                                              -chosen.accuracy):
+                        chosen, values, improved = point, trial, True
+            if not improved:
+                break
+        if not chosen.cost < full.cost:
+            return full
+        return self.settle(chosen)
+
+    def best_within(self, path: list[_Point], level: float,
+                    start: _Point | None = None) -> _Point:
+        """The thresholds found that lose the fewest rows against full dim while costing at
+        most ``level`` on these rows; among those the costliest (the one that uses the
+        allowance: fewer rows stopped early on the strength of these rows alone). Gains (rows
+        only the cascade gets right) do not count: chasing them fits noise. Starts from the
+        best point of ``path`` within ``level`` or of the one-dim changes of ``start`` (the
+        choice at the previous, higher level: the cheaper points of a greedy path can lie
+        far along it), then coordinate descent as in :meth:`choose`."""
+        limit = level * (1 + 1e-12)
+
+        def key(point: _Point) -> tuple[float, float]:
+            return -point.losses, point.cost
+
+        candidates = [p for p in path if p.cost <= limit]
+        if start is not None:
+            values = np.asarray(start.thresholds, dtype=np.float64)
+            for i, grid in enumerate(self.grids):
+                for candidate in (_UNTESTED, *grid):
+                    trial = values.copy()
+                    trial[i] = candidate
+                    point = self.evaluate(trial)
+                    if point.cost <= limit:
+                        candidates.append(point)
+        chosen = max(candidates, key=key, default=path[-1])
+        values = np.asarray(chosen.thresholds, dtype=np.float64)
+        for _ in range(16):
+            improved = False
+            for i, grid in enumerate(self.grids):
+                for candidate in (_UNTESTED, *grid):
+                    if candidate == values[i]:
+                        continue
+                    trial = values.copy()
+                    trial[i] = candidate
+                    point = self.evaluate(trial)
+                    if point.cost <= limit and key(point) > key(chosen):
+                        chosen, values, improved = point, trial, True
+            if not improved:
+                break
+        return chosen
+
+    def settle(self, point: _Point) -> _Point:
+        """``point`` with each threshold moved from the grid value (a confidence of these
+        rows: a row exactly at it could flip when the cascade's float32 arithmetic differs by
+        an ulp) to the middle of the gap below it: the same routing of these rows."""
+        values = np.asarray(point.thresholds, dtype=np.float64).copy()
+        for i in range(len(self.dims) - 1):
+            if values[i] <= 1.0:
+                below = self.confidence[i][self.confidence[i] < values[i]]
+                lower = float(below.max()) if below.size else max(values[i] - 1e-6, 0.0)
+                values[i] = (values[i] + lower) / 2
+        return point._replace(thresholds=tuple(float(v) for v in values))
+
+
+def _first_within(path: list[_Point], level: float) -> _Point:
+    """The first point of ``path`` that costs at most ``level`` (the last point if none)."""
+    for point in path:
+        if point.cost <= level * (1 + 1e-12):
+            return point
+    return path[-1]
+
+
+def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index of each row: rows shuffled with ``seed``, then dealt round-robin class by
+    class, so that folds differ in size by at most one row and in each class's count by at
+    most one."""
+    order = np.random.default_rng(seed).permutation(labels.shape[0])
+    order = order[np.argsort(labels[order], kind="stable")]
+    out = np.empty(labels.shape[0], dtype=np.int64)
+    out[order] = np.arange(labels.shape[0]) % folds
+    return out
 
 
 class Classifier:
@@ -499,6 +719,8 @@ class Classifier:
         confidence: str = "max_prob",
         test_cost: float = 100.0,
         drop_sigmas: float = 1.645,
+        cv: int | None = 5,
+        seed: int = 0,
     ) -> CalibrationResult:
         """Choose per-dim thresholds that minimise cost while the accuracy drop stays bounded.
 
@@ -516,6 +738,17 @@ class Classifier:
         cascade and always-full-dim are then timed on ``x_val`` (best of 3); if the cascade
         is not faster, full dim is returned instead. The result is stored as
         :attr:`thresholds`.
+
+        With ``cv`` folds (the default, 5) the promise is checked on rows the thresholds were
+        not chosen on. The rows are split into ``cv`` folds stratified by label (shuffled
+        with ``seed``). For an in-sample drop budget ``b`` = 0, ``max_drop / 20``, ``2 *
+        max_drop / 20``, ..., each fold's thresholds are chosen on the other folds by the
+        search above (drop within ``b`` on those rows, no margin) and replayed on that fold;
+        the drop over all the held-out answers plus ``drop_sigmas`` McNemar standard errors
+        must stay within ``max_drop``. The largest budget up to the first one that fails is
+        kept, and the final thresholds are chosen on all rows with that budget.
+        ``cv=None`` (or 1) puts the margin on the calibration rows instead (faster; the
+        held-out drop then overshoots ``max_drop`` more often at small ``max_drop``).
 
         Parameters
         ----------
@@ -542,7 +775,14 @@ class Classifier:
             default makes the promise a one-sided 95 % bound, so it carries over to new rows
             from the same distribution; 0 holds it on the calibration rows only (the chosen
             point then sits on the boundary and new rows often land beyond it). The bound
-            used is reported as :attr:`CalibrationResult.drop_bound`.
+            used is reported as :attr:`CalibrationResult.drop_bound`. With ``cv`` folds the
+            drop and the standard error are those of the held-out answers.
+        cv : int or None, default=5
+            Number of cross-validation folds (at most the number of rows); None or 1: no
+            cross-validation, the bound is measured on the rows the thresholds were chosen
+            on.
+        seed : int, default=0
+            Seed of the shuffle that assigns rows to folds.
 
         Returns
         -------
@@ -568,6 +808,14 @@ class Classifier:
         if not (isinstance(drop_sigmas, (int, float, np.integer, np.floating))
                 and np.isfinite(drop_sigmas) and drop_sigmas >= 0):
             raise ValueError(f"'drop_sigmas' must be a finite number >= 0 (got {drop_sigmas!r})")
+        if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer))):
+            raise TypeError(f"'cv' must be None or an int >= 1, the number of folds (got "
+                            f"{cv!r})")
+        if cv is not None and cv < 1:
+            raise ValueError(f"'cv' must be None or an int >= 1, the number of folds (got {cv})")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"'seed' must be an int (got {seed!r})")
+        folds = None if cv is None or cv == 1 else int(cv)
         kind = check_choice(confidence, "confidence", CONFIDENCES)
         batch = self._check_x(x_val)
         truth = np.asarray(y_val)
@@ -581,6 +829,9 @@ class Classifier:
                 truth.max() >= self._n_classes:
             raise ValueError(f"'y_val' must hold class indices in [0, {self._n_classes}) "
                              f"(got values in [{truth.min()}, {truth.max()}])")
+        if folds is not None and folds > batch.shape[0]:
+            raise ValueError(f"'cv' must be at most the number of rows of x_val, "
+                             f"{batch.shape[0]} (got {folds})")
         labels, conf = self._all_dims(batch, kind)
         correct = labels == truth[None, :]
         dims = np.asarray(self._dims, dtype=np.float64)
@@ -588,96 +839,63 @@ class Classifier:
         full_accuracy = float(correct[-1].mean())
         target = full_accuracy - max_drop
 
-        grids = [np.unique(np.quantile(conf[i], np.linspace(0.0, 1.0, _GRID_SIZE)))[::-1]
-                 for i in range(n_dims - 1)]
-        position = [-1] * (n_dims - 1)  # -1: threshold +inf (nobody stops, no test)
-
-        def thresholds_at(pos) -> np.ndarray:
-            values = np.full(n_dims, -np.inf)
-            for i, p in enumerate(pos):
-                values[i] = _UNTESTED if p < 0 else grids[i][p]
-            return values
-
         def stop_costs(values: np.ndarray) -> np.ndarray:
             """Cost of a row that stops at each dim, given which dims are tested."""
-            tested = (values <= 1.0).astype(np.float64)
-            tested[-1] = 1.0
             if objective == "expected_dim":
                 return dims
+            tested = (np.asarray(values) <= 1.0).astype(np.float64)
+            tested[-1] = 1.0
             logits_cost = dims if self._shared else np.cumsum(dims * tested)
             return logits_cost + test_cost * np.cumsum(tested)
 
-        full_correct = correct[-1].astype(np.float64)
-
-        def answers(values) -> tuple[np.ndarray, np.ndarray, float, float]:
-            """Per row: the dim index that answers and whether it is right; the mean drop
-            against full dim and its margin."""
-            stops = conf >= np.asarray(values, dtype=np.float64)[:, None]
-            stops[-1] = True
-            first = np.argmax(stops, axis=0)
-            hits = correct[first, np.arange(n)]
-            mean, margin = _drop_bound(full_correct - hits, drop_sigmas,
-                                       bool((first < n_dims - 1).any()))
-            return first, hits, mean, margin
-
-        def evaluate(values: np.ndarray) -> tuple[float, float, float, float]:
-            """Accuracy, expected dim, cost, and the upper bound on the accuracy drop."""
-            first, hits, mean, margin = answers(values)
-            return (float(hits.mean()), float(dims[first].mean()),
-                    float(stop_costs(values)[first].mean()), float(mean + margin))
-
-        def on_target(bound: float) -> bool:
-            return bound <= max_drop + 1e-12
-
-        accuracy, expected, cost, bound = evaluate(thresholds_at(position))
-        curve = [CurvePoint(expected, accuracy, cost, tuple(thresholds_at(position)), bound)]
-        full = curve[0]  # every row at full dim: no drop, so always on target
-        feasible = [full]
-        while True:
-            best_move = None
-            for i in range(n_dims - 1):
-                if position[i] + 1 >= len(grids[i]):
-                    continue
-                trial = list(position)
-                trial[i] += 1
-                acc, exp_dim, trial_cost, trial_bound = evaluate(thresholds_at(trial))
-                saved = cost - trial_cost
-                lost = accuracy - acc
-                # rank: lossless savings first, then most saving per accuracy lost
-                key = (lost <= 0, saved / lost if lost > 0 else saved)
-                if best_move is None or key > best_move[0]:
-                    best_move = (key, trial, acc, exp_dim, trial_cost, trial_bound)
-            if best_move is None:
-                break
-            _, position, accuracy, expected, cost, bound = best_move
-            curve.append(CurvePoint(expected, accuracy, cost, tuple(thresholds_at(position)),
-                                    bound))
-            if on_target(bound):
-                feasible.append(curve[-1])
-
-        chosen = min(feasible, key=lambda p: (p.cost, -p.accuracy))
-        chosen = self._refine(chosen, grids, evaluate, on_target)
-        if not chosen.cost < full.cost:
-            chosen = full
+        search = _ThresholdSearch(conf, correct, dims, stop_costs)
+        path = search.path()
+        full = path[0]  # every row at full dim: no drop, so always on target
+        cv_drop = cv_expected = float("nan")
+        cv_unit = 0.0
+        if folds is None:
+            chosen = search.choose(path, max_drop, drop_sigmas)
+            bound, margin = chosen.bound(drop_sigmas), drop_sigmas * chosen.unit
         else:
-            # grid thresholds are validation confidences: a row exactly at one could flip
-            # when the cascade's float32 arithmetic differs by an ulp. Move each threshold to
-            # the middle of the gap below it: same routing of the calibration rows.
-            values = np.asarray(chosen.thresholds, dtype=np.float64).copy()
-            for i in range(n_dims - 1):
-                if values[i] <= 1.0:
-                    below = conf[i][conf[i] < values[i]]
-                    lower = float(below.max()) if below.size else max(values[i] - 1e-6, 0.0)
-                    values[i] = (values[i] + lower) / 2
-            chosen = chosen._replace(thresholds=tuple(values))
+            cheapest = min(p.cost for p in path)
+            levels = [full.cost * (cheapest / full.cost) ** (k / _COST_LEVELS)
+                      for k in range(1, _COST_LEVELS + 1)] if cheapest > 0 else []
+            held_out = self._cross_validate(conf, correct, truth, dims, stop_costs, folds,
+                                            seed, max_drop, drop_sigmas, levels)
+            if held_out is None:
+                chosen = full
+            else:
+                level, cv_drop, cv_unit, cv_expected = held_out
+                chosen = None
+                for step in levels[:levels.index(level) + 1]:
+                    chosen = search.best_within(path, step, chosen)
+                chosen = full if not chosen.cost < full.cost else search.settle(chosen)
+            bound, margin = cv_drop + drop_sigmas * cv_unit, drop_sigmas * cv_unit
+        full_dim = chosen is full
+        if full_dim:
+            bound = margin = 0.0
         cascade_speed = full_speed = faster = None
-        if chosen is full:
+        if full_dim and folds is None:
             note = (f"every row at full dim: no cascade costs less with a drop bound within "
-                    f"max_drop={max_drop:g} ({drop_sigmas:g} standard errors)")
+                    f"max_drop={max_drop:g} ({drop_sigmas:g} standard errors on the "
+                    f"calibration rows)")
+        elif full_dim and held_out is None:
+            note = (f"every row at full dim: no point of the path keeps the {folds}-fold "
+                    f"cross-validated drop plus {drop_sigmas:g} standard errors within "
+                    f"max_drop={max_drop:g}")
+        elif full_dim:
+            note = (f"every row at full dim: at the cost level {level:.4g} that {folds}-fold "
+                    f"cross-validation accepts, the path on all rows still answers at full dim")
         else:
-            note = (f"cascade at expected dim {chosen.expected_dim:.3g} of {self._dims[-1]}, "
-                    f"accuracy drop at most {chosen.drop_bound:.4f} (mean + {drop_sigmas:g} "
-                    f"standard errors)")
+            if folds is None:
+                note = (f"cascade at expected dim {chosen.expected_dim:.3g} of "
+                        f"{self._dims[-1]}, accuracy drop at most {bound:.4f} on the "
+                        f"calibration rows (mean + {drop_sigmas:g} standard errors)")
+            else:
+                note = (f"cascade at expected dim {chosen.expected_dim:.3g} of "
+                        f"{self._dims[-1]}, accuracy drop at most {bound:.4f} on new rows "
+                        f"({folds}-fold cross-validated drop {cv_drop:.4f} + {drop_sigmas:g} "
+                        f"standard errors)")
             if objective == "compute":
                 cascade_speed, full_speed = self._rows_per_s(
                     batch, np.asarray(chosen.thresholds), np.asarray(full.thresholds), kind)
@@ -686,18 +904,61 @@ class Classifier:
                     note = (f"every row at full dim: the calibrated cascade (expected dim "
                             f"{chosen.expected_dim:.3g}) measured {cascade_speed:.4g} rows/s, "
                             f"not faster than full dim at {full_speed:.4g} rows/s")
-                    chosen = full
+                    chosen, full_dim, bound, margin = full, True, 0.0, 0.0
                 else:
                     note += (f"; {cascade_speed / full_speed:.2f}x the rows/s of full dim "
                              f"on the calibration rows")
         self._thresholds = self._check_thresholds(chosen.thresholds)
+        curve = [CurvePoint(p.expected_dim, p.accuracy, p.cost, p.thresholds,
+                            p.bound(drop_sigmas)) for p in path]
         return CalibrationResult(
             self._thresholds.copy(), chosen.accuracy, chosen.expected_dim, full_accuracy,
             target, curve, chosen.cost, drop_sigmas=float(drop_sigmas),
-            drop_bound=chosen.drop_bound, drop_margin=answers(chosen.thresholds)[3],
-            full_dim=chosen is full,
+            drop_bound=float(bound), drop_margin=float(margin), full_dim=full_dim,
             cascade_rows_per_s=cascade_speed, full_rows_per_s=full_speed, faster=faster,
-            note=note)
+            note=note, cv=folds, cv_drop=float(cv_drop), cv_expected_dim=float(cv_expected),
+            )
+
+    @staticmethod
+    def _cross_validate(conf, correct, truth, dims, stop_costs, folds, seed, max_drop, sigmas,
+                        levels) -> tuple[float, float, float, float] | None:
+        """The lowest cost level of the greedy path whose points keep the promise on held-out
+        folds.
+
+        Rows are split into ``folds`` stratified folds; each fold gets the greedy path of the
+        other folds. For each cost level ``c`` of ``levels`` (decreasing), each fold answers
+        with the first point of its path that costs at most ``c`` (thresholds chosen without
+        seeing the fold); the drop of all the held-out answers plus ``sigmas`` McNemar
+        standard errors must stay within ``max_drop``. The scan stops at the first level that
+        fails. Returns (level, held-out mean drop, its standard error, held-out expected dim)
+        of the last level that passed, or None when none did.
+        """
+        fold_of = _stratified_folds(truth, folds, seed)
+        n = truth.shape[0]
+        splits = []
+        for f in range(folds):
+            train = fold_of != f
+            search = _ThresholdSearch(conf[:, train], correct[:, train], dims, stop_costs)
+            splits.append((search, search.path(), np.ascontiguousarray(conf[:, ~train].T),
+                           np.ascontiguousarray(correct[:, ~train].T)))
+        accepted = None
+        previous: list[_Point | None] = [None] * folds
+        for level in levels:
+            losses = gains = 0
+            counts = np.zeros(len(dims), dtype=np.int64)
+            for f, (search, path, rows, right) in enumerate(splits):
+                point = previous[f] = search.best_within(path, level, previous[f])
+                fold_counts, _, fold_losses, fold_gains = _tally(
+                    rows, right, np.asarray(search.settle(point).thresholds))
+                counts += fold_counts
+                losses += fold_losses
+                gains += fold_gains
+            drop = (losses - gains) / n
+            unit = math.sqrt(losses + gains + 1) / n if counts[:-1].sum() else 0.0
+            if drop + sigmas * unit > max_drop + 1e-12:
+                break
+            accepted = (level, drop, unit, float(counts @ dims) / n)
+        return accepted
 
     def _rows_per_s(self, batch: np.ndarray, thresholds: np.ndarray, full: np.ndarray,
                     kind: str) -> tuple[float, float]:
@@ -711,28 +972,6 @@ class Classifier:
                 best[j] = min(best[j], time.perf_counter() - started)
         n = batch.shape[0]
         return tuple(n / t if t > 0 else np.inf for t in best)
-
-    @staticmethod
-    def _refine(point: CurvePoint, grids, evaluate, on_target) -> CurvePoint:
-        """Coordinate descent from ``point``: per dim, try every grid threshold and "no test"
-        (``+inf``) with the others fixed; keep the cheapest that stays on target; repeat
-        until a sweep changes nothing."""
-        values = np.asarray(point.thresholds, dtype=np.float64)
-        for _ in range(16):
-            improved = False
-            for i, grid in enumerate(grids):
-                for candidate in (_UNTESTED, *grid):
-                    if candidate == values[i]:
-                        continue
-                    trial = values.copy()
-                    trial[i] = candidate
-                    accuracy, expected, cost, bound = evaluate(trial)
-                    if on_target(bound) and (cost, -accuracy) < (point.cost, -point.accuracy):
-                        point, values, improved = (CurvePoint(expected, accuracy, cost,
-                                                              tuple(trial), bound), trial, True)
-            if not improved:
-                break
-        return point
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:

@@ -202,8 +202,8 @@ def test_calibration_result_fields_are_documented():
 
 def test_default_calibration_reports_its_bound_and_replays():
     clf, x, y = shared_task(noise=0.05)
-    result = clf.calibrate(x, y, max_drop=0.02)
-    assert result.drop_sigmas == 1.645 and not result.full_dim
+    result = clf.calibrate(x, y, max_drop=0.02, cv=None)  # the margin on these rows
+    assert result.drop_sigmas == 1.645 and not result.full_dim and result.cv is None
     assert result.faster is None and result.cascade_rows_per_s is None  # not timed
     replay = clf.cascade(x)
     np.testing.assert_array_equal(clf.thresholds, result.thresholds)
@@ -217,7 +217,7 @@ def test_default_calibration_reports_its_bound_and_replays():
     assert result.drop_bound == pytest.approx(drop.mean() + margin)
     assert result.drop_bound <= 0.02 + 1e-12
     # without the margin the same search may go further (never less far)
-    plain = clf.calibrate(x, y, max_drop=0.02, drop_sigmas=0.0)
+    plain = clf.calibrate(x, y, max_drop=0.02, drop_sigmas=0.0, cv=None)
     assert plain.drop_margin == 0.0 and plain.expected_dim <= result.expected_dim
 
 
@@ -250,7 +250,7 @@ def test_compute_falls_back_to_full_dim_when_the_cascade_measures_slower(
         return cascade_speed, full_speed
 
     monkeypatch.setattr(Classifier, "_rows_per_s", fake_speed)
-    result = clf.calibrate(x, y, max_drop=0.02, objective="compute", test_cost=1.0)
+    result = clf.calibrate(x, y, max_drop=0.02, objective="compute", test_cost=1.0, cv=None)
     assert len(seen) == 1
     timed, full = seen[0]
     assert (timed[:-1] <= 1).any() and (full[:-1] > 1).all()  # a real cascade vs full dim
@@ -264,7 +264,7 @@ def test_compute_falls_back_to_full_dim_when_the_cascade_measures_slower(
 def test_compute_keeps_the_cascade_when_it_measures_faster(monkeypatch):
     clf, x, y = shared_task(noise=0.05)
     monkeypatch.setattr(Classifier, "_rows_per_s", lambda *a: (3.0e5, 1.0e5))
-    result = clf.calibrate(x, y, max_drop=0.02, objective="compute", test_cost=1.0)
+    result = clf.calibrate(x, y, max_drop=0.02, objective="compute", test_cost=1.0, cv=None)
     assert result.faster is True and not result.full_dim and "3.00x" in result.note
     assert result.expected_dim < 16 and (result.thresholds[:-1] <= 1).any()
     replay = clf.cascade(x)
