@@ -115,6 +115,23 @@ def cascade_section(report: dict) -> list[str]:
                     f"tested: {s['tested_dims']}; share of rows ending at each dim: {shares}."]
     if any("curve" in o for t in report["tasks"] for o in t["objectives"].values()):
         out += ["", "![cascade](img/cascade.png)"]
+    for study in report.get("splits", []):
+        out += ["", f"### Does the promise hold on new rows? {study['task']}, {study['splits']} "
+                f"random splits", "",
+                f"Per split: calibrate on {study['n_val']} validation rows, measure the accuracy "
+                f"drop against full dim on {study['n_test']} held-out rows. \"over max_drop\": "
+                "share of splits whose held-out drop exceeds max_drop (the margin aims at "
+                "about 5 %).", ""]
+        rows = []
+        for max_drop, by_setting in study["summary"].items():
+            for label, s in by_setting.items():
+                rows.append([max_drop, label, f"{s['mean_drop'] * 100:+.2f}",
+                             f"{s['worst_drop'] * 100:+.2f}",
+                             f"{s['share_over_max_drop']:.0%}", f"{s['mean_expected_dim']:.1f}",
+                             f"{s['share_full_dim']:.0%}", f"{s['max_calibrate_s']:.2f}"])
+        out += _table(["max_drop", "calibration", "mean drop (points)", "worst drop (points)",
+                       "over max_drop", "expected dim", "full dim chosen", "calibrate s (max)"],
+                      rows)
     return out
 
 
@@ -388,7 +405,8 @@ def cascade_plot(report: dict, path: Path) -> None:
         axis.axhline(full["accuracy"], color="grey", ls="--", lw=0.8,
                      label=f"full dim ({task['dims'][-1]}), test rows")
         rows = {r["method"]: r for r in task["rows"]}
-        for color, (label, summary) in zip(("C0", "C1", "C2"), task["objectives"].items()):
+        for color, (label, summary) in zip(("C0", "C1", "C2", "C3"),
+                                           task["objectives"].items()):
             if "curve" not in summary:
                 continue
             curve = np.array(summary["curve"])

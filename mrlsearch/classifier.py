@@ -741,14 +741,19 @@ class Classifier:
 
         With ``cv`` folds (the default, 5) the promise is checked on rows the thresholds were
         not chosen on. The rows are split into ``cv`` folds stratified by label (shuffled
-        with ``seed``). For an in-sample drop budget ``b`` = 0, ``max_drop / 20``, ``2 *
-        max_drop / 20``, ..., each fold's thresholds are chosen on the other folds by the
-        search above (drop within ``b`` on those rows, no margin) and replayed on that fold;
-        the drop over all the held-out answers plus ``drop_sigmas`` McNemar standard errors
-        must stay within ``max_drop``. The largest budget up to the first one that fails is
-        kept, and the final thresholds are chosen on all rows with that budget.
-        ``cv=None`` (or 1) puts the margin on the calibration rows instead (faster; the
-        held-out drop then overshoots ``max_drop`` more often at small ``max_drop``).
+        with ``seed``); each fold gets the greedy path of the other folds. Cost levels fall
+        geometrically (48 steps) from full dim's cost to the path's cheapest point; at each
+        level each fold takes the thresholds that lose the fewest of its training rows while
+        costing at most that level (the costliest among equals; found from the path and from
+        one-dim changes of the previous level's choice, then coordinate descent) and answers
+        its held-out rows with them. The drop of all the held-out answers plus
+        ``drop_sigmas`` McNemar standard errors must stay within ``max_drop``; the scan stops
+        at the first level that fails, and the last level that passed is walked down on all
+        rows for the final thresholds. Levels, not in-sample drop budgets, index the
+        choices: the cheapest thresholds that lose no training row sit right at the edge of
+        the errors and lose rows on new data, which a budget of 0 cannot avoid.
+        ``cv=None`` (or 1) puts the margin on the calibration rows instead (the old search;
+        faster, but the held-out drop then overshoots ``max_drop`` more often).
 
         Parameters
         ----------
