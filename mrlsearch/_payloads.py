@@ -29,7 +29,7 @@ class EncodedPayloads:
     """Payloads of consecutive rows in the column's flat form: ``kinds``, ``offsets``
     (starting at 0, one more than the rows) and ``data``."""
 
-    __slots__ = ("kinds", "offsets", "data")
+    __slots__ = ("data", "kinds", "offsets")
 
     def __init__(self, kinds: np.ndarray, offsets: np.ndarray, data: np.ndarray) -> None:
         self.kinds = kinds

@@ -17,14 +17,15 @@ every small file, but defer the checksums of the big files (:data:`BIG_FILES`) t
 from __future__ import annotations
 
 import os
+
 import hnswlib
 import numpy as np
 
 from . import _format
 from ._errors import FormatError
 from ._graphs import GraphSet
-from ._results import FunnelPlan
 from ._payloads import PayloadColumn
+from ._results import FunnelPlan
 from ._store import VectorStore
 
 __all__: list[str] = []

@@ -386,7 +386,11 @@ def _cmd_query(args: argparse.Namespace) -> None:
     payloads = None
     if searcher.has_payloads and not args.no_payloads:
         found = [h.ids for h in hits]
-        flat = searcher.get(np.concatenate(found), payload=True) if sum(map(len, found)) else []
+        flat: list = []
+        if sum(map(len, found)):  # queries may share hits: fetch each id once
+            unique, inverse = np.unique(np.concatenate(found), return_inverse=True)
+            fetched = searcher.get(unique, payload=True)
+            flat = [fetched[i] for i in inverse.tolist()]
         payloads, at = [], 0
         for ids in found:
             payloads.append(flat[at:at + len(ids)])

@@ -354,11 +354,15 @@ def test_query_json_encodes_bytes_payloads(tmp_path, capsys):
     s = Searcher(16, dims=(8, 16), index_dims=(8,))
     s.add(vectors, payloads=[b"\x00\x01" if i == 3 else None for i in range(50)])
     s.save(tmp_path / "index")
-    np.save(tmp_path / "q.npy", vectors[[3, 4]])
-    assert main(["query", str(tmp_path / "index"), str(tmp_path / "q.npy"), "-k", "1",
+    np.save(tmp_path / "q.npy", vectors[[3, 4, 3]])  # queries 0 and 2 share their hits
+    assert main(["query", str(tmp_path / "index"), str(tmp_path / "q.npy"), "-k", "2",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["payloads"] == [[{"base64": base64.b64encode(b"\x00\x01").decode()}], [None]]
+    raw = {"base64": base64.b64encode(b"\x00\x01").decode()}
+    assert out["ids"][0] == out["ids"][2] and out["ids"][0][0] == 3
+    assert out["payloads"][0] == out["payloads"][2] == [raw, None]
+    assert out["payloads"][1] == [None, None] or raw in out["payloads"][1]
+    np.save(tmp_path / "q.npy", vectors[[3, 4]])
     assert main(["query", str(tmp_path / "index"), str(tmp_path / "q.npy"), "-k", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("\tb'\\x00\\x01'") and lines[1].endswith("\t-")

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mrlsearch import FormatError, Searcher
-from mrlsearch import _format
+from mrlsearch import FormatError, Searcher, _format
 
 MODES = ("full", "lazy", "none")
 
