@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._payloads import encode as encode_payloads
 from ._validation import check_fraction, check_matrix, check_positive_int
 
 __all__: list[str] = []
@@ -86,14 +87,16 @@ def graphs_to_build(costs: dict[int, float], dim: int) -> list[int]:
     return [best_prefix, dim]
 
 
-def build_searcher(cls, vectors, *, queries, k, target_recall, ids, metric, dims, dtype, M,
-                   ef_construction, sample_size, progress):
+def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, metric, dims,
+                   dtype, M, ef_construction, sample_size, progress):
     """See :meth:`Searcher.build`."""
     source = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
     if source.ndim != 2 or source.shape[0] == 0:
         check_matrix(source, "vectors", dim=source.shape[-1] if source.ndim else 1,
                      allow_1d=False)
     n_rows, dim = source.shape
+    if payloads is not None:  # refused before the sample work, not after it
+        encode_payloads(payloads, n_rows, "payloads")
     k = check_positive_int(k, "k")
     target_recall = check_fraction(target_recall, "target_recall")
     sample_size = check_positive_int(sample_size, "sample_size")
@@ -117,7 +120,7 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, metric, dims
     index_dims = graphs_to_build(costs, dim)
     searcher = cls(dim, probe.dims, metric=metric, index_dims=index_dims, M=M,
                    ef_construction=ef_construction, dtype=dtype)
-    searcher.add(source, ids, progress=progress)
+    searcher.add(source, ids, payloads=payloads, progress=progress)
     plan = searcher.tune(query_batch, k=k, target_recall=target_recall, progress=progress)
     searcher.drop_graphs([plan.stages[0][0]])
     searcher.build_report = {

@@ -271,11 +271,9 @@ def _cmd_index(args: argparse.Namespace) -> None:
     if args.auto:
         queries = None if args.queries is None else _load_npy(args.queries, "--queries")
         searcher = Searcher.build(vectors, queries=queries, k=args.k,
-                                  target_recall=args.target_recall, ids=ids, metric=metric,
-                                  dims=args.dims, dtype=args.dtype, M=args.M,
+                                  target_recall=args.target_recall, ids=ids, payloads=lines,
+                                  metric=metric, dims=args.dims, dtype=args.dtype, M=args.M,
                                   ef_construction=args.ef_construction)
-        if lines is not None:  # build takes no payloads: attach them to the built rows
-            searcher._attach_payloads(ids, lines)
     else:
         searcher = Searcher(vectors.shape[1], args.dims, metric=metric,
                             index_dims=args.index_dims, M=args.M,

@@ -250,6 +250,7 @@ class Searcher:
     @classmethod
     def build(cls, vectors: np.ndarray, *, queries: np.ndarray | None = None, k: int = 10,
               target_recall: float = 0.95, ids: Sequence[int] | np.ndarray | None = None,
+              payloads: Sequence[str | bytes | None] | None = None,
               metric: str = "cosine", dims: Sequence[int] | None = None,
               dtype: str = "float32", M: int = 16, ef_construction: int = 200,
               sample_size: int = 20_000, progress: bool | None = None) -> Searcher:
@@ -273,7 +274,7 @@ class Searcher:
         k, target_recall
             What the plan must reach: recall@k against exact full-dim search, as a one-sided
             95 % lower bound over the queries.
-        ids, metric, dims, dtype, M, ef_construction
+        ids, payloads, metric, dims, dtype, M, ef_construction
             As for :class:`Searcher` and :meth:`add`.
         sample_size : int, default=20000
             Rows used to estimate each prefix's shortlist.
@@ -297,9 +298,9 @@ class Searcher:
         from ._build import build_searcher
 
         return build_searcher(cls, vectors, queries=queries, k=k, target_recall=target_recall,
-                              ids=ids, metric=metric, dims=dims, dtype=dtype, M=M,
-                              ef_construction=ef_construction, sample_size=sample_size,
-                              progress=progress)
+                              ids=ids, payloads=payloads, metric=metric, dims=dims,
+                              dtype=dtype, M=M, ef_construction=ef_construction,
+                              sample_size=sample_size, progress=progress)
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -540,33 +541,6 @@ class Searcher:
                     return [None] * rows.size
                 return store.payloads.get(rows)
             return np.asarray(store.vectors[rows], dtype=np.float32)
-
-    def _attach_payloads(self, ids: Sequence[int] | np.ndarray,
-                         payloads: Sequence[str | bytes | None]) -> None:
-        """Give stored ids payloads without re-adding them (for an index made by
-        :meth:`build`, which takes none). The index must not have a payload column yet."""
-        targets = check_ids(ids, "ids")
-        encoded = encode_payloads(payloads, targets.size, "payloads")
-        with self._lock.write():
-            store = self._store
-            if store.payloads is not None:
-                raise ValueError("the index already has payloads")
-            rows = store.rows_of(targets)
-            if np.any(rows < 0):
-                raise KeyError(f"id {int(targets[rows < 0][0])} is not in the index")
-            order = np.argsort(rows, kind="stable")
-            ordered = PayloadColumn.from_arrays(encoded.kinds, encoded.offsets,
-                                                encoded.data).take(order)
-            kinds = np.zeros(store.rows, dtype=np.uint8)
-            kinds[rows[order]] = ordered.kinds
-            lengths = np.zeros(store.rows, dtype=np.uint64)
-            lengths[rows[order]] = np.diff(ordered.offsets)
-            offsets = np.zeros(store.rows + 1, dtype=np.uint64)
-            np.cumsum(lengths, out=offsets[1:])
-            column = PayloadColumn.from_arrays(kinds, offsets, ordered.data)
-            column.reserve(store.capacity, store.rows)
-            store.payloads = column
-            store.version += 1
 
     @property
     def has_payloads(self) -> bool:

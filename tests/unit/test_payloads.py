@@ -183,3 +183,17 @@ def test_inconsistent_payload_files_are_a_format_error(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(FormatError, match="payload files"):
         Searcher.load(tmp_path / "index")
+
+
+def test_build_stores_payloads_with_the_rows_it_builds():
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((600, 32)).astype(np.float32)
+    texts = [f"text {i}" for i in range(600)]
+    ids = np.arange(1000, 1600)
+    searcher = Searcher.build(vectors, ids=ids, payloads=texts, k=5, target_recall=0.8,
+                              dims=(8, 16, 32), progress=False)
+    hits = searcher.search(vectors[:4], k=1).ids[:, 0]
+    assert hits.tolist() == [1000, 1001, 1002, 1003]
+    assert searcher.get(hits, payload=True) == ["text 0", "text 1", "text 2", "text 3"]
+    with pytest.raises(ValueError, match="payloads"):
+        Searcher.build(vectors, payloads=texts[:10], progress=False)
