@@ -54,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from tqdm.auto import tqdm
 
 from ._errors import DimensionError, FormatError, MRLError
+from ._payloads import encode as encode_payloads
 from ._results import FunnelPlan, SearchResult
 from ._validation import check_fraction, check_ids, check_matrix, check_positive_int
 from .searcher import Searcher
@@ -292,6 +293,8 @@ class _ShardActor:
             out = self._tune_candidates(searcher, *args, **kwargs) if count else []
         elif method == "missing_ids":
             out = self._missing_ids(searcher, *args)
+        elif method == "get":
+            out = searcher.get(*args, **kwargs)
         elif method == "__len__":
             out = count
         else:
@@ -1424,7 +1427,8 @@ class ShardedSearcher:
         return plan
 
     # ------------------------------------------------------------------ writes
-    def add(self, vectors: np.ndarray, ids: Sequence[int] | np.ndarray | None = None,
+    def add(self, vectors: np.ndarray, ids: Sequence[int] | np.ndarray | None = None, *,
+            payloads: Sequence[str | bytes | None] | None = None,
             **options: Any) -> np.ndarray:
         """Add (or replace) vectors, each on the shard of its id.
 
@@ -1434,6 +1438,9 @@ class ShardedSearcher:
         ids : array-like of int, optional
             Non-negative distinct ids. Default: consecutive ids from the next free one
             (known when the shards were built or saved by this class).
+        payloads : sequence of str, bytes or None, optional
+            One per vector, stored on the vector's shard (``Searcher.add``'s ``payloads``);
+            read back with :meth:`get`.
         **options
             Passed to every shard's ``Searcher.add``.
 
@@ -1463,15 +1470,49 @@ class ShardedSearcher:
                                     dtype=np.int64)
             else:
                 new_ids = check_ids(ids, "ids", count=batch.shape[0])
+            if payloads is not None:
+                encode_payloads(payloads, batch.shape[0], "payloads")  # checked on the driver
+                payloads = list(payloads)
             assignment = shard_of(new_ids, self.n_shards)
             writes = {}
             for index in np.unique(assignment).tolist():
                 rows = np.flatnonzero(assignment == index)
-                writes[index] = ("add", (batch[rows], new_ids[rows], options))
+                shard_options = options if payloads is None else {
+                    **options, "payloads": [payloads[row] for row in rows.tolist()]}
+                writes[index] = ("add", (batch[rows], new_ids[rows], shard_options))
             self._write(writes)
             top = int(new_ids.max()) + 1
             self._next_id = top if self._next_id is None else max(self._next_id, top)
         return new_ids
+
+    def get(self, ids: Sequence[int] | np.ndarray | int, *,
+            payload: bool = False) -> np.ndarray | list:
+        """Stored vectors (or, with ``payload=True``, payloads) of ids, from their shards.
+
+        Same as ``Searcher.get``: a ``(len(ids), dim)`` float32 array in the order of ``ids``,
+        or a list of ``str`` / ``bytes`` / ``None``; an id in no shard raises ``KeyError``.
+
+        Examples
+        --------
+        >>> texts = sh.get(sh.search(query, k=5).ids[0], payload=True)  # doctest: +SKIP
+        """
+        targets = check_ids(ids, "ids")
+        assignment = shard_of(targets, self.n_shards)
+        parts = {index: np.flatnonzero(assignment == index)
+                 for index in np.unique(assignment).tolist()}
+        answers = self._collect(*self._send_each(
+            {i: ("call", "get", (targets[at],), {"payload": payload})
+             for i, at in parts.items()}, False), math.inf, self._restart_timeout, False)
+        if payload:
+            out: list = [None] * targets.size
+            for index, at in parts.items():
+                for position, value in zip(at.tolist(), answers[index][0]):
+                    out[position] = value
+            return out
+        vectors = np.empty((targets.size, self._dim), dtype=np.float32)
+        for index, at in parts.items():
+            vectors[at] = answers[index][0]
+        return vectors
 
     def remove(self, ids: Sequence[int] | np.ndarray | int) -> None:
         """Remove ids from their shards; they never come back from any query.

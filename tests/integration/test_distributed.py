@@ -308,6 +308,28 @@ def test_save_load_round_trip(built, data, tmp_path):
     assert np.array_equal(sharded.funnel(queries, K).ids, before.ids)
 
 
+def test_payloads_go_to_the_shard_of_their_id_and_come_back_with_get(built, data):
+    sharded, _ = built
+    # fresh vectors: earlier tests added the query rows under other ids (ties at top-1)
+    vectors = np.random.default_rng(7).standard_normal((12, data[2].shape[1])).astype(np.float32)
+    new_ids = np.arange(2 * 10**6, 2 * 10**6 + 12)
+    texts = [f"doc {i}" for i in new_ids.tolist()]
+    texts[3] = b"raw bytes"
+    texts[5] = None
+    assert len(set(shard_of(new_ids, 4).tolist())) > 1
+    sharded.add(vectors, ids=new_ids, payloads=texts)
+    order = new_ids[::-1]
+    assert sharded.get(order, payload=True) == texts[::-1]
+    np.testing.assert_allclose(sharded.get(order), vectors[::-1], rtol=1e-3, atol=1e-3)
+    hits = sharded.exact(vectors, 1).ids[:, 0]
+    assert sharded.get(hits, payload=True) == texts
+    with pytest.raises(ValueError, match="payloads"):
+        sharded.add(vectors, ids=new_ids + 100, payloads=texts[:3])
+    with pytest.raises(KeyError):
+        sharded.get([3 * 10**6])
+    sharded.remove(new_ids)
+
+
 # ---------------------------------------------------------------------------- sources and input
 def test_build_from_npy_and_parquet(cluster, data, tmp_path):
     pa = pytest.importorskip("pyarrow")
