@@ -111,7 +111,9 @@ class FrozenAdapter(nn.Module):
             raise ValueError(f"'x' must have shape (n, {self.linear.in_features}) "
                              f"(got {tuple(x.shape)})")
         x = F.normalize(x, dim=1)
-        _, _, vh = torch.linalg.svd(x.double(), full_matrices=True)
+        # full_matrices only when there are fewer rows than features: with many rows the
+        # full U alone would be rows x rows (63k pairs: 32 GB)
+        _, _, vh = torch.linalg.svd(x.double(), full_matrices=x.shape[0] < x.shape[1])
         self.linear.weight.copy_(vh[: self.linear.out_features].float())
         return self
 

@@ -53,6 +53,19 @@ def test_pca_init_orders_variance():
         adapter.init_pca(x[:, :4])
 
 
+@pytest.mark.parametrize("rows", [5, 400])
+def test_pca_init_is_a_rotation_with_few_or_many_rows(rows):
+    """Fewer rows than features (full SVD) and more rows (thin SVD: the full one's rows x rows
+    U took 32 GB at 63k docstring texts) both give a rotation led by the top principal axis."""
+    x = np.random.default_rng(2).standard_normal((rows, 16)).astype(np.float32)
+    adapter = FrozenAdapter(16, init="pca").init_pca(x)
+    w = adapter.linear.weight.detach().double().numpy()
+    np.testing.assert_allclose(w @ w.T, np.eye(16), atol=1e-5)
+    normed = x / np.linalg.norm(x, axis=1, keepdims=True)
+    top = np.linalg.svd(normed.astype(np.float64), full_matrices=True)[2][0]
+    assert abs(float(w[0] @ top)) > 1 - 1e-5  # the first axis is the top principal axis
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="'init' must be one of identity, orthogonal, pca"):
         FrozenAdapter(8, init="random")
