@@ -1,9 +1,15 @@
-"""Cascade classification benchmark: accuracy vs expected dim and rows/s.
+"""Cascade classification benchmark: accuracy vs expected dim and rows/s, and whether the
+accuracy promise of ``calibrate`` holds on new rows.
 
-For each task: the cascade with thresholds calibrated on a validation split (max_drop 0.005,
-with ``objective='expected_dim'``, ``'compute'``, and ``'compute'`` with a 95 % margin on the
-drop), against always-full-dim and
+For each task: the cascade with thresholds calibrated on a validation split (max_drop 0.005)
+three ways side by side -- no margin (``drop_sigmas=0, cv=None``), the McNemar margin on the
+calibration rows (``cv=None``), and the default (margin on 5-fold cross-validated answers) --
+plus ``objective='compute'`` with the defaults, against always-full-dim and
 always-smallest-dim, measured on a held-out split in one process.
+
+Then the promise over random splits: for each split, calibrate with each of the three
+settings at several ``max_drop`` and measure the drop against full dim on the held-out rows:
+mean and worst drop, the share of splits whose drop exceeds ``max_drop``, expected dim.
 
 Tasks
 -----
@@ -17,7 +23,8 @@ Tasks
   features (384) -> MRL adapter + MRL-E head over dims 8..384, trained here with
   ``exporters`` (about two minutes on 2 cores, most of it encoding the texts).
 
-    python benchmarks/cascade.py --out benchmarks/results/cascade.json
+    python benchmarks/cascade.py --out benchmarks/results/cascade.json [--no-text]
+        [--digits-splits 30] [--synthetic-splits 10]
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ from _common import best_time, write_report
 from mrlsearch import Classifier
 
 MAX_DROP = 0.005
-CALIBRATIONS = {
-    "objective=expected_dim": {"objective": "expected_dim"},
-    "objective=compute": {"objective": "compute"},
-    "objective=compute, drop_sigmas=1.645": {"objective": "compute", "drop_sigmas": 1.645},
+# the three ways to hold the promise, side by side (objective='expected_dim')
+PROMISES = {
+    "no margin (drop_sigmas=0, cv=None)": {"drop_sigmas": 0.0, "cv": None},
+    "margin (drop_sigmas=1.645, cv=None)": {"cv": None},
+    "margin + cv=5 (default)": {},
 }
+CALIBRATIONS = {**PROMISES, "objective=compute (default margin + cv=5)": {"objective": "compute"}}
 
 
 def digits_task(seed: int):
@@ -161,6 +170,10 @@ def run_task(name, clf, x_val, y_val, x_test, y_test) -> dict:
             "calibrate_s": calibrate_s,
             "calibration_accuracy": calibration.accuracy,
             "calibration_expected_dim": calibration.expected_dim,
+            "drop_bound": calibration.drop_bound,
+            "cv_drop": None if calibration.cv is None else calibration.cv_drop,
+            "full_dim": calibration.full_dim,
+            "note": calibration.note,
             "thresholds": [float(t) for t in calibration.thresholds],
             "tested_dims": [s.dim for s in result.stats if s.rows_in],
             # the calibration path on the validation rows (at most ~200 points), for the plot
@@ -177,17 +190,84 @@ def run_task(name, clf, x_val, y_val, x_test, y_test) -> dict:
     return {"task": name, "dims": list(clf.dims), "rows": rows, "objectives": objectives}
 
 
+def split_study(make, seeds, max_drops) -> dict:
+    """The held-out drop of each promise setting over random splits.
+
+    ``make(seed)`` returns a task (name, clf, x_val, y_val, x_test, y_test) drawn with that
+    seed. Per split, max_drop and setting: calibrate on the validation rows, then the drop of
+    the cascade against full dim on the test rows.
+    """
+    runs = {str(md): {label: [] for label in PROMISES} for md in max_drops}
+    name = None
+    for seed in seeds:
+        name, clf, x_val, y_val, x_test, y_test = make(seed)
+        full_accuracy = float((clf.predict(x_test) == y_test).mean())
+        for md in max_drops:
+            for label, options in PROMISES.items():
+                started = time.perf_counter()
+                calibration = clf.calibrate(x_val, y_val, max_drop=md, **options)
+                seconds = time.perf_counter() - started
+                result = clf.cascade(x_test)
+                runs[str(md)][label].append({
+                    "seed": seed, "drop": full_accuracy - float((result.labels == y_test).mean()),
+                    "expected_dim": result.expected_dim, "drop_bound": calibration.drop_bound,
+                    "full_dim": calibration.full_dim, "calibrate_s": seconds})
+        print(f"  split {seed}: " + "; ".join(
+            f"max_drop {md}: " + ", ".join(f"{runs[str(md)][label][-1]['drop']:+.4f}"
+                                           for label in PROMISES) for md in max_drops),
+              flush=True)
+    summary = {}
+    for md, by_label in runs.items():
+        summary[md] = {}
+        for label, rows in by_label.items():
+            drops = np.array([r["drop"] for r in rows])
+            summary[md][label] = {
+                "mean_drop": float(drops.mean()), "worst_drop": float(drops.max()),
+                "share_over_max_drop": float((drops > float(md) + 1e-12).mean()),
+                "mean_expected_dim": float(np.mean([r["expected_dim"] for r in rows])),
+                "mean_drop_bound": float(np.mean([r["drop_bound"] for r in rows])),
+                "share_full_dim": float(np.mean([r["full_dim"] for r in rows])),
+                "max_calibrate_s": float(max(r["calibrate_s"] for r in rows)),
+                "splits": rows,
+            }
+            s = summary[md][label]
+            print(f"  max_drop {md} {label:<38} mean drop {s['mean_drop']:+.4f} worst "
+                  f"{s['worst_drop']:+.4f} over max_drop {s['share_over_max_drop']:.0%} expected "
+                  f"dim {s['mean_expected_dim']:.1f} calibrate <= {s['max_calibrate_s']:.2f}s",
+                  flush=True)
+    return {"task": name, "splits": len(seeds), "max_drops": [float(m) for m in max_drops],
+            "dims": list(clf.dims), "n_val": int(len(y_val)), "n_test": int(len(y_test)),
+            "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/cascade.json")
+    parser.add_argument("--no-text", action="store_true",
+                        help="skip the docstring task (it trains a model, ~2 minutes)")
+    parser.add_argument("--digits-splits", type=int, default=30)
+    parser.add_argument("--synthetic-splits", type=int, default=10)
     args = parser.parse_args()
     import sklearn
 
-    tasks = [run_task(*digits_task(args.seed)), run_task(*docstring_modules_task(args.seed)),
-             run_task(*synthetic_task(args.seed))]
+    started = time.perf_counter()
+    tasks = [run_task(*digits_task(args.seed))]
+    if not args.no_text:
+        tasks.append(run_task(*docstring_modules_task(args.seed)))
+    tasks.append(run_task(*synthetic_task(args.seed)))
+    studies = []
+    print(f"\n=== promise over {args.digits_splits} random digits splits ===", flush=True)
+    studies.append(split_study(digits_task, range(100, 100 + args.digits_splits),
+                               (0.005, 0.01, 0.02)))
+    if args.synthetic_splits:
+        print(f"\n=== promise over {args.synthetic_splits} synthetic 1000 x 2048 draws ===",
+              flush=True)
+        studies.append(split_study(synthetic_task, range(100, 100 + args.synthetic_splits),
+                                   (0.005, 0.01)))
+    print(f"\ntotal {time.perf_counter() - started:.0f}s", flush=True)
     write_report(args.out, "cascade", {"numpy": np.__version__, "scikit-learn": sklearn.__version__},
-                 max_drop=MAX_DROP, tasks=tasks)
+                 max_drop=MAX_DROP, tasks=tasks, splits=studies)
 
 
 if __name__ == "__main__":
