@@ -46,9 +46,26 @@ def digits_heads():
 
 
 @pytest.mark.parametrize("max_drop", [0.005, 0.01])
-def test_default_calibration_keeps_the_promise_on_held_out_rows(digits_heads, max_drop, capsys):
+def test_default_cross_validated_calibration_keeps_the_promise_on_held_out_rows(digits_heads,
+                                                                               max_drop):
     clf, x_val, y_val, x_test, y_test = digits_heads
-    calibration = clf.calibrate(x_val, y_val, max_drop=max_drop)  # default: drop_sigmas=1.645
+    calibration = clf.calibrate(x_val, y_val, max_drop=max_drop)  # default: cv=5, margin
+    assert calibration.cv == 5 and calibration.drop_bound <= max_drop + 1e-12
+    assert calibration.drop_bound == pytest.approx(calibration.cv_drop + calibration.drop_margin)
+    result = clf.cascade(x_test)
+    hits, full_hits = result.labels == y_test, clf.predict(x_test) == y_test
+    drop = float(full_hits.mean() - hits.mean())
+    # the 594 test rows measure the drop with their own sampling error (one row is 0.17
+    # points): the promise is checked up to McNemar's margin on the test rows
+    assert drop <= max_drop + paired_margin(full_hits, hits)
+    assert result.expected_dim < DIMS[-1]
+
+
+@pytest.mark.parametrize("max_drop", [0.005, 0.01])
+def test_in_sample_calibration_with_margin_keeps_the_promise_on_held_out_rows(digits_heads,
+                                                                              max_drop, capsys):
+    clf, x_val, y_val, x_test, y_test = digits_heads
+    calibration = clf.calibrate(x_val, y_val, max_drop=max_drop, cv=None)  # drop_sigmas=1.645
     assert calibration.drop_sigmas == Z and not calibration.full_dim
     assert calibration.drop_bound <= max_drop + 1e-12
     result = clf.cascade(x_test)
@@ -89,9 +106,9 @@ def test_default_calibration_keeps_the_promise_on_held_out_rows(digits_heads, ma
 
 def test_without_the_margin_the_promise_only_holds_on_calibration_rows(digits_heads):
     clf, x_val, y_val, *_ = digits_heads
-    plain = clf.calibrate(x_val, y_val, max_drop=MAX_DROP, drop_sigmas=0.0)
+    plain = clf.calibrate(x_val, y_val, max_drop=MAX_DROP, drop_sigmas=0.0, cv=None)
     assert plain.drop_margin == 0.0 and plain.drop_bound <= MAX_DROP + 1e-12
-    guarded = clf.calibrate(x_val, y_val, max_drop=MAX_DROP)
+    guarded = clf.calibrate(x_val, y_val, max_drop=MAX_DROP, cv=None)
     assert guarded.expected_dim >= plain.expected_dim
     assert guarded.drop_margin > 0
 
@@ -100,8 +117,10 @@ def test_compute_objective_counts_recomputation(digits_heads, monkeypatch):
     clf, x_val, y_val, *_ = digits_heads
     # the cost model, apart from the timing check (tested below): say the cascade is faster
     monkeypatch.setattr(Classifier, "_rows_per_s", lambda *a: (2.0, 1.0))
-    by_dim = clf.calibrate(x_val, y_val, objective="expected_dim", max_drop=0.01)
-    by_cost = clf.calibrate(x_val, y_val, objective="compute", test_cost=20.0, max_drop=0.01)
+    # in-sample (cv=None): on these 485 rows the cross-validated default keeps full dim at 0.01
+    by_dim = clf.calibrate(x_val, y_val, objective="expected_dim", max_drop=0.01, cv=None)
+    by_cost = clf.calibrate(x_val, y_val, objective="compute", test_cost=20.0, max_drop=0.01,
+                            cv=None)
     assert by_cost.drop_bound <= 0.01 and by_cost.faster and not by_cost.full_dim
     assert by_dim.expected_dim <= by_cost.expected_dim + 1e-9
     # the reported cost is what the cascade spends: MRL heads recompute at every tested dim
@@ -113,7 +132,8 @@ def test_compute_objective_counts_recomputation(digits_heads, monkeypatch):
 
 def test_compute_objective_never_recommends_a_slower_cascade(digits_heads, monkeypatch, capsys):
     clf, x_val, y_val, *_ = digits_heads
-    measured = clf.calibrate(x_val, y_val, objective="compute", test_cost=20.0, max_drop=0.01)
+    measured = clf.calibrate(x_val, y_val, objective="compute", test_cost=20.0, max_drop=0.01,
+                             cv=None)
     with capsys.disabled():
         print(f"\n  digits compute objective: {measured.note}")
     if measured.faster is not None:  # timed: the decision follows the measurement
@@ -121,7 +141,8 @@ def test_compute_objective_never_recommends_a_slower_cascade(digits_heads, monke
         assert measured.full_dim == (not measured.faster)
     # the fallback itself, with the timing made to say the cascade is slower
     monkeypatch.setattr(Classifier, "_rows_per_s", lambda *a: (1.0, 3.0))
-    slow = clf.calibrate(x_val, y_val, objective="compute", test_cost=20.0, max_drop=0.01)
+    slow = clf.calibrate(x_val, y_val, objective="compute", test_cost=20.0, max_drop=0.01,
+                         cv=None)
     assert slow.full_dim and slow.faster is False and "not faster" in slow.note
     assert (slow.thresholds[:-1] > 1).all() and slow.expected_dim == DIMS[-1]
     assert slow.cascade_rows_per_s == 1.0 and slow.full_rows_per_s == 3.0
