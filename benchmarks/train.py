@@ -355,8 +355,8 @@ def step_time(results: dict, steps: int = 50) -> None:
                 timings[kind] = min(timings[kind], time.perf_counter() - started)
     results["step_seconds"] = timings
     results["step_ratio_vs_ff"] = {k: v / timings["FF"] for k, v in timings.items()}
-    print("  step time (best of %d, batch 256, 512->2048, 1000 classes, %d thread(s)): "
-          % (steps, torch.get_num_threads())
+    print(f"  step time (best of {steps}, batch 256, 512->2048, 1000 classes, "
+          f"{torch.get_num_threads()} thread(s)): "
           + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / timings['FF']:.2f}x FF)"
                       for k, v in timings.items()), flush=True)
 
