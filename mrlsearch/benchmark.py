@@ -49,14 +49,25 @@ _SHORTLIST_GRID = (20, 40, 80, 160, 320, 640, 1280)
 _USEARCH_METRICS = {"cosine": "cos", "ip": "ip", "l2": "l2sq"}
 
 
+#: Timed runs go on for at least this long: threads that the previous measurement's library
+#: left spinning (OpenBLAS after the ground-truth matmul, an OpenMP pool) use a core for up to
+#: ~0.1 s, and a measurement that fits in that window was measured against them (the funnel's
+#: batch QPS on MiniLM moved by 1.7x with the order of the measurements).
+MIN_SECONDS = 0.5
+
+
 def best_time(run: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
-    """Warm up once, then the best wall time of ``repeats`` runs, with the last output."""
+    """Warm up once, then the best wall time of at least ``repeats`` runs, repeated until
+    :data:`MIN_SECONDS` have passed; returns it with the last output."""
     out = run()
     best = float("inf")
-    for _ in range(repeats):
+    runs = 0
+    stop_at = time.perf_counter() + MIN_SECONDS
+    while runs < repeats or time.perf_counter() < stop_at:
         started = time.perf_counter()
         out = run()
         best = min(best, time.perf_counter() - started)
+        runs += 1
     return best, out
 
 
@@ -79,14 +90,18 @@ def single_query_qps(run_one: Callable[[np.ndarray], Any], queries: np.ndarray,
                      limit: int = 200, repeats: int = 3) -> float:
     """Queries per second when ``run_one`` is called with one query at a time: the best of
     ``repeats`` passes over the first ``limit`` queries (as :func:`best_time` for batches, so
-    a pass that the machine's other work slowed down does not count)."""
+    a pass that the machine's other work slowed down does not count), repeated until
+    :data:`MIN_SECONDS` have passed."""
     run_one(queries[0])
     best = float("inf")
-    for _ in range(repeats):
+    passes = 0
+    stop_at = time.perf_counter() + MIN_SECONDS
+    while passes < repeats or time.perf_counter() < stop_at:
         started = time.perf_counter()
         for query in queries[:limit]:
             run_one(query)
         best = min(best, time.perf_counter() - started)
+        passes += 1
     return min(limit, len(queries)) / best
 
 
