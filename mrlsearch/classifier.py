@@ -12,7 +12,7 @@ import os
 import time
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -323,24 +323,12 @@ class _ThresholdSearch:
         def on_target(point: _Point) -> bool:
             return point.bound(sigmas) <= budget + 1e-12
 
-        chosen = min((p for p in path if on_target(p)), key=lambda p: (p.cost, -p.accuracy))
-        # coordinate descent: per dim, every grid threshold and "no test" (+inf) with the
-        # others fixed; keep the cheapest that stays on target; until a sweep changes nothing
-        values = np.asarray(chosen.thresholds, dtype=np.float64)
-        for _ in range(16):
-            improved = False
-            for i, grid in enumerate(self.grids):
-                for candidate in (_UNTESTED, *grid):
-                    if candidate == values[i]:
-                        continue
-                    trial = values.copy()
-                    trial[i] = candidate
-                    point = self.evaluate(trial)
-                    if on_target(point) and (point.cost, -point.accuracy) < (chosen.cost,
-                                                                              -chosen.accuracy):
-                        chosen, values, improved = point, trial, True
-            if not improved:
-                break
+        def rank(point: _Point) -> tuple[float, float]:
+            return point.cost, -point.accuracy
+
+        chosen = min((p for p in path if on_target(p)), key=rank)
+        # the cheapest that stays on target
+        chosen = self.descend(chosen, on_target, lambda point, best: rank(point) < rank(best))
         if not chosen.cost < full.cost:
             return full
         return self.settle(chosen)
@@ -353,7 +341,7 @@ class _ThresholdSearch:
         only the cascade gets right) do not count: chasing them fits noise. Starts from the
         best point of ``path`` within ``level`` or of the one-dim changes of ``start`` (the
         choice at the previous, higher level: the cheaper points of a greedy path can lie
-        far along it), then coordinate descent as in :meth:`choose`."""
+        far along it), then :meth:`descend`."""
         limit = level * (1 + 1e-12)
 
         def key(point: _Point) -> tuple[float, float]:
@@ -370,6 +358,14 @@ class _ThresholdSearch:
                     if point.cost <= limit:
                         candidates.append(point)
         chosen = max(candidates, key=key, default=path[-1])
+        return self.descend(chosen, lambda point: point.cost <= limit,
+                            lambda point, best: key(point) > key(best))
+
+    def descend(self, chosen: _Point, allowed: Callable[[_Point], bool],
+                better: Callable[[_Point, _Point], bool]) -> _Point:
+        """Coordinate descent from ``chosen``: per dim, every grid threshold and "no test"
+        (+inf) with the others fixed; a trial that is ``allowed`` and ``better`` than the
+        current choice replaces it; until a sweep changes nothing (at most 16 sweeps)."""
         values = np.asarray(chosen.thresholds, dtype=np.float64)
         for _ in range(16):
             improved = False
@@ -380,7 +376,7 @@ class _ThresholdSearch:
                     trial = values.copy()
                     trial[i] = candidate
                     point = self.evaluate(trial)
-                    if point.cost <= limit and key(point) > key(chosen):
+                    if allowed(point) and better(point, chosen):
                         chosen, values, improved = point, trial, True
             if not improved:
                 break
