@@ -11,7 +11,7 @@ graph is searched after a write, relabelled from hnswlib's internal ids to mrlse
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import hnswlib
@@ -127,6 +127,8 @@ class GraphSet:
         self._ef_construction = ef_construction
         self._seed = seed
         self._indexes: dict[int, hnswlib.Index] = {}
+        #: graphs let go of after their links were copied, with how to read them back
+        self._parked: dict[int, Callable[[], hnswlib.Index]] = {}
         self._links: dict[int, GraphLinks] = {}
         self._copy_lock = threading.Lock()
 
@@ -135,11 +137,38 @@ class GraphSet:
         return self._dims
 
     def __bool__(self) -> bool:
-        return bool(self._indexes)
+        return bool(self._indexes) or bool(self._parked)
 
     def index(self, dim: int) -> hnswlib.Index:
-        """The hnswlib index at ``dim`` (for saving)."""
-        return self._indexes[dim]
+        """The hnswlib index at ``dim`` (for saving), read back first if it was parked."""
+        graph = self._indexes.get(dim)
+        if graph is None:
+            with self._copy_lock:
+                graph = self._indexes.get(dim)
+                if graph is None:
+                    graph = self._parked[dim]()
+                    self._indexes[dim] = graph
+                    del self._parked[dim]
+        return graph
+
+    def park(self, dim: int, reload: Callable[[], hnswlib.Index]) -> None:
+        """Let go of hnswlib's index at ``dim`` once its links are copied: searches read only
+        the copy, and hnswlib's index (the prefix vectors beside its links) is needed again
+        only to add, remove or save, when ``reload()`` reads it back (the memory tier of
+        ``Searcher.load(mmap=True)``)."""
+        self.links(dim, 0)
+        with self._copy_lock:
+            self._parked[dim] = reload
+            self._indexes.pop(dim, None)
+
+    def unpark(self) -> None:
+        """Read every parked graph back (a write calls this before it changes anything, so a
+        graph that cannot be read back fails the write with nothing applied)."""
+        self._all_indexes()
+
+    def _all_indexes(self) -> list[hnswlib.Index]:
+        return [self.index(prefix_dim) for prefix_dim in self._dims
+                if prefix_dim in self._indexes or prefix_dim in self._parked]
 
     def create(self, capacity: int) -> None:
         """Make empty graphs for ``capacity`` rows."""
@@ -148,26 +177,28 @@ class GraphSet:
             graph.init_index(max_elements=max(capacity, 1), M=self._M,
                              ef_construction=self._ef_construction, random_seed=self._seed)
             self._indexes[prefix_dim] = graph
+        self._parked.clear()
         self._links.clear()
 
     def adopt(self, dim: int, graph: hnswlib.Index) -> None:
         """Take an index loaded from disk."""
         self._indexes[dim] = graph
+        self._parked.pop(dim, None)
         self._links.pop(dim, None)
 
     def resize(self, capacity: int) -> None:
-        for graph in self._indexes.values():
+        for graph in self._all_indexes():
             graph.resize_index(capacity)
         self._links.clear()
 
     def add(self, dim: int, vectors: np.ndarray, rows: np.ndarray, *, num_threads: int) -> None:
-        self._indexes[dim].add_items(vectors, rows, num_threads=num_threads)
+        self.index(dim).add_items(vectors, rows, num_threads=num_threads)
         self._links.pop(dim, None)
 
     def mark_deleted(self, rows: Iterable[int]) -> None:
         """Tombstone rows in hnswlib (kept so a saved graph carries the marks); the search
         kernels read mrlsearch's own deleted mask, so the copied links stay valid."""
-        for graph in self._indexes.values():
+        for graph in self._all_indexes():
             for row in rows:
                 graph.mark_deleted(int(row))
 
@@ -179,7 +210,10 @@ class GraphSet:
         with self._copy_lock:
             links = self._links.get(dim)
             if links is None or links.level0.shape[0] < capacity:
-                state = self._indexes[dim].__getstate__()[0]
+                graph = self._indexes.get(dim)
+                if graph is None:  # parked (its links were dropped by a resize)
+                    graph = self._indexes[dim] = self._parked.pop(dim)()
+                state = graph.__getstate__()[0]
                 links = links_from_state(state, max(capacity, int(state["max_elements"])))
                 self._links[dim] = links
         return links
@@ -191,9 +225,13 @@ class GraphSet:
         for prefix_dim in [d for d in self._indexes if d not in keep]:
             del self._indexes[prefix_dim]
             self._links.pop(prefix_dim, None)
+        for prefix_dim in [d for d in self._parked if d not in keep]:
+            del self._parked[prefix_dim]
+            self._links.pop(prefix_dim, None)
 
     def index_bytes(self) -> int:
-        """Bytes hnswlib holds for the graphs (vectors of the prefix + links + labels)."""
+        """Bytes hnswlib holds in memory for the graphs (vectors of the prefix + links +
+        labels); a parked graph holds none."""
         return sum(graph.index_file_size() for graph in self._indexes.values())
 
     def links_bytes(self) -> int:

@@ -17,6 +17,7 @@ every small file, but defer the checksums of the big files (:data:`BIG_FILES`) t
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import hnswlib
 import numpy as np
@@ -195,27 +196,16 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
     _read_codes(saved, manifest, store, rows)
     _read_payloads(saved, store, rows, mmap=mmap, full=full, deferred=deferred)
     for prefix_dim, name in graph_files.items():
-
-        def check(data, name=name, prefix_dim=prefix_dim):
-            _format.check_hnsw_file(directory / name, rows=rows, dim=prefix_dim,
-                                    M=config["M"], data=data, deleted=store.deleted,
-                                    ef_construction=config["ef_construction"])
-
-        graph = hnswlib.Index(space=_HNSW_SPACE[config["metric"]], dim=prefix_dim)
-        with saved.private_copy(name, check=check) as copy:
-            try:
-                graph.load_index(str(copy), max_elements=max(rows, 1))
-            except RuntimeError as exc:
-                raise FormatError(f"{directory / name} is not a readable hnswlib graph "
-                                  f"({exc})") from exc
-        if graph.element_count != rows:
-            raise FormatError(f"{directory / name} holds {graph.element_count} vectors, the "
-                              f"index has {rows}")
-        graphs.adopt(prefix_dim, graph)
+        graphs.adopt(prefix_dim, _read_graph(saved, name, config=config, dim=prefix_dim,
+                                             rows=rows, deleted=store.deleted))
         try:
             graphs.links(prefix_dim, rows)
         except FormatError as exc:
             raise FormatError(f"{directory / name}: {exc}") from exc
+        if mmap:  # the memory tier: searches read the link copy only
+            graphs.park(prefix_dim, _graph_reader(
+                saved.path, name, saved.files[name], config=config, dim=prefix_dim, rows=rows,
+                deleted=store.deleted.copy()))
     plan = manifest.get("plan")
     if plan is not None:
         try:
@@ -223,6 +213,45 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"{where} has a bad plan ({exc})") from exc
     return searcher, store, graphs, plan
+
+
+def _read_graph(saved: _format.SavedDirectory, name: str, *, config: dict, dim: int, rows: int,
+                deleted: np.ndarray) -> hnswlib.Index:
+    """hnswlib's graph ``name``, from a private copy of the bytes whose checksum and layout
+    were checked."""
+    where = saved.path / name
+
+    def check(data):
+        _format.check_hnsw_file(where, rows=rows, dim=dim, M=config["M"], data=data,
+                                deleted=deleted, ef_construction=config["ef_construction"])
+
+    graph = hnswlib.Index(space=_HNSW_SPACE[config["metric"]], dim=dim)
+    with saved.private_copy(name, check=check) as copy:
+        try:
+            graph.load_index(str(copy), max_elements=max(rows, 1))
+        except RuntimeError as exc:
+            raise FormatError(f"{where} is not a readable hnswlib graph ({exc})") from exc
+    if graph.element_count != rows:
+        raise FormatError(f"{where} holds {graph.element_count} vectors, the index has {rows}")
+    return graph
+
+
+def _graph_reader(path: Path, name: str, sha256: str, *, config: dict, dim: int, rows: int,
+                  deleted: np.ndarray):
+    """Reads a parked graph back from the directory it was loaded from, if that file is still
+    the one loaded (same sha256); else a FormatError says to load the index again."""
+
+    def read() -> hnswlib.Index:
+        with _format.open_directory(path, format_name=FORMAT_NAME, versions=READ_VERSIONS,
+                                    cleanup=False) as saved:
+            if saved.files.get(name) != sha256:
+                raise FormatError(
+                    f"{path / name} changed since this index was loaded with mmap=True (saved "
+                    "over?): its graph is read back from there to add, remove or save; load "
+                    "the index again")
+            return _read_graph(saved, name, config=config, dim=dim, rows=rows, deleted=deleted)
+
+    return read
 
 
 def _read_codes(saved: _format.SavedDirectory, manifest: dict, store: VectorStore,

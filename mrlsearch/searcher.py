@@ -380,6 +380,7 @@ class Searcher:
         disable = (None if n_rows >= _PROGRESS_MIN_ROWS else True) if progress is None \
             else not progress
         with self._lock.write():
+            self._graphs.unpark()
             store = self._store
             if given_ids is None:
                 new_ids = np.arange(store.next_id, store.next_id + n_rows, dtype=np.int64)
@@ -446,6 +447,7 @@ class Searcher:
             if missing:
                 raise ValueError(f"'ids' must all be in the index (got {len(missing)} unknown, "
                                  f"e.g. {missing[0]})")
+            self._graphs.unpark()
             self._tombstone(np.asarray([row_of[i] for i in targets.tolist()], dtype=np.int64))
 
     def _tombstone(self, rows: np.ndarray) -> None:
@@ -980,8 +982,12 @@ class Searcher:
         path : str or path-like
         mmap : bool, default=False
             Map ``vectors.npy`` (and the payload bytes) copy-on-write instead of reading
-            them: graphs, codes and norms are in memory, full vectors stay on disk and pages
-            load as the reranking reads them. Adding to a mapped index copies it into memory.
+            them: the graphs' links, codes and norms are in memory, full vectors stay on disk
+            and pages load as the reranking reads them. hnswlib's own graphs (which hold a
+            copy of the prefix vectors) are let go of once their links are copied and read
+            back from the directory when ``add``, ``remove`` or ``save`` needs them (a
+            ``FormatError`` if it was saved over meanwhile). Adding to a mapped index copies
+            it into memory.
         verify : {'full', 'lazy', 'none'}, default='full'
             How the files' sha256 checksums are checked. The manifest, every file's header,
             dtype, shape and size, every graph (completely) and the sha256 of every small
