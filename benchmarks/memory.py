@@ -137,7 +137,10 @@ def main() -> None:
     searcher.add(vectors, progress=False)
     build_s = time.perf_counter() - started
     truth = searcher.exact(test, 10).ids
-    plan = searcher.tune(fit, k=10, target_recall=0.95, progress=False)
+    # served with the vectors on disk: the walk scores codes held in RAM (a float walk reads
+    # the mapped vectors at every node it visits, and they become resident)
+    plan = searcher.tune(fit, k=10, target_recall=0.95, precisions=("int8", "binary"),
+                         progress=False)
     print(f"mrlsearch: built in {build_s:.0f}s, plan {plan}", flush=True)
     with tempfile.TemporaryDirectory(dir=".") as scratch:
         index_dir = Path(scratch) / "index"
