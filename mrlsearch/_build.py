@@ -95,8 +95,8 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
         check_matrix(source, "vectors", dim=source.shape[-1] if source.ndim else 1,
                      allow_1d=False)
     n_rows, dim = source.shape
-    if payloads is not None:  # refused before the sample work, not after it
-        encode_payloads(payloads, n_rows, "payloads")
+    if payloads is not None:  # refused before the sample work, not after it; encoded once
+        payloads = encode_payloads(payloads, n_rows, "payloads")
     k = check_positive_int(k, "k")
     target_recall = check_fraction(target_recall, "target_recall")
     sample_size = check_positive_int(sample_size, "sample_size")

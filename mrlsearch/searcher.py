@@ -370,7 +370,7 @@ class Searcher:
         if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
         encoded = None
-        if isinstance(payloads, EncodedPayloads):  # compact's transfer of stored payloads
+        if isinstance(payloads, EncodedPayloads):  # already encoded (by compact or build)
             encoded = payloads
         elif payloads is not None:
             encoded = encode_payloads(payloads, n_rows, "payloads")
