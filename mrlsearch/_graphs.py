@@ -144,11 +144,16 @@ class GraphSet:
         graph = self._indexes.get(dim)
         if graph is None:
             with self._copy_lock:
-                graph = self._indexes.get(dim)
-                if graph is None:
-                    graph = self._parked[dim]()
-                    self._indexes[dim] = graph
-                    del self._parked[dim]
+                graph = self._unparked(dim)
+        return graph
+
+    def _unparked(self, dim: int) -> hnswlib.Index:
+        """The index at ``dim``, read back if parked (the caller holds the copy lock)."""
+        graph = self._indexes.get(dim)
+        if graph is None:
+            graph = self._parked[dim]()  # raises with nothing changed if it cannot be read
+            self._indexes[dim] = graph
+            del self._parked[dim]
         return graph
 
     def park(self, dim: int, reload: Callable[[], hnswlib.Index]) -> None:
@@ -210,10 +215,7 @@ class GraphSet:
         with self._copy_lock:
             links = self._links.get(dim)
             if links is None or links.level0.shape[0] < capacity:
-                graph = self._indexes.get(dim)
-                if graph is None:  # parked (its links were dropped by a resize)
-                    graph = self._indexes[dim] = self._parked.pop(dim)()
-                state = graph.__getstate__()[0]
+                state = self._unparked(dim).__getstate__()[0]
                 links = links_from_state(state, max(capacity, int(state["max_elements"])))
                 self._links[dim] = links
         return links
