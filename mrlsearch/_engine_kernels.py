@@ -491,9 +491,9 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
     ids (``id_of_row``), best first, padded with -1 / -inf. ``dims`` are the index's nesting
     dims: each query's prefix norms (cosine) are computed here, as the rows' were at add.
     ``visited[0]`` is a tag array over rows; query ``qi`` marks with ``tag_base + qi + 1``,
-    so the caller never clears it between calls. ``heap_keys`` / ``heap_rows`` (same shape as ``visited``, one more column) hold the
-    walk's candidate heap. ``out_scored[qi, s]``: distances computed in the walk (stage 0) or
-    candidates scored (later stages).
+    so the caller never clears it between calls. ``heap_keys`` / ``heap_rows`` (same shape
+    as ``visited``, one more column) hold the walk's candidate heap. ``out_scored[qi, s]``:
+    distances computed in the walk (stage 0) or candidates scored (later stages).
     """
     visited_row = visited[0]
     for qi in range(queries.shape[0]):

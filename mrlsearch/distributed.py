@@ -1496,6 +1496,8 @@ class ShardedSearcher:
         --------
         >>> texts = sh.get(sh.search(query, k=5).ids[0], payload=True)  # doctest: +SKIP
         """
+        if not isinstance(payload, (bool, np.bool_)):
+            raise TypeError(f"'payload' must be a bool (got {payload!r})")
         targets = check_ids(ids, "ids")
         assignment = shard_of(targets, self.n_shards)
         parts = {index: np.flatnonzero(assignment == index)

@@ -327,6 +327,8 @@ def test_payloads_go_to_the_shard_of_their_id_and_come_back_with_get(built, data
         sharded.add(vectors, ids=new_ids + 100, payloads=texts[:3])
     with pytest.raises(KeyError):
         sharded.get([3 * 10**6])
+    with pytest.raises(TypeError, match="'payload' must be a bool"):
+        sharded.get(new_ids[:1], payload="yes")
     sharded.remove(new_ids)
 
 
