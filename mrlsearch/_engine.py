@@ -150,7 +150,7 @@ class Engine:
                                                  heap_rows[:n_chunks])
             else:
                 kernel = kernels.graph_funnel_serial
-            kernel(batch, vectors, table, store.norms, store.dims_array, store.deleted,
+            kernel(batch, vectors, table, store.norms, store.dims_array, _walk_mask(store),
                    _NO_FILTER if allow is None else allow, links.level0, links.upper,
                    links.upper_start, links.entry, links.max_level, codes, scales, bits,
                    self._metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs,
@@ -193,6 +193,12 @@ class _Prepared(NamedTuple):
 
 
 _NO_FILTER = np.zeros(0, dtype=bool)
+
+
+def _walk_mask(store: VectorStore) -> np.ndarray:
+    """The deleted-row mask the walk gets: empty while nothing is deleted, which lets it keep
+    its beam in one sorted array (:func:`~mrlsearch._engine_kernels._beam_pool`)."""
+    return store.deleted if store.live < store.rows else _NO_FILTER
 
 
 def _report_precision(precision: str, store: VectorStore) -> str:

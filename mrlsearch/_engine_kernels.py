@@ -241,6 +241,73 @@ def _min_pop(keys, rows, size):
 
 # ---------------------------------------------------------------------------- one query
 @numba.njit(inline="always")
+def _beam_pool(precision, query, vectors, table, row_norms, links0, gdim, gcol, scaled_query,
+               codes, query_bits, bits, metric, ef, visited, tag, start, start_distance,
+               out_rows, out_keys):
+    """Level-0 beam search from ``start`` where every row is returnable (no deletions, no
+    filter), with the beam kept as one sorted array of ``ef`` entries instead of two heaps.
+
+    The beam holds the ``ef`` closest rows seen, closest first, each flagged once expanded;
+    the walk expands the closest unexpanded entry until none is left. This visits exactly
+    the rows of hnswlib's two-heap search (a candidate farther than the ``ef``-th closest is
+    never expanded by either), with one comparison to reject a far row and a short shift to
+    insert a near one instead of two heap updates per row. The neighbours of an expanded
+    row are marked visited and prefetched in one pass, then scored in a second.
+
+    Writes the beam (closest first) into ``out_rows``/``out_keys``; returns (its size,
+    distances computed).
+    """
+    keys = out_keys
+    rows = out_rows
+    expanded = np.zeros(ef, dtype=np.bool_)
+    fresh = np.empty(links0.shape[1], dtype=np.int64)
+    keys[0] = start_distance
+    rows[0] = start
+    visited[start] = tag
+    size = 1
+    cursor = 0
+    computed = 0
+    while cursor < size:
+        expanded[cursor] = True
+        node = rows[cursor]
+        n_fresh = 0
+        for j in range(links0[node, 0]):
+            neighbour = links0[node, 1 + j]
+            if visited[neighbour] != tag:
+                visited[neighbour] = tag
+                fresh[n_fresh] = neighbour
+                n_fresh += 1
+                _prefetch(precision, vectors, row_norms, codes, bits, metric, neighbour, gdim)
+        lowest = cursor + 1
+        for j in range(n_fresh):
+            neighbour = fresh[j]
+            d = _distance(precision, query, vectors, table, row_norms, gdim, gcol,
+                          scaled_query, codes, query_bits, bits, metric, neighbour)
+            if size == ef:
+                if d >= keys[ef - 1]:
+                    continue
+                slot = ef - 1
+            else:
+                slot = size
+                size += 1
+            while slot > 0 and keys[slot - 1] > d:
+                keys[slot] = keys[slot - 1]
+                rows[slot] = rows[slot - 1]
+                expanded[slot] = expanded[slot - 1]
+                slot -= 1
+            keys[slot] = d
+            rows[slot] = neighbour
+            expanded[slot] = False
+            if slot < lowest:
+                lowest = slot
+        computed += n_fresh
+        cursor = lowest
+        while cursor < size and expanded[cursor]:
+            cursor += 1
+    return size, computed
+
+
+@numba.njit(inline="always")
 def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, upper,
           upper_start, entry, max_level, gdim, gcol, scaled_query, codes, query_bits, bits,
           metric, ef, visited, tag, cand_keys, cand_rows, out_rows, out_keys):
@@ -269,6 +336,11 @@ def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, u
                     current = neighbour
                     changed = True
 
+    if not filtered and deleted.shape[0] == 0:
+        found, walked = _beam_pool(precision, query, vectors, table, row_norms, links0, gdim,
+                                   gcol, scaled_query, codes, query_bits, bits, metric, ef,
+                                   visited, tag, current, best, out_rows, out_keys)
+        return found, computed + walked
     top_keys = np.empty(ef + 1, dtype=np.float32)
     top_rows = np.empty(ef + 1, dtype=np.int64)
     top_size = 0

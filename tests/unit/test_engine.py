@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invariants import assert_same_neighbours, reference_scores
 
-from mrlsearch import Searcher
+from mrlsearch import Searcher, _engine
 from mrlsearch._codes import encode_binary, encode_int8, hamming_reference, int8_scales
 from mrlsearch._graphs import links_from_state
 from mrlsearch.datasets import synthetic_mrl
@@ -60,6 +60,27 @@ def test_walk_visits_what_hnswlib_visits():
         ours = searcher.funnel(queries, k=ef, stages=[(16, ef)], ef=ef)
         for got, want in zip(ours.ids, labels):
             assert set(got.tolist()) == set(want.tolist())
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("precision", ["float32", "int8", "binary"])
+def test_sorted_beam_walks_as_the_two_heap_walk(metric, precision, monkeypatch):
+    # with nothing deleted the walk keeps its beam in one sorted array; handed an all-False
+    # deleted mask it runs the two-heap walk of hnswlib: both must find the same rows
+    searcher, vectors, queries, ids = build(metric, n=2000, index_dims=(32,))
+    stages = [(32, precision, 40), (64, "float32", 10)]
+    for ef in (40, 90):
+        pooled = searcher.funnel(queries, k=10, stages=stages, ef=ef)
+        with monkeypatch.context() as patch:
+            patch.setattr(_engine, "_walk_mask", lambda store: np.zeros(store.capacity, bool))
+            heaped = searcher.funnel(queries, k=10, stages=stages, ef=ef)
+        if precision == "binary":  # Hamming distances tie often: ties may break either way
+            exact = searcher.exact(queries, k=10)
+            assert abs(pooled.recall(exact) - heaped.recall(exact)) <= 0.05
+            continue
+        np.testing.assert_array_equal(pooled.ids, heaped.ids)
+        np.testing.assert_array_equal(pooled.scores, heaped.scores)
+        assert pooled.stats[0].candidates == heaped.stats[0].candidates
 
 
 @pytest.mark.parametrize("metric", METRICS)
