@@ -34,6 +34,11 @@ FILTER_SCAN_ROWS = 2048
 _TAG_LIMIT = (1 << 32) - 2
 
 
+class QueryOutOfRange(Exception):
+    """A query left unchecked (``check_range``) has a norm that is not finite or is outside
+    [MIN_ABS_VALUE, MAX_ABS_VALUE]: the caller checks it in full."""
+
+
 class _Scratch(threading.local):
     """Per-thread buffers of the graph walk: visited tags and the candidate heap."""
 
@@ -85,7 +90,7 @@ class Engine:
     def _prepared(self, schedule: tuple[tuple[int, str, int], ...]) -> _Prepared:
         """What a call with ``schedule`` passes the kernels besides the queries, made once per
         schedule and index state: a single query then costs one dict lookup here instead of
-        rebuilding a dozen arguments (the Python around the kernel was 2-3x its run time)."""
+        rebuilding two dozen arguments (the Python around the kernel was 2-3x its run time)."""
         store = self._store
         state = (store.version, store.capacity, self._graphs.dims)
         if state != self._state:
@@ -98,45 +103,54 @@ class Engine:
             stats = tuple((dim, keep, "hnsw" if i == 0 else "rerank",
                            _report_precision(precision, store))
                           for i, (dim, precision, keep) in enumerate(schedule))
-            prepared = _Prepared(self._stage_arrays(schedule), vectors, table, codes, scales,
-                                 bits, stats)
+            links = self._graphs.links(schedule[0][0], store.capacity)
+            prepared = _Prepared(
+                store_args=(vectors, table, store.norms, store.dims_array),
+                walk_args=(_walk_mask(store), links.level0, links.upper, links.upper_start,
+                           links.entry, links.max_level),
+                code_args=(codes, scales, bits, self._metric),
+                stage_args=self._stage_arrays(schedule), stats=stats)
             if len(self._cache) < 512:
                 self._cache[schedule] = prepared
         return prepared
 
     def run(self, batch: np.ndarray,
             schedule: tuple[tuple[int, str, int], ...], k: int, ef: int, *,
-            allow: np.ndarray | None, num_threads: int) -> SearchResult:
-        """Run ``schedule`` for every query of ``batch``; ``allow`` is a row mask or None."""
+            allow: np.ndarray | None, num_threads: int,
+            check_range: bool = False) -> SearchResult:
+        """Run ``schedule`` for every query of ``batch``; ``allow`` is a row mask or None.
+
+        With ``check_range`` the kernels test each query's norm first and skip a query
+        outside the accepted range; :class:`QueryOutOfRange` is raised then."""
         started = time.perf_counter()
         store = self._store
         n_queries = batch.shape[0]
         prepared = self._prepared(schedule)
-        stage_dims, stage_cols, stage_keeps, stage_precs = prepared.stage_arrays
-        vectors, table = prepared.vectors, prepared.table
-        codes, scales, bits = prepared.codes, prepared.scales, prepared.bits
         out_ids = np.empty((n_queries, k), dtype=np.int64)
         out_scores = np.empty((n_queries, k), dtype=np.float32)
         out_counts = np.empty(n_queries, dtype=np.int64)
         out_scored = np.empty((n_queries, len(schedule)), dtype=np.int64)  # kernels fill it
-        first_dim, _, shortlist = schedule[0]
+        shortlist = schedule[0][2]
         live = store.live
-        n_allowed = live if allow is None else int(np.count_nonzero(allow))
-        scan = shortlist >= live or (allow is not None and n_allowed <= max(FILTER_SCAN_ROWS,
-                                                                            16 * ef))
+        if allow is None:
+            n_allowed = live
+            scan = shortlist >= live
+        else:
+            n_allowed = int(np.count_nonzero(allow))
+            scan = shortlist >= live or n_allowed <= max(FILTER_SCAN_ROWS, 16 * ef)
         if scan:
             if allow is None:
                 rows = store.live_rows()
             else:
                 rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
-            kernels.rows_funnel(batch, vectors, table, store.norms, store.dims_array,
+            kernels.rows_funnel(batch, *prepared.store_args,
                                 np.ascontiguousarray(rows, dtype=np.int64),
-                                codes, scales, bits, self._metric, stage_dims, stage_cols,
-                                stage_keeps, stage_precs, store.ids, out_ids, out_scores,
-                                out_counts, out_scored)
+                                *prepared.code_args, *prepared.stage_args, store.ids, out_ids,
+                                out_scores, out_counts, out_scored, check_range)
+            if check_range and out_counts.min() < 0:
+                raise QueryOutOfRange
             method = "exhaustive"
         else:
-            links = self._graphs.links(first_dim, store.capacity)
             n_chunks = 1
             if n_queries >= SERIAL_BELOW and num_threads != 1:
                 n_chunks = numba.get_num_threads() if num_threads < 1 else min(
@@ -150,12 +164,16 @@ class Engine:
                                                  heap_rows[:n_chunks])
             else:
                 kernel = kernels.graph_funnel_serial
-            kernel(batch, vectors, table, store.norms, store.dims_array, _walk_mask(store),
-                   _NO_FILTER if allow is None else allow, links.level0, links.upper,
-                   links.upper_start, links.entry, links.max_level, codes, scales, bits,
-                   self._metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs,
-                   visited, heap_keys, heap_rows, tag, store.ids, out_ids, out_scores,
-                   out_counts, out_scored)
+            walk_args = prepared.walk_args
+            if allow is not None:  # the walk needs the heaps and the deleted mask then
+                walk_args = (store.deleted, allow) + walk_args[1:]
+            else:
+                walk_args = walk_args[:1] + (_NO_FILTER,) + walk_args[1:]
+            kernel(batch, *prepared.store_args, *walk_args, *prepared.code_args, ef,
+                   *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
+                   out_ids, out_scores, out_counts, out_scored, check_range)
+            if check_range and out_counts.min() < 0:
+                raise QueryOutOfRange
             method = "hnsw"
             want = min(k, n_allowed)
             if n_queries == 1:
@@ -165,7 +183,7 @@ class Engine:
             if len(short):
                 # the walk could not reach enough returnable rows (heavy deletion or a filter
                 # cut the graph): scan for those queries instead
-                scan_all = ((first_dim, schedule[0][1], live),) + schedule[1:]
+                scan_all = ((schedule[0][0], schedule[0][1], live),) + schedule[1:]
                 rescue = self.run(np.ascontiguousarray(batch[short]), scan_all, k,
                                   max(ef, live), allow=allow, num_threads=num_threads)
                 out_ids[short], out_scores[short] = rescue.ids, rescue.scores
@@ -173,22 +191,20 @@ class Engine:
         seconds = time.perf_counter() - started
         scored = (out_scored[0] if n_queries == 1 else out_scored.sum(axis=0)).tolist()
         last = len(schedule) - 1
-        stats = tuple(
+        stats = tuple([
             StageStats(dim, keep, scored[i], seconds if i == last else 0.0,
                        method if i == 0 else stage_method, precision)
-            for i, (dim, keep, stage_method, precision) in enumerate(prepared.stats))
+            for i, (dim, keep, stage_method, precision) in enumerate(prepared.stats)])
         return SearchResult(out_ids, out_scores, out_counts, stats, self._metric_name)
 
 
 class _Prepared(NamedTuple):
-    """The kernel arguments of one schedule over one state of the index."""
+    """The kernel arguments of one schedule over one state of the index, in call order."""
 
-    stage_arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-    vectors: np.ndarray
-    table: np.ndarray
-    codes: np.ndarray
-    scales: np.ndarray
-    bits: np.ndarray
+    store_args: tuple  # vectors, float16 table, prefix norms, nesting dims
+    walk_args: tuple  # deleted mask (empty: none deleted), level-0 links, upper links, ...
+    code_args: tuple  # int8 codes, their scales, binary codes, metric code
+    stage_args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     stats: tuple[tuple[int, int, str, str], ...]
 
 

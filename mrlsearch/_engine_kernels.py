@@ -28,7 +28,8 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._kernels import _to_f32
+from ._kernels import _LANES, _to_f32, prefix_norms_into
+from ._validation import MAX_ABS_VALUE, MIN_ABS_VALUE
 
 __all__: list[str] = []
 
@@ -119,19 +120,20 @@ def _prefetch(precision, vectors, row_norms, codes, bits, metric, row, gdim):
 def _float_sum(query, vectors, table, row, start, stop, metric):
     """Running sum over coordinates [start, stop): dot product, or squared distance for l2.
 
-    The loops run over slices from 0: indexing with ``range(start, stop)`` makes numba wrap
-    possibly negative indices per element, which stops LLVM from vectorising the loop (8x
-    slower at 384 dims, measured)."""
+    Indices are unsigned: with a signed index numba wraps possible negatives per element,
+    which stops LLVM from vectorising the loop (8x slower at 384 dims, measured). Slicing
+    instead (``query[start:stop]``) vectorises too, but every slice takes and drops a
+    reference on the array with two atomic instructions, twice per row scored (6 % of a
+    query's time in the walks and reranks, measured with perf)."""
     acc = np.float32(0.0)
-    query_part = query[start:stop]
-    row_part = vectors[row, start:stop]
+    first = np.uint64(start)
     if metric == 2:
-        for c in range(query_part.shape[0]):
-            diff = query_part[c] - _to_f32(row_part[c], table)
+        for c in range(np.uint64(stop - start)):
+            diff = query[first + c] - _to_f32(vectors[row, first + c], table)
             acc += diff * diff
     else:
-        for c in range(query_part.shape[0]):
-            acc += query_part[c] * _to_f32(row_part[c], table)
+        for c in range(np.uint64(stop - start)):
+            acc += query[first + c] * _to_f32(vectors[row, first + c], table)
     return acc
 
 
@@ -184,18 +186,21 @@ def _partial_from_distance(precision, distance, metric, row_norms, gcol, row):
     return -distance
 
 
+@numba.njit(["b1(f4)"], cache=True, nogil=True)
+def _in_range(norm):
+    """Whether a query of this norm is searchable: finite and within the range that
+    :meth:`Searcher.add` accepts. Compiled without fastmath, which may assume no NaN, and
+    kept out of line so that the callers' fastmath flags do not reach it."""
+    return norm >= MIN_ABS_VALUE and norm <= MAX_ABS_VALUE
+
+
 @numba.njit(["f4[::1](f4[::1], i8[::1])"], cache=True, nogil=True)
 def query_prefix_norms(query, dims):
-    """Norms of the query's prefixes at every nesting dim, accumulated in float64 in order,
-    exactly as the stored rows' norms are (no fastmath: the same rounding on both sides)."""
+    """Norms of the query's prefixes at every nesting dim, summed exactly as the stored rows'
+    norms are (:func:`~mrlsearch._kernels.prefix_norms_into`: the same rounding on both
+    sides)."""
     out = np.empty(dims.shape[0], dtype=np.float32)
-    acc = 0.0
-    c = 0
-    for j in range(dims.shape[0]):
-        while c < dims[j]:
-            acc += np.float64(query[c]) * np.float64(query[c])
-            c += 1
-        out[j] = np.sqrt(acc)
+    prefix_norms_into(query, dims, np.empty(_LANES, dtype=np.float64), out)
     return out
 
 
@@ -336,7 +341,8 @@ def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, u
                     current = neighbour
                     changed = True
 
-    if not filtered and deleted.shape[0] == 0:
+    any_deleted = deleted.shape[0] > 0  # an empty mask: nothing is deleted
+    if not filtered and not any_deleted:
         found, walked = _beam_pool(precision, query, vectors, table, row_norms, links0, gdim,
                                    gcol, scaled_query, codes, query_bits, bits, metric, ef,
                                    visited, tag, current, best, out_rows, out_keys)
@@ -348,7 +354,7 @@ def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, u
     visited[current] = tag
     bound = np.float32(np.inf)
     # the beam is a max-heap on distance: a min-heap of negated distances
-    if not deleted[current] and (not filtered or allow[current]):
+    if not (any_deleted and deleted[current]) and (not filtered or allow[current]):
         top_size = _min_push(top_keys, top_rows, top_size, -best, current)
         bound = best
     cand_size = _min_push(cand_keys, cand_rows, cand_size, best, current)
@@ -373,7 +379,8 @@ def _walk(precision, query, vectors, table, row_norms, deleted, allow, links0, u
             computed += 1
             if top_size < ef or d < bound:
                 cand_size = _min_push(cand_keys, cand_rows, cand_size, d, neighbour)
-                if not deleted[neighbour] and (not filtered or allow[neighbour]):
+                if (not (any_deleted and deleted[neighbour])
+                        and (not filtered or allow[neighbour])):
                     top_size = _min_push(top_keys, top_rows, top_size, -d, neighbour)
                     if top_size > ef:
                         top_size = _min_pop(top_keys, top_rows, top_size)
@@ -472,9 +479,12 @@ def _prepare_query(query, gdim, metric, query_norms, gcol, scales, n_words, prec
 def _graph_query(qi, queries, vectors, table, row_norms, dims, deleted, allow, links0,
                  upper, upper_start, entry, max_level, codes, scales, bits, metric, ef,
                  stage_dims, stage_cols, stage_keeps, stage_precs, visited, tag, cand_keys,
-                 cand_rows, id_of_row, out_ids, out_scores, out_counts, out_scored):
+                 cand_rows, id_of_row, out_ids, out_scores, out_counts, out_scored, check_range):
     query = queries[qi]
     query_norms = query_prefix_norms(query, dims)
+    if check_range and not _in_range(query_norms[-1]):
+        out_counts[qi] = -1
+        return
     gdim = stage_dims[0]
     gcol = stage_cols[0]
     precision = stage_precs[0]
@@ -541,7 +551,7 @@ _GRAPH_SIGNATURE = (
     "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], b1[::1], b1[::1], "
     "i4[:, ::1], i4[:, ::1], i8[::1], i8, i8, i1[:, ::1], f4[::1], u8[:, ::1], i8, i8, "
     "i8[::1], i8[::1], i8[::1], i8[::1], u4[:, ::1], f4[:, ::1], i4[:, ::1], i8, i8[::1], "
-    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1])"
+    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1)"
 )
 _GRAPH_SIGNATURES = [_GRAPH_SIGNATURE.format(store=store) for store in ("f4", "u2")]
 
@@ -551,21 +561,23 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
                         links0, upper, upper_start, entry, max_level, codes, scales, bits,
                         metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
                         heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
-                        out_counts, out_scored):
+                        out_counts, out_scored, check_range):
     """The whole funnel for a batch, one query after another on the calling thread.
 
     Stage 0 walks the graph (``links0``: per row ``[count, neighbours...]`` at level 0;
     ``upper[upper_start[row] + level - 1]`` the same at ``level >= 1``) from ``entry`` at
     precision ``stage_precs[0]`` and dim ``stage_dims[0]`` with beam width ``ef``, and keeps
     ``stage_keeps[0]`` rows that are neither ``deleted`` nor outside ``allow`` (an empty
-    ``allow`` allows every row). Each later stage scores the survivors at its dim and
+    ``allow`` allows every row, an empty ``deleted`` says none is deleted). Each later stage scores the survivors at its dim and
     precision and keeps ``stage_keeps[stage]``. The best ``out_ids.shape[1]`` are written as
     ids (``id_of_row``), best first, padded with -1 / -inf. ``dims`` are the index's nesting
     dims: each query's prefix norms (cosine) are computed here, as the rows' were at add.
     ``visited[0]`` is a tag array over rows; query ``qi`` marks with ``tag_base + qi + 1``,
     so the caller never clears it between calls. ``heap_keys`` / ``heap_rows`` (same shape
     as ``visited``, one more column) hold the walk's candidate heap. ``out_scored[qi, s]``:
-    distances computed in the walk (stage 0) or candidates scored (later stages).
+    distances computed in the walk (stage 0) or candidates scored (later stages). With
+    ``check_range``, a query whose norm is not finite or out of range is not searched and
+    gets ``out_counts[qi] = -1``.
     """
     visited_row = visited[0]
     for qi in range(queries.shape[0]):
@@ -573,7 +585,7 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
                      links0, upper, upper_start, entry, max_level, codes, scales, bits, metric,
                      ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited_row,
                      np.uint32(tag_base + qi + 1), heap_keys[0], heap_rows[0], id_of_row,
-                     out_ids, out_scores, out_counts, out_scored)
+                     out_ids, out_scores, out_counts, out_scored, check_range)
 
 
 @numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
@@ -581,7 +593,7 @@ def graph_funnel_parallel(queries, vectors, table, row_norms, dims, deleted, all
                           links0, upper, upper_start, entry, max_level, codes, scales, bits,
                           metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
                           heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
-                          out_counts, out_scored):
+                          out_counts, out_scored, check_range):
     """:func:`graph_funnel_serial` parallel over queries: ``visited.shape[0]`` interleaved
     chunks of the batch, each with its own row of ``visited``."""
     n_chunks = visited.shape[0]
@@ -594,17 +606,20 @@ def graph_funnel_parallel(queries, vectors, table, row_norms, dims, deleted, all
                          metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs,
                          visited_row, np.uint32(tag_base + qi + 1), heap_keys[chunk],
                          heap_rows[chunk], id_of_row, out_ids,
-                         out_scores, out_counts, out_scored)
+                         out_scores, out_counts, out_scored, check_range)
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
 def _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes, scales,
                 bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
-                out_ids, out_scores, out_counts, out_scored):
+                out_ids, out_scores, out_counts, out_scored, check_range):
     """One query of :func:`rows_funnel` (a function of its own: numba's parallel loops must
     not see the allocations of the stages, or they may hoist them out of the loop)."""
     query = queries[qi]
     query_norms = query_prefix_norms(query, dims)
+    if check_range and not _in_range(query_norms[-1]):
+        out_counts[qi] = -1
+        return
     scaled_query, query_bits = _prepare_query(query, stage_dims[0], metric, query_norms,
                                               stage_cols[0], scales, bits.shape[1],
                                               stage_precs[0])
@@ -620,7 +635,7 @@ def _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
 _ROWS_SIGNATURE = (
     "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], i8[::1], "
     "i1[:, ::1], f4[::1], u8[:, ::1], i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], "
-    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1])"
+    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1)"
 )
 _ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2")]
 
@@ -628,15 +643,15 @@ _ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2"
 @numba.njit(_ROWS_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
 def rows_funnel(queries, vectors, table, row_norms, dims, candidates, codes, scales,
                 bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
-                out_ids, out_scores, out_counts, out_scored):
+                out_ids, out_scores, out_counts, out_scored, check_range):
     """Every stage of a funnel over given first-stage candidate rows, the same for every query.
 
     Used where the first stage is a scan instead of a graph walk (its shortlist covers the
     index, or a filter allows so few rows that walking the graph would cost more): stage 0
     scores ``candidates`` at its dim and precision, later stages as in
-    :func:`graph_funnel_serial`. Parallel over queries.
+    :func:`graph_funnel_serial` (``check_range`` too). Parallel over queries.
     """
     for qi in prange(queries.shape[0]):
         _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
                     scales, bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs,
-                    id_of_row, out_ids, out_scores, out_counts, out_scored)
+                    id_of_row, out_ids, out_scores, out_counts, out_scored, check_range)

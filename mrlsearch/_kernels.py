@@ -44,18 +44,51 @@ def _to_f32_overload(value, table):
     return lambda value, table: np.float32(value)
 
 
+_LANES = 8
+
+
+@numba.njit(inline="always")
+def _square_into(lanes, value, lane):
+    as_double = np.float64(value)
+    lanes[lane] += as_double * as_double
+
+
+@numba.njit(inline="always")
+def prefix_norms_into(row, dims, lanes, out):
+    r"""``out[j]`` = :math:`\lVert row_{:dims_j} \rVert`, summed in float64 in eight lanes.
+
+    Coordinate ``c`` always adds into lane ``c % 8`` and the lanes are combined in one fixed
+    order, so a query's norms round exactly as a stored row's (both come through here), while
+    the eight independent sums vectorise: one chain of float64 additions in order was
+    latency-bound at about 0.6 us for 384 dims and 3 us for 2048, per query.
+    ``lanes`` is scratch of :data:`_LANES` float64 values.
+    """
+    lanes[:] = 0.0
+    c = 0
+    for j in range(dims.shape[0]):
+        stop = dims[j]
+        while c < stop and c % _LANES != 0:
+            _square_into(lanes, row[c], c % _LANES)
+            c += 1
+        while c + _LANES <= stop:
+            for lane in range(_LANES):
+                _square_into(lanes, row[c + lane], lane)
+            c += _LANES
+        while c < stop:
+            _square_into(lanes, row[c], c % _LANES)
+            c += 1
+        out[j] = np.sqrt(((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+                         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])))
+
+
 @numba.njit(["f4[:, ::1](f4[:, ::1], i8[::1])"], cache=True, nogil=True)
 def prefix_norms(batch, dims):
-    r"""Norms of every row's prefixes: ``out[i, j]`` = :math:`\lVert x_{i, :dims_j} \rVert`."""
+    r"""Norms of every row's prefixes: ``out[i, j]`` = :math:`\lVert x_{i, :dims_j} \rVert`
+    (see :func:`prefix_norms_into`)."""
     out = np.empty((batch.shape[0], dims.shape[0]), dtype=np.float32)
+    lanes = np.empty(_LANES, dtype=np.float64)
     for i in range(batch.shape[0]):
-        acc = 0.0  # float64 accumulator
-        c = 0
-        for j in range(dims.shape[0]):
-            while c < dims[j]:
-                acc += np.float64(batch[i, c]) * np.float64(batch[i, c])
-                c += 1
-            out[i, j] = np.sqrt(acc)
+        prefix_norms_into(batch[i], dims, lanes, out[i])
     return out
 
 

@@ -13,6 +13,11 @@ import numpy as np
 
 from ._errors import DimensionError
 
+#: Largest |value| accepted: beyond it float32 dot products of long prefixes can overflow.
+MAX_ABS_VALUE = 1e15
+#: Smallest nonzero peak |value| of a row: below it float32 products underflow to zero.
+MIN_ABS_VALUE = 1e-15
+
 __all__: list[str] = []
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import _persist
 from ._codes import CODE_PRECISIONS
-from ._engine import Engine
+from ._engine import Engine, QueryOutOfRange
 from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
@@ -33,6 +33,8 @@ from ._results import FunnelPlan, SearchResult, StageStats, parse_stage, recall_
 from ._rwlock import RWLock
 from ._store import VectorStore
 from ._validation import (
+    MAX_ABS_VALUE,
+    MIN_ABS_VALUE,
     check_choice,
     check_dims,
     check_fraction,
@@ -43,14 +45,12 @@ from ._validation import (
 
 __all__ = ["Searcher"]
 
+_NO_PLAN = object()  # matches no plan, not even None
+
 METRICS = ("cosine", "ip", "l2")
 DTYPES = ("float32", "float16")
 _PROGRESS_MIN_ROWS = 20_000
 _ADD_CHUNK = 10_000
-#: Largest |value| accepted: beyond it float32 dot products of long prefixes can overflow.
-MAX_ABS_VALUE = 1e15
-#: Smallest nonzero peak |value| of a row: below it float32 products underflow to zero.
-MIN_ABS_VALUE = 1e-15
 #: z of a one-sided 95 % bound, used to keep a margin over the target recall.
 _Z_95 = 1.645
 _MAX_EF = 1 << 20
@@ -157,6 +157,8 @@ class Searcher:
         self._store, self._graphs = self._new_parts()
         self._engine = Engine(self._store, self._graphs, self._metric)
         self._plan: FunnelPlan | None = None
+        #: (plan, k, (schedule, ef)) of the last call that used the index's plan
+        self._planned_call: tuple = (_NO_PLAN, 0, None)
         self._checked_stages: dict = {}
         self._lock = RWLock()
         self._compact_lock = threading.Lock()
@@ -579,10 +581,27 @@ class Searcher:
 
     # ------------------------------------------------------------------ checks
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        batch, _ = self._check_queries_deferred(queries, defer=False)
+        return batch
+
+    def _check_queries_deferred(self, queries: np.ndarray, *, defer: bool
+                                ) -> tuple[np.ndarray, bool]:
+        """The queries as a float32 batch, and whether their values are left unchecked.
+
+        With ``defer``, a single float32 query of the right shape is returned unchecked: the
+        kernel that searches it tests its norm (finite and within range) and flags it, and
+        :meth:`funnel` then runs the full check. Checking it here took a numpy dot product,
+        and numpy lets go of the GIL for BLAS calls: with two query threads, every such
+        handoff is a chance to sleep on the GIL (two-thread throughput halved, measured).
+        """
+        if (defer and type(queries) is np.ndarray and queries.shape == (self._dim,)
+                and queries.dtype == np.float32 and queries.flags.c_contiguous
+                and queries.flags.writeable):
+            return queries.reshape(1, self._dim), True
         batch = None
         if (type(queries) is np.ndarray and queries.shape == (self._dim,)
                 and (queries.dtype == np.float32 or queries.dtype == np.float64)):
-            # the common single-query call: one reduction tests finiteness and range
+            # a single query: one reduction tests finiteness and range
             row = np.ascontiguousarray(queries, dtype=np.float32)
             square = float(row.dot(row))
             if math.isfinite(square) and MIN_ABS_VALUE ** 2 <= square <= MAX_ABS_VALUE ** 2:
@@ -592,7 +611,7 @@ class Searcher:
             self._check_values(batch, "queries")
         if not batch.flags.writeable:  # the compiled kernels take writable arrays only
             batch = batch.copy()
-        return batch
+        return batch, False
 
     def _check_dim(self, value: object, name: str) -> int:
         if value is None:
@@ -770,24 +789,40 @@ class Searcher:
             ``ids`` and ``scores`` of shape (n_queries, k), best first, padded with -1/-inf;
             ``counts``; ``stats`` per stage.
         """
-        k = self._check_k(k)
-        if stages is None:
+        planned = self._planned_call
+        if (stages is None and ef is None and type(k) is int and planned[0] is self._plan
+                and planned[1] == k):
+            schedule, ef = planned[2]  # the index's plan at this k, as checked last time
+        else:
             plan = self._plan
-            if plan is None:
-                stages = self.default_stages(k)
-            else:
-                stages = plan if k <= plan.k else plan.for_k(k)
-        if isinstance(stages, FunnelPlan):
-            ef = stages.ef if ef is None else ef
-            stages = stages.stages
-        batch = self._check_queries(queries)
+            uses_plan = stages is None and ef is None
+            k = self._check_k(k)
+            if stages is None:
+                if plan is None:
+                    stages = self.default_stages(k)
+                else:
+                    stages = plan if k <= plan.k else plan.for_k(k)
+            if isinstance(stages, FunnelPlan):
+                ef = stages.ef if ef is None else ef
+                stages = stages.stages
+            schedule, ef = self._check_stages(stages, k, ef)
+            if uses_plan:
+                self._planned_call = (plan, k, (schedule, ef))
+        batch, unchecked = self._check_queries_deferred(queries, defer=True)
         if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
-        schedule, ef = self._check_stages(stages, k, ef)
         with self._lock.read():
             if not self._store.live:
                 raise ValueError("the index is empty: add vectors before searching")
             allow = self._check_filter(filter)
+            try:
+                return self._engine.run(batch, schedule, k, ef, allow=allow,
+                                        num_threads=int(num_threads), check_range=unchecked)
+            except QueryOutOfRange:
+                pass
+            # the kernel's norm test failed: the full check names the problem, or (a zero
+            # query, tiny but allowed values) passes and the query is searched as it is
+            self._check_values(batch, "queries")
             return self._engine.run(batch, schedule, k, ef, allow=allow,
                                     num_threads=int(num_threads))
 
@@ -945,6 +980,7 @@ class Searcher:
             self._store.drop_codes(keep_dims)
             self._graphs.drop(keep_dims)
             self._checked_stages.clear()
+            self._planned_call = (_NO_PLAN, 0, None)
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict:

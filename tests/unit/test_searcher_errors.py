@@ -158,3 +158,31 @@ def test_load_errors(tmp_path, searcher):
     (tmp_path / "idx3" / "manifest.json").write_text("{not json")
     with pytest.raises(FormatError, match=r"manifest.json is not valid JSON"):
         Searcher.load(tmp_path / "idx3")
+
+
+@pytest.mark.parametrize("shortlist", [20, 100])  # a graph walk, and a scan of all 50 rows
+@pytest.mark.parametrize("value, match", [
+    (np.nan, r"'queries' must be finite"),
+    (np.inf, r"'queries' must be finite"),
+    (1e16, r"'queries' values must be within"),
+    (1e-20, r"'queries' values are too small"),
+])
+def test_a_single_query_out_of_range_is_refused_by_the_kernels_check(searcher, shortlist,
+                                                                     value, match):
+    # a 1-D float32 query is range-checked inside the compiled call; the error must be the
+    # same as the one the full check gives a batch
+    query = np.ones(32, dtype=np.float32)
+    query[5] = value
+    if value < 1:
+        query[:] = value
+    for one in (query, query[None]):
+        with pytest.raises(ValueError, match=match):
+            searcher.funnel(one, k=5, stages=[(8, shortlist), (32, 5)])
+
+
+def test_a_zero_single_query_is_searched_not_refused(searcher):
+    query = np.zeros(32, dtype=np.float32)
+    one = searcher.funnel(query, k=5)
+    batch = searcher.funnel(query[None].copy(), k=5)
+    np.testing.assert_array_equal(one.ids, batch.ids)
+    assert one.counts[0] == 5
