@@ -459,19 +459,26 @@ def _stages(qi, query, vectors, table, row_norms, query_norms, metric, gdim, sca
 
 
 @numba.njit(inline="always", fastmath=True)
-def _prepare_query(query, gdim, metric, query_norms, gcol, scales, n_words, precision):
-    """The query as a code stage reads it: scaled for int8, sign bits for binary."""
-    scaled = np.empty(scales.shape[0], dtype=np.float32)
-    if scales.shape[0] > 0:
+def _prepare_query(query, gdim, metric, query_norms, gcol, scales, n_words, stage_precs):
+    """The query as the code stages of ``stage_precs`` read it: scaled for int8, sign bits for
+    binary (left empty where no stage reads them: the codes an index keeps are not always
+    the ones a plan uses, and the sign loop alone cost about 1 us at 384 dims)."""
+    uses_int8 = False
+    uses_binary = False
+    for stage in range(stage_precs.shape[0]):
+        uses_int8 |= stage_precs[stage] == 1
+        uses_binary |= stage_precs[stage] == 2
+    scaled = np.empty(scales.shape[0] if uses_int8 else 0, dtype=np.float32)
+    if scaled.shape[0] > 0:
         factor = np.float32(1.0)
         if metric == 1 and query_norms[gcol] > 0.0:
             factor = np.float32(1.0) / query_norms[gcol]
-        for c in range(scales.shape[0]):
+        for c in range(scaled.shape[0]):
             scaled[c] = query[c] * scales[c] * factor
-    query_bits = np.zeros(n_words, dtype=np.uint64)
-    for c in range(min(gdim, 64 * n_words)):
-        if query[c] > 0.0:
-            query_bits[c >> 6] |= np.uint64(1) << np.uint64(c & 63)
+    query_bits = np.zeros(n_words if uses_binary else 0, dtype=np.uint64)
+    for c in range(min(gdim, 64 * query_bits.shape[0])):
+        sign = np.uint64(1) if query[c] > 0.0 else np.uint64(0)
+        query_bits[c >> 6] |= sign << np.uint64(c & 63)
     return scaled, query_bits
 
 
@@ -489,7 +496,7 @@ def _graph_query(qi, queries, vectors, table, row_norms, dims, deleted, allow, l
     gcol = stage_cols[0]
     precision = stage_precs[0]
     scaled_query, query_bits = _prepare_query(query, gdim, metric, query_norms, gcol,
-                                              scales, bits.shape[1], precision)
+                                              scales, bits.shape[1], stage_precs)
     walked_rows = np.empty(ef, dtype=np.int64)
     walked_keys = np.empty(ef, dtype=np.float32)
     # precision and metric are passed as constants so that each copy of the walk is compiled
@@ -622,7 +629,7 @@ def _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
         return
     scaled_query, query_bits = _prepare_query(query, stage_dims[0], metric, query_norms,
                                               stage_cols[0], scales, bits.shape[1],
-                                              stage_precs[0])
+                                              stage_precs)
     n_in = candidates.shape[0]
     partial = np.zeros(n_in, dtype=np.float32)
     scores = np.empty(n_in, dtype=np.float32)
