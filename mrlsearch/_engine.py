@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from . import _engine_kernels as kernels
+from . import _handoff
 from ._graphs import GraphSet
 from ._kernels import METRIC_CODES
 from ._results import SearchResult, StageStats
@@ -46,6 +47,9 @@ class _Scratch(threading.local):
     heap_keys: np.ndarray | None = None
     heap_rows: np.ndarray | None = None
     tag = 0
+
+    def __init__(self) -> None:
+        self.handoff = _handoff.SlotLease()  # this thread's GIL handoff flag
 
     def take(self, n_chunks: int, capacity: int, n_queries: int):
         visited = self.visited
@@ -74,6 +78,12 @@ class Engine:
         self._scratch = _Scratch()
         self._cache: dict = {}
         self._state: tuple = ()
+
+    @property
+    def handoff_slot(self) -> int:
+        """The calling thread's GIL handoff flag in :data:`mrlsearch._handoff.SLOTS` (-1:
+        none)."""
+        return self._scratch.handoff.slot
 
     def rebind(self, store: VectorStore, graphs: GraphSet) -> None:
         """Point at a new store and graphs (after ``compact`` swapped them in)."""
@@ -122,6 +132,22 @@ class Engine:
 
         With ``check_range`` the kernels test each query's norm first and skip a query
         outside the accepted range; :class:`QueryOutOfRange` is raised then."""
+        slot = self._scratch.handoff.slot
+        if slot < 0:
+            return self._run(batch, schedule, k, ef, allow=allow, num_threads=num_threads,
+                             check_range=check_range)
+        held = _handoff.SLOTS[slot]  # set already when a rescue scan runs inside a call
+        _handoff.SLOTS[slot] = 1  # in Python (see mrlsearch._handoff) until the kernel starts
+        try:
+            return self._run(batch, schedule, k, ef, allow=allow, num_threads=num_threads,
+                             check_range=check_range)
+        finally:
+            _handoff.SLOTS[slot] = held
+
+    def _run(self, batch: np.ndarray,
+             schedule: tuple[tuple[int, str, int], ...], k: int, ef: int, *,
+             allow: np.ndarray | None, num_threads: int,
+             check_range: bool) -> SearchResult:
         started = time.perf_counter()
         store = self._store
         n_queries = batch.shape[0]
@@ -146,7 +172,8 @@ class Engine:
             kernels.rows_funnel(batch, *prepared.store_args,
                                 np.ascontiguousarray(rows, dtype=np.int64),
                                 *prepared.code_args, *prepared.stage_args, store.ids, out_ids,
-                                out_scores, out_counts, out_scored, check_range)
+                                out_scores, out_counts, out_scored, check_range,
+                                _handoff.SLOTS, self._scratch.handoff.slot)
             if check_range and out_counts.min() < 0:
                 raise QueryOutOfRange
             method = "exhaustive"
@@ -171,7 +198,8 @@ class Engine:
                 walk_args = walk_args[:1] + (_NO_FILTER,) + walk_args[1:]
             kernel(batch, *prepared.store_args, *walk_args, *prepared.code_args, ef,
                    *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
-                   out_ids, out_scores, out_counts, out_scored, check_range)
+                   out_ids, out_scores, out_counts, out_scored, check_range,
+                   _handoff.SLOTS, self._scratch.handoff.slot)
             if check_range and out_counts.min() < 0:
                 raise QueryOutOfRange
             method = "hnsw"

@@ -28,6 +28,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._handoff import kernel_entered, kernel_leaving
 from ._kernels import _LANES, _to_f32, prefix_norms_into
 from ._validation import MAX_ABS_VALUE, MIN_ABS_VALUE
 
@@ -558,7 +559,7 @@ _GRAPH_SIGNATURE = (
     "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], b1[::1], b1[::1], "
     "i4[:, ::1], i4[:, ::1], i8[::1], i8, i8, i1[:, ::1], f4[::1], u8[:, ::1], i8, i8, "
     "i8[::1], i8[::1], i8[::1], i8[::1], u4[:, ::1], f4[:, ::1], i4[:, ::1], i8, i8[::1], "
-    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1)"
+    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1, i8[::1], i8)"
 )
 _GRAPH_SIGNATURES = [_GRAPH_SIGNATURE.format(store=store) for store in ("f4", "u2")]
 
@@ -568,7 +569,7 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
                         links0, upper, upper_start, entry, max_level, codes, scales, bits,
                         metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
                         heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
-                        out_counts, out_scored, check_range):
+                        out_counts, out_scored, check_range, handoff_slots, handoff_slot):
     """The whole funnel for a batch, one query after another on the calling thread.
 
     Stage 0 walks the graph (``links0``: per row ``[count, neighbours...]`` at level 0;
@@ -584,8 +585,10 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
     as ``visited``, one more column) hold the walk's candidate heap. ``out_scored[qi, s]``:
     distances computed in the walk (stage 0) or candidates scored (later stages). With
     ``check_range``, a query whose norm is not finite or out of range is not searched and
-    gets ``out_counts[qi] = -1``.
+    gets ``out_counts[qi] = -1``. ``handoff_slots[handoff_slot]`` is this thread's flag of
+    :mod:`mrlsearch._handoff` (-1: none).
     """
+    kernel_entered(handoff_slots, handoff_slot)
     visited_row = visited[0]
     for qi in range(queries.shape[0]):
         _graph_query(qi, queries, vectors, table, row_norms, dims, deleted, allow,
@@ -593,6 +596,7 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
                      ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited_row,
                      np.uint32(tag_base + qi + 1), heap_keys[0], heap_rows[0], id_of_row,
                      out_ids, out_scores, out_counts, out_scored, check_range)
+    kernel_leaving(handoff_slots, handoff_slot)
 
 
 @numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
@@ -600,9 +604,10 @@ def graph_funnel_parallel(queries, vectors, table, row_norms, dims, deleted, all
                           links0, upper, upper_start, entry, max_level, codes, scales, bits,
                           metric, ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited,
                           heap_keys, heap_rows, tag_base, id_of_row, out_ids, out_scores,
-                          out_counts, out_scored, check_range):
+                          out_counts, out_scored, check_range, handoff_slots, handoff_slot):
     """:func:`graph_funnel_serial` parallel over queries: ``visited.shape[0]`` interleaved
     chunks of the batch, each with its own row of ``visited``."""
+    kernel_entered(handoff_slots, handoff_slot)
     n_chunks = visited.shape[0]
     n_queries = queries.shape[0]
     for chunk in prange(n_chunks):
@@ -614,6 +619,7 @@ def graph_funnel_parallel(queries, vectors, table, row_norms, dims, deleted, all
                          visited_row, np.uint32(tag_base + qi + 1), heap_keys[chunk],
                          heap_rows[chunk], id_of_row, out_ids,
                          out_scores, out_counts, out_scored, check_range)
+    kernel_leaving(handoff_slots, handoff_slot)
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
@@ -642,7 +648,7 @@ def _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
 _ROWS_SIGNATURE = (
     "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], i8[::1], "
     "i1[:, ::1], f4[::1], u8[:, ::1], i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], "
-    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1)"
+    "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1, i8[::1], i8)"
 )
 _ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2")]
 
@@ -650,7 +656,8 @@ _ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2"
 @numba.njit(_ROWS_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
 def rows_funnel(queries, vectors, table, row_norms, dims, candidates, codes, scales,
                 bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,
-                out_ids, out_scores, out_counts, out_scored, check_range):
+                out_ids, out_scores, out_counts, out_scored, check_range, handoff_slots,
+                handoff_slot):
     """Every stage of a funnel over given first-stage candidate rows, the same for every query.
 
     Used where the first stage is a scan instead of a graph walk (its shortlist covers the
@@ -658,7 +665,9 @@ def rows_funnel(queries, vectors, table, row_norms, dims, candidates, codes, sca
     scores ``candidates`` at its dim and precision, later stages as in
     :func:`graph_funnel_serial` (``check_range`` too). Parallel over queries.
     """
+    kernel_entered(handoff_slots, handoff_slot)
     for qi in prange(queries.shape[0]):
         _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
                     scales, bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs,
                     id_of_row, out_ids, out_scores, out_counts, out_scored, check_range)
+    kernel_leaving(handoff_slots, handoff_slot)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import _persist
 from ._codes import CODE_PRECISIONS
 from ._engine import Engine, QueryOutOfRange
+from ._handoff import SLOTS
 from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
@@ -789,6 +790,18 @@ class Searcher:
             ``ids`` and ``scores`` of shape (n_queries, k), best first, padded with -1/-inf;
             ``counts``; ``stats`` per stage.
         """
+        slot = self._engine.handoff_slot
+        if slot < 0:
+            return self._funnel(queries, k, stages, ef, filter, num_threads)
+        SLOTS[slot] = 1  # this thread is in a search's Python (see mrlsearch._handoff)
+        try:
+            return self._funnel(queries, k, stages, ef, filter, num_threads)
+        finally:
+            SLOTS[slot] = 0
+
+    def _funnel(self, queries: np.ndarray, k: int, stages: Stages | None, ef: int | None,
+                filter: Sequence[int] | np.ndarray | None,  # noqa: A002
+                num_threads: int) -> SearchResult:
         planned = self._planned_call
         if (stages is None and ef is None and type(k) is int and planned[0] is self._plan
                 and planned[1] == k):
@@ -1169,6 +1182,8 @@ class _FailedEngine:
     def run(self, *args, **kwargs):
         raise FormatError(f"{self._error} (found by the deferred check of Searcher.load("
                           f"verify=...); this Searcher cannot be used: load a good copy)")
+
+    handoff_slot = -1  # no GIL handoff flag (see mrlsearch._handoff)
 
     def rebind(self, *args) -> None:
         pass

@@ -1,0 +1,82 @@
+"""The GIL handoff flags of query threads (mrlsearch._handoff): set only while a thread is in
+a search's Python, never left set, bounded when another thread's flag is stuck."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from mrlsearch import Searcher, _handoff
+from mrlsearch.datasets import synthetic_mrl
+
+
+@pytest.fixture(scope="module")
+def searcher():
+    vectors, queries = synthetic_mrl(2000, 32, n_queries=20, seed=0)
+    s = Searcher(32, (8, 16, 32), index_dims=(16,))
+    s.add(vectors, num_threads=1)
+    return s, queries
+
+
+def test_no_flag_is_left_set_after_searches_errors_and_scans(searcher):
+    s, queries = searcher
+    s.funnel(queries[0], k=5)
+    s.funnel(queries, k=5)  # a parallel batch
+    s.funnel(queries[0], k=5, stages=[(16, 5000), (32, 5)])  # a scan of every row
+    s.funnel(queries[0], k=5, filter=[1, 2, 3])
+    bad = queries[0].copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError):
+        s.funnel(bad, k=5)
+    assert not _handoff.SLOTS.any()
+
+
+def test_a_stuck_flag_delays_but_never_blocks_or_changes_a_query(searcher):
+    # another "thread" that never leaves its Python part: each query spins at most the
+    # bounded budget, then goes on with the same results
+    s, queries = searcher
+    want = s.funnel(queries, k=5, num_threads=1).ids
+    lease = _handoff.SlotLease()
+    try:
+        _handoff.SLOTS[lease.slot] = 1
+        got = np.concatenate([s.funnel(q, k=5).ids for q in queries])
+    finally:
+        _handoff.SLOTS[lease.slot] = 0
+        del lease
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_thread_that_ends_gives_its_slot_back(searcher):
+    s, queries = searcher
+    taken = []
+
+    def query() -> None:
+        s.funnel(queries[0], k=5)
+        taken.append(s._engine.handoff_slot)
+
+    for _ in range(3 * _handoff.MAX_SLOTS):  # more threads than slots, one after another
+        thread = threading.Thread(target=query)
+        thread.start()
+        thread.join()
+    assert all(0 <= slot < _handoff.MAX_SLOTS for slot in taken)
+    assert not _handoff.SLOTS.any()
+
+
+def test_threads_querying_together_get_the_results_of_one(searcher):
+    s, queries = searcher
+    want = s.funnel(queries, k=5, num_threads=1).ids
+    results: dict[int, np.ndarray] = {}
+
+    def worker(offset: int) -> None:
+        for repeat in range(30):
+            i = (offset + repeat) % len(queries)
+            results[(offset, repeat)] = (i, s.funnel(queries[i], k=5).ids[0])
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, ids in results.values():
+        np.testing.assert_array_equal(ids, want[i])
+    assert not _handoff.SLOTS.any()
