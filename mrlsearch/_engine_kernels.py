@@ -187,6 +187,24 @@ def _partial_from_distance(precision, distance, metric, row_norms, gcol, row):
     return -distance
 
 
+_QUERY_ROW_SIGNATURES = [
+    types.float32[:, ::1](types.Array(dtype, 1, "A", readonly=True))  # takes writable too
+    for dtype in (types.float32, types.float64)]
+
+
+@numba.njit(_QUERY_ROW_SIGNATURES, cache=True)
+def query_row(query):
+    """A one-row float32 batch copied from any 1-D float32/float64 query (strided, read-only).
+
+    Compiled *without* ``nogil``: numpy's copy or cast of more than 500 elements lets go of
+    the GIL, which another query thread may then take while this one is in the middle of a
+    call (see :mod:`mrlsearch._handoff`); this copy keeps it."""
+    row = np.empty((1, query.shape[0]), dtype=np.float32)
+    for c in range(query.shape[0]):
+        row[0, c] = np.float32(query[c])
+    return row
+
+
 @numba.njit(["b1(f4)"], cache=True, nogil=True)
 def _in_range(norm):
     """Whether a query of this norm is searchable: finite and within the range that

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from . import _persist
 from ._codes import CODE_PRECISIONS
 from ._engine import Engine, QueryOutOfRange
+from ._engine_kernels import query_row
 from ._handoff import SLOTS
 from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
@@ -595,10 +596,12 @@ class Searcher:
         and numpy lets go of the GIL for BLAS calls: with two query threads, every such
         handoff is a chance to sleep on the GIL (two-thread throughput halved, measured).
         """
-        if (defer and type(queries) is np.ndarray and queries.shape == (self._dim,)
-                and queries.dtype == np.float32 and queries.flags.c_contiguous
-                and queries.flags.writeable):
-            return queries.reshape(1, self._dim), True
+        if defer and type(queries) is np.ndarray and queries.shape == (self._dim,):
+            if (queries.dtype == np.float32 and queries.flags.c_contiguous
+                    and queries.flags.writeable):
+                return queries.reshape(1, self._dim), True
+            if queries.dtype == np.float32 or queries.dtype == np.float64:
+                return query_row(queries), True  # read-only, strided or float64: a copy
         batch = None
         if (type(queries) is np.ndarray and queries.shape == (self._dim,)
                 and (queries.dtype == np.float32 or queries.dtype == np.float64)):

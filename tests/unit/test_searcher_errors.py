@@ -186,3 +186,18 @@ def test_a_zero_single_query_is_searched_not_refused(searcher):
     batch = searcher.funnel(query[None].copy(), k=5)
     np.testing.assert_array_equal(one.ids, batch.ids)
     assert one.counts[0] == 5
+
+
+def test_read_only_strided_and_float64_single_queries_search_as_float32(searcher):
+    base = np.random.default_rng(1).standard_normal((2, 32)).astype(np.float32)
+    want = searcher.funnel(base[0].copy(), k=5).ids
+    read_only = base[0].copy()
+    read_only.flags.writeable = False
+    strided = np.ascontiguousarray(base.T)[:, 0]  # a column: stride of two floats
+    for query in (read_only, strided, base[0].astype(np.float64)):
+        np.testing.assert_array_equal(searcher.funnel(query, k=5).ids, want)
+    bad = base[0].astype(np.float64)
+    bad[2] = np.nan
+    bad.flags.writeable = False
+    with pytest.raises(ValueError, match="'queries' must be finite"):
+        searcher.funnel(bad, k=5)
