@@ -48,8 +48,6 @@ class _Scratch(threading.local):
     heap_rows: np.ndarray | None = None
     tag = 0
 
-    def __init__(self) -> None:
-        self.handoff = _handoff.SlotLease()  # this thread's GIL handoff flag
 
     def take(self, n_chunks: int, capacity: int, n_queries: int):
         visited = self.visited
@@ -83,7 +81,7 @@ class Engine:
     def handoff_slot(self) -> int:
         """The calling thread's GIL handoff flag in :data:`mrlsearch._handoff.SLOTS` (-1:
         none)."""
-        return self._scratch.handoff.slot
+        return _handoff.current_slot()
 
     def rebind(self, store: VectorStore, graphs: GraphSet) -> None:
         """Point at a new store and graphs (after ``compact`` swapped them in)."""
@@ -132,7 +130,7 @@ class Engine:
 
         With ``check_range`` the kernels test each query's norm first and skip a query
         outside the accepted range; :class:`QueryOutOfRange` is raised then."""
-        slot = self._scratch.handoff.slot
+        slot = _handoff.current_slot()
         if slot < 0:
             return self._run(batch, schedule, k, ef, allow=allow, num_threads=num_threads,
                              check_range=check_range)
@@ -173,7 +171,7 @@ class Engine:
                                 np.ascontiguousarray(rows, dtype=np.int64),
                                 *prepared.code_args, *prepared.stage_args, store.ids, out_ids,
                                 out_scores, out_counts, out_scored, check_range,
-                                _handoff.SLOTS, self._scratch.handoff.slot)
+                                _handoff.SLOTS, _handoff.current_slot())
             if check_range and out_counts.min() < 0:
                 raise QueryOutOfRange
             method = "exhaustive"
@@ -199,7 +197,7 @@ class Engine:
             kernel(batch, *prepared.store_args, *walk_args, *prepared.code_args, ef,
                    *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
                    out_ids, out_scores, out_counts, out_scored, check_range,
-                   _handoff.SLOTS, self._scratch.handoff.slot)
+                   _handoff.SLOTS, _handoff.current_slot())
             if check_range and out_counts.min() < 0:
                 raise QueryOutOfRange
             method = "hnsw"

@@ -272,10 +272,12 @@ def _beam_pool(precision, query, vectors, table, row_norms, links0, gdim, gcol, 
     filter), with the beam kept as one sorted array of ``ef`` entries instead of two heaps.
 
     The beam holds the ``ef`` closest rows seen, closest first, each flagged once expanded;
-    the walk expands the closest unexpanded entry until none is left. This visits exactly
-    the rows of hnswlib's two-heap search (a candidate farther than the ``ef``-th closest is
-    never expanded by either), with one comparison to reject a far row and a short shift to
-    insert a near one instead of two heap updates per row. The neighbours of an expanded
+    the walk expands the closest unexpanded entry until none is left. Without ties this
+    visits the rows of hnswlib's two-heap search (a candidate farther than the ``ef``-th
+    closest is never expanded by either; tested equal for float and int8 walks), with one
+    comparison to reject a far row and a short shift to insert a near one instead of two heap
+    updates per row. Binary (Hamming) distances tie often, and the two walks break ties
+    differently: the heap walk may still expand a tied row the beam dropped. The neighbours of an expanded
     row are marked visited and prefetched in one pass, then scored in a second.
 
     Writes the beam (closest first) into ``out_rows``/``out_keys``; returns (its size,

@@ -7,9 +7,9 @@ other thread's next release wakes it through the kernel. A sleep and a wake cost
 a fast query (MiniLM, 14k x 384: 15 us of kernel), and the thread that was not asleep often
 takes the GIL back first: two threads then served *half* the queries of one (0.5x measured).
 
-So each query thread has a slot in :data:`SLOTS`: 1 while it runs the Python of a search
-(``Engine.run`` sets it; the kernel sets it again as it ends), 0 while it is in a kernel or
-outside the library. A kernel about to return spins, for at most :data:`SPIN_CYCLES`, while
+So each query thread has a slot in :data:`SLOTS` (one per thread, for every index): 1 while
+it runs the Python of a search (``Searcher.funnel`` sets it; the kernel sets it again as it
+ends), 0 while it is in a kernel, waits for a writer's lock, or is outside the library. A kernel about to return spins, for at most :data:`SPIN_CYCLES`, while
 another slot is 1: by the time it takes the GIL the other thread has usually let go of it,
 and no one sleeps. Spinning only happens while another query thread is between two kernels
 of its own call, which lasts a few microseconds; user code outside the library never holds
@@ -19,6 +19,10 @@ a slot. Slots are written by their own thread only, so plain (relaxed atomic) st
 from __future__ import annotations
 
 import itertools
+import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -29,6 +33,8 @@ from numba.extending import intrinsic
 
 __all__: list[str] = []
 
+#: The spin uses x86's time-stamp counter and ``pause``; elsewhere no thread gets a slot.
+ENABLED = platform.machine().lower() in ("x86_64", "amd64")
 #: Query threads that get a slot; later threads run without the handoff (as before it).
 MAX_SLOTS = 64
 #: One flag per query thread (see the module docstring).
@@ -47,6 +53,9 @@ class SlotLease:
     __slots__ = ("slot",)
 
     def __init__(self) -> None:
+        if not ENABLED:
+            self.slot = -1
+            return
         try:
             self.slot = _free_slots.pop()  # list.pop and next() are atomic under the GIL
         except IndexError:
@@ -54,10 +63,41 @@ class SlotLease:
             self.slot = slot if slot < MAX_SLOTS else -1
 
     def __del__(self) -> None:
-        if self.slot >= 0:
-            SLOTS[self.slot] = 0
-            _free_slots.append(self.slot)
-            self.slot = -1
+        slot, self.slot = self.slot, -1
+        if slot >= 0 and _free_slots is not None:  # None while the interpreter shuts down
+            SLOTS[slot] = 0
+            _free_slots.append(slot)
+
+
+class _ThreadSlot(threading.local):
+    lease: SlotLease | None = None
+
+
+_thread_slot = _ThreadSlot()
+
+
+def current_slot() -> int:
+    """The calling thread's slot (one per thread, shared by every index), or -1."""
+    lease = _thread_slot.lease
+    if lease is None:
+        lease = _thread_slot.lease = SlotLease()
+    return lease.slot
+
+
+@contextmanager
+def flag_lowered() -> Iterator[None]:
+    """The calling thread's flag at 0 for the block (a wait on a lock: no Python runs), then
+    back to what it was."""
+    slot = current_slot()
+    if slot < 0:
+        yield
+        return
+    held = SLOTS[slot]
+    SLOTS[slot] = 0
+    try:
+        yield
+    finally:
+        SLOTS[slot] = held
 
 
 @intrinsic
@@ -93,6 +133,8 @@ def _cycles(typingctx):
     signature = types.int64()
 
     def codegen(context, builder, sig, args):
+        if not ENABLED:  # never reached there: no thread has a slot
+            return ir.Constant(ir.IntType(64), 0)
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.IntType(64), []), "llvm.readcyclecounter")
         return builder.call(function, [])
@@ -106,9 +148,10 @@ def _pause(typingctx):
     signature = types.void()
 
     def codegen(context, builder, sig, args):
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
-        builder.call(function, [])
+        if ENABLED:
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(function, [])
         return context.get_dummy_value()
 
     return signature, codegen

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 __all__: list[str] = []
 
@@ -26,7 +26,11 @@ class RWLock:
     limits them is the GIL, see docs/benchmarks.md).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, around_wait: Callable[[], AbstractContextManager] | None = None
+                 ) -> None:
+        #: entered while a reader waits for a writer (the query path lowers its GIL handoff
+        #: flag there: a thread asleep on this lock is not running Python)
+        self._around_wait = around_wait if around_wait is not None else nullcontext
         self._cond = threading.Condition(threading.Lock())
         self._writer_mutex = threading.Lock()
         self._writing = False  # a writer holds, or waits for, the lock: new readers wait
@@ -72,7 +76,7 @@ class _ReadSide:
         readers[me] = held + 1  # only this thread writes this key
         if lock._writing and not held:  # a writer came first: step back and wait for it
             self._release(me)
-            with lock._cond:
+            with lock._around_wait(), lock._cond:
                 while lock._writing:
                     lock._cond.wait()
                 readers[me] = 1  # under the condition's lock: the writer cannot flag now

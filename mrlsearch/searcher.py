@@ -24,7 +24,7 @@ from . import _persist
 from ._codes import CODE_PRECISIONS
 from ._engine import Engine, QueryOutOfRange
 from ._engine_kernels import query_row
-from ._handoff import SLOTS
+from ._handoff import SLOTS, flag_lowered
 from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
@@ -159,10 +159,10 @@ class Searcher:
         self._store, self._graphs = self._new_parts()
         self._engine = Engine(self._store, self._graphs, self._metric)
         self._plan: FunnelPlan | None = None
-        #: (plan, k, (schedule, ef)) of the last call that used the index's plan
-        self._planned_call: tuple = (_NO_PLAN, 0, None)
+        #: (plan, k, index dims, (schedule, ef)) of the last call that used the index's plan
+        self._planned_call: tuple = (_NO_PLAN, 0, None, None)
         self._checked_stages: dict = {}
-        self._lock = RWLock()
+        self._lock = RWLock(around_wait=flag_lowered)
         self._compact_lock = threading.Lock()
         #: sha256 checks ``load(verify="lazy"|"none")`` deferred, and what they found
         self._deferred_checks: tuple = ()
@@ -635,7 +635,8 @@ class Searcher:
     def _check_stages(self, stages: object, k: int, ef: object
                       ) -> tuple[tuple[tuple[int, str, int], ...], int]:
         try:  # schedules repeat from call to call: validate each one once
-            key = (stages if type(stages) is tuple else tuple(tuple(s) for s in stages), k, ef)
+            key = (stages if type(stages) is tuple else tuple(tuple(s) for s in stages), k, ef,
+                   self._index_dims)  # drop_graphs may clear the cache while one is checked
             hash(key)
         except TypeError:
             key = None
@@ -805,42 +806,49 @@ class Searcher:
     def _funnel(self, queries: np.ndarray, k: int, stages: Stages | None, ef: int | None,
                 filter: Sequence[int] | np.ndarray | None,  # noqa: A002
                 num_threads: int) -> SearchResult:
-        planned = self._planned_call
-        if (stages is None and ef is None and type(k) is int and planned[0] is self._plan
-                and planned[1] == k):
-            schedule, ef = planned[2]  # the index's plan at this k, as checked last time
-        else:
-            plan = self._plan
-            uses_plan = stages is None and ef is None
-            k = self._check_k(k)
-            if stages is None:
-                if plan is None:
-                    stages = self.default_stages(k)
-                else:
-                    stages = plan if k <= plan.k else plan.for_k(k)
-            if isinstance(stages, FunnelPlan):
-                ef = stages.ef if ef is None else ef
-                stages = stages.stages
-            schedule, ef = self._check_stages(stages, k, ef)
-            if uses_plan:
-                self._planned_call = (plan, k, (schedule, ef))
+        index_dims = self._index_dims  # read first: drop_graphs may replace it meanwhile
+        schedule, k, ef_walk = self._schedule(stages, k, ef, index_dims)
         batch, unchecked = self._check_queries_deferred(queries, defer=True)
         if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
             raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
         with self._lock.read():
+            if self._index_dims is not index_dims:  # drop_graphs ran since: check again
+                schedule, k, ef_walk = self._schedule(stages, k, ef, self._index_dims)
             if not self._store.live:
                 raise ValueError("the index is empty: add vectors before searching")
             allow = self._check_filter(filter)
             try:
-                return self._engine.run(batch, schedule, k, ef, allow=allow,
+                return self._engine.run(batch, schedule, k, ef_walk, allow=allow,
                                         num_threads=int(num_threads), check_range=unchecked)
             except QueryOutOfRange:
                 pass
             # the kernel's norm test failed: the full check names the problem, or (a zero
             # query, tiny but allowed values) passes and the query is searched as it is
             self._check_values(batch, "queries")
-            return self._engine.run(batch, schedule, k, ef, allow=allow,
+            return self._engine.run(batch, schedule, k, ef_walk, allow=allow,
                                     num_threads=int(num_threads))
+
+    def _schedule(self, stages: Stages | None, k: object, ef: object,
+                  index_dims: tuple[int, ...]) -> tuple[tuple, int, int]:
+        """(checked schedule, k, ef) of a funnel call; the index's plan at ``k`` is remembered
+        with the ``index_dims`` it was checked against."""
+        planned = self._planned_call
+        if (stages is None and ef is None and type(k) is int and planned[0] is self._plan
+                and planned[1] == k and planned[2] is index_dims):
+            return planned[3]
+        plan = self._plan
+        uses_plan = stages is None and ef is None
+        k = self._check_k(k)
+        if stages is None:
+            stages = self.default_stages(k) if plan is None else (
+                plan if k <= plan.k else plan.for_k(k))
+        if isinstance(stages, FunnelPlan):
+            ef = stages.ef if ef is None else ef
+            stages = stages.stages
+        schedule, ef = self._check_stages(stages, k, ef)
+        if uses_plan:
+            self._planned_call = (plan, k, index_dims, (schedule, k, ef))
+        return schedule, k, ef
 
     def search_graph(self, queries: np.ndarray, k: int = 10, dim: int | None = None, *,
                      ef: int | None = None, num_threads: int = -1) -> SearchResult:
@@ -996,7 +1004,7 @@ class Searcher:
             self._store.drop_codes(keep_dims)
             self._graphs.drop(keep_dims)
             self._checked_stages.clear()
-            self._planned_call = (_NO_PLAN, 0, None)
+            self._planned_call = (_NO_PLAN, 0, None, None)
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict:

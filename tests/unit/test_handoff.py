@@ -80,3 +80,64 @@ def test_threads_querying_together_get_the_results_of_one(searcher):
     for i, ids in results.values():
         np.testing.assert_array_equal(ids, want[i])
     assert not _handoff.SLOTS.any()
+
+
+def test_a_thread_waiting_for_a_writer_does_not_hold_its_flag_up(searcher):
+    # a search that waits on the lock of an index being written runs no Python: its flag
+    # must be down, or every other thread's query would spin its full budget meanwhile
+    s, queries = searcher
+    other = Searcher(32, (8, 16, 32), index_dims=(16,))
+    other.add(synthetic_mrl(200, 32, seed=1)[0], num_threads=1)
+    writing, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with other._lock.write():
+            writing.set()
+            release.wait(10)
+
+    threads = [threading.Thread(target=writer),
+               threading.Thread(target=lambda: other.search(queries[0], k=5))]
+    threads[0].start()
+    writing.wait(10)
+    threads[1].start()
+    try:
+        for _ in range(200):  # the reader reaches the lock and waits
+            if other._lock._readers or not threads[1].is_alive():
+                break
+            threading.Event().wait(0.005)
+        threading.Event().wait(0.05)
+        assert threads[1].is_alive() and not _handoff.SLOTS.any()
+        s.funnel(queries[0], k=5)  # another index answers meanwhile
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+    assert not _handoff.SLOTS.any()
+
+
+def test_drop_graphs_during_a_search_never_leaves_a_stale_plan(monkeypatch):
+    # the schedule of the default plan is remembered per index dims: a drop_graphs that
+    # lands while a search computes it must not leave a schedule over a dropped graph
+    vectors = synthetic_mrl(1500, 64, seed=2)[0]
+    s = Searcher(64, dims=(16, 32, 64), index_dims=(16, 32))
+    s.add(vectors, num_threads=1)
+    check = Searcher._check_stages
+    checking, dropped = threading.Event(), threading.Event()
+
+    def slow_check(self, *args, **kwargs):
+        out = check(self, *args, **kwargs)
+        if threading.current_thread().name == "reader":
+            checking.set()
+            dropped.wait(10)
+        return out
+
+    monkeypatch.setattr(Searcher, "_check_stages", slow_check)
+    reader = threading.Thread(target=lambda: s.search(vectors[0], k=10), name="reader")
+    reader.start()
+    checking.wait(10)
+    s.drop_graphs([32])
+    dropped.set()
+    reader.join()
+    monkeypatch.setattr(Searcher, "_check_stages", check)
+    for _ in range(2):
+        assert s.search(vectors[0], k=10).ids[0, 0] == 0
