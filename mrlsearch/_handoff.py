@@ -100,15 +100,19 @@ def flag_lowered() -> Iterator[None]:
         SLOTS[slot] = held
 
 
+def _item_pointer(context, builder, sig, args):
+    """Pointer to ``args[0][args[1]]`` (a 1-D array and an index) inside an intrinsic."""
+    view = context.make_array(sig.args[0])(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, sig.args[0], view, [args[1]])
+
+
 @intrinsic
 def _load_relaxed(typingctx, array, index):
     """``array[index]`` as an atomic load: read from memory on every call, never hoisted."""
     signature = types.int64(array, types.intp)
 
     def codegen(context, builder, sig, args):
-        view = context.make_array(sig.args[0])(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, sig.args[0], view, [args[1]])
-        return builder.load_atomic(pointer, "monotonic", 8)
+        return builder.load_atomic(_item_pointer(context, builder, sig, args), "monotonic", 8)
 
     return signature, codegen
 
@@ -119,9 +123,7 @@ def _store_relaxed(typingctx, array, index, value):
     signature = types.void(array, types.intp, types.int64)
 
     def codegen(context, builder, sig, args):
-        view = context.make_array(sig.args[0])(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, sig.args[0], view, [args[1]])
-        builder.store_atomic(args[2], pointer, "monotonic", 8)
+        builder.store_atomic(args[2], _item_pointer(context, builder, sig, args), "monotonic", 8)
         return context.get_dummy_value()
 
     return signature, codegen
