@@ -129,23 +129,10 @@ class Engine:
         """Run ``schedule`` for every query of ``batch``; ``allow`` is a row mask or None.
 
         With ``check_range`` the kernels test each query's norm first and skip a query
-        outside the accepted range; :class:`QueryOutOfRange` is raised then."""
-        slot = _handoff.current_slot()
-        if slot < 0:
-            return self._run(batch, schedule, k, ef, allow=allow, num_threads=num_threads,
-                             check_range=check_range)
-        held = _handoff.SLOTS[slot]  # set already when a rescue scan runs inside a call
-        _handoff.SLOTS[slot] = 1  # in Python (see mrlsearch._handoff) until the kernel starts
-        try:
-            return self._run(batch, schedule, k, ef, allow=allow, num_threads=num_threads,
-                             check_range=check_range)
-        finally:
-            _handoff.SLOTS[slot] = held
-
-    def _run(self, batch: np.ndarray,
-             schedule: tuple[tuple[int, str, int], ...], k: int, ef: int, *,
-             allow: np.ndarray | None, num_threads: int,
-             check_range: bool) -> SearchResult:
+        outside the accepted range; :class:`QueryOutOfRange` is raised then. The caller
+        raises the thread's GIL handoff flag around the call (:mod:`mrlsearch._handoff`;
+        ``Searcher.funnel`` does): the kernels lower it while they run and raise it again as
+        they end."""
         started = time.perf_counter()
         store = self._store
         n_queries = batch.shape[0]
