@@ -324,8 +324,7 @@ def _beam_pool(precision, query, vectors, table, row_norms, links0, gdim, gcol, 
             keys[slot] = d
             rows[slot] = neighbour
             expanded[slot] = False
-            if slot < lowest:
-                lowest = slot
+            lowest = min(lowest, slot)
         computed += n_fresh
         cursor = lowest
         while cursor < size and expanded[cursor]:

@@ -9,11 +9,12 @@ takes the GIL back first: two threads then served *half* the queries of one (0.5
 
 So each query thread has a slot in :data:`SLOTS` (one per thread, for every index): 1 while
 it runs the Python of a search (``Searcher.funnel`` sets it; the kernel sets it again as it
-ends), 0 while it is in a kernel, waits for a writer's lock, or is outside the library. A kernel about to return spins, for at most :data:`SPIN_CYCLES`, while
-another slot is 1: by the time it takes the GIL the other thread has usually let go of it,
-and no one sleeps. Spinning only happens while another query thread is between two kernels
-of its own call, which lasts a few microseconds; user code outside the library never holds
-a slot. Slots are written by their own thread only, so plain (relaxed atomic) stores do.
+ends), 0 while it is in a kernel, waits for a writer's lock, or is outside the library. A
+kernel about to return spins, for at most :data:`SPIN_CYCLES`, while another slot is 1: by
+the time it takes the GIL the other thread has usually let go of it, and no one sleeps.
+Spinning only happens while another query thread is inside a search call, which lasts a few
+microseconds; user code outside the library never holds a slot up. Slots are written by
+their own thread only, so plain (relaxed atomic) stores do.
 """
 
 from __future__ import annotations

@@ -24,14 +24,20 @@ from . import _persist
 from ._codes import CODE_PRECISIONS
 from ._engine import Engine, QueryOutOfRange
 from ._engine_kernels import query_row
-from ._handoff import SLOTS, flag_lowered
 from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
+from ._handoff import SLOTS, flag_lowered
 from ._memory import resident_bytes
 from ._payloads import EncodedPayloads, PayloadColumn
 from ._payloads import encode as encode_payloads
-from ._results import FunnelPlan, SearchResult, StageStats, parse_stage, recall_per_query
+from ._results import (
+    FunnelPlan,
+    SearchResult,
+    StageStats,
+    parse_stage,
+    recall_per_query,
+)
 from ._rwlock import RWLock
 from ._store import VectorStore
 from ._validation import (
