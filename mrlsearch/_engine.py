@@ -48,7 +48,6 @@ class _Scratch(threading.local):
     heap_rows: np.ndarray | None = None
     tag = 0
 
-
     def take(self, n_chunks: int, capacity: int, n_queries: int):
         visited = self.visited
         if visited is None or visited.shape[0] < n_chunks or visited.shape[1] < capacity:
@@ -76,12 +75,6 @@ class Engine:
         self._scratch = _Scratch()
         self._cache: dict = {}
         self._state: tuple = ()
-
-    @property
-    def handoff_slot(self) -> int:
-        """The calling thread's GIL handoff flag in :data:`mrlsearch._handoff.SLOTS` (-1:
-        none)."""
-        return _handoff.current_slot()
 
     def rebind(self, store: VectorStore, graphs: GraphSet) -> None:
         """Point at a new store and graphs (after ``compact`` swapped them in)."""
@@ -114,8 +107,8 @@ class Engine:
             links = self._graphs.links(schedule[0][0], store.capacity)
             prepared = _Prepared(
                 store_args=(vectors, table, store.norms, store.dims_array),
-                walk_args=(_walk_mask(store), links.level0, links.upper, links.upper_start,
-                           links.entry, links.max_level),
+                link_args=(links.level0, links.upper, links.upper_start, links.entry,
+                           links.max_level),
                 code_args=(codes, scales, bits, self._metric),
                 stage_args=self._stage_arrays(schedule), stats=stats)
             if len(self._cache) < 512:
@@ -176,12 +169,12 @@ class Engine:
                                                  heap_rows[:n_chunks])
             else:
                 kernel = kernels.graph_funnel_serial
-            walk_args = prepared.walk_args
-            if allow is not None:  # the walk needs the heaps and the deleted mask then
-                walk_args = (store.deleted, allow) + walk_args[1:]
-            else:
-                walk_args = walk_args[:1] + (_NO_FILTER,) + walk_args[1:]
-            kernel(batch, *prepared.store_args, *walk_args, *prepared.code_args, ef,
+            if allow is None:
+                deleted, allow_mask = _walk_mask(store), _NO_FILTER
+            else:  # a filtered walk keeps the two heaps: it reads the deleted mask
+                deleted, allow_mask = store.deleted, allow
+            kernel(batch, *prepared.store_args, deleted, allow_mask, *prepared.link_args,
+                   *prepared.code_args, ef,
                    *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
                    out_ids, out_scores, out_counts, out_scored, check_range,
                    _handoff.SLOTS, _handoff.current_slot())
@@ -215,7 +208,7 @@ class _Prepared(NamedTuple):
     """The kernel arguments of one schedule over one state of the index, in call order."""
 
     store_args: tuple  # vectors, float16 table, prefix norms, nesting dims
-    walk_args: tuple  # deleted mask (empty: none deleted), level-0 links, upper links, ...
+    link_args: tuple  # level-0 links, upper links, their starts, entry row, top level
     code_args: tuple  # int8 codes, their scales, binary codes, metric code
     stage_args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     stats: tuple[tuple[int, int, str, str], ...]

@@ -277,8 +277,8 @@ def _beam_pool(precision, query, vectors, table, row_norms, links0, gdim, gcol, 
     closest is never expanded by either; tested equal for float and int8 walks), with one
     comparison to reject a far row and a short shift to insert a near one instead of two heap
     updates per row. Binary (Hamming) distances tie often, and the two walks break ties
-    differently: the heap walk may still expand a tied row the beam dropped. The neighbours of an expanded
-    row are marked visited and prefetched in one pass, then scored in a second.
+    differently: the heap walk may still expand a tied row the beam dropped. The neighbours
+    of an expanded row are marked visited and prefetched in one pass, then scored in a second.
 
     Writes the beam (closest first) into ``out_rows``/``out_keys``; returns (its size,
     distances computed).
@@ -595,10 +595,11 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
     ``upper[upper_start[row] + level - 1]`` the same at ``level >= 1``) from ``entry`` at
     precision ``stage_precs[0]`` and dim ``stage_dims[0]`` with beam width ``ef``, and keeps
     ``stage_keeps[0]`` rows that are neither ``deleted`` nor outside ``allow`` (an empty
-    ``allow`` allows every row, an empty ``deleted`` says none is deleted). Each later stage scores the survivors at its dim and
-    precision and keeps ``stage_keeps[stage]``. The best ``out_ids.shape[1]`` are written as
-    ids (``id_of_row``), best first, padded with -1 / -inf. ``dims`` are the index's nesting
-    dims: each query's prefix norms (cosine) are computed here, as the rows' were at add.
+    ``allow`` allows every row, an empty ``deleted`` says none is deleted). Each later stage
+    scores the survivors at its dim and precision and keeps ``stage_keeps[stage]``. The best
+    ``out_ids.shape[1]`` are written as ids (``id_of_row``), best first, padded with -1 /
+    -inf. ``dims`` are the index's nesting dims: each query's prefix norms (cosine) are
+    computed here, as the rows' were at add.
     ``visited[0]`` is a tag array over rows; query ``qi`` marks with ``tag_base + qi + 1``,
     so the caller never clears it between calls. ``heap_keys`` / ``heap_rows`` (same shape
     as ``visited``, one more column) hold the walk's candidate heap. ``out_scored[qi, s]``:

@@ -27,7 +27,7 @@ from ._engine_kernels import query_row
 from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
-from ._handoff import SLOTS, flag_lowered
+from ._handoff import SLOTS, current_slot, flag_lowered
 from ._memory import resident_bytes
 from ._payloads import EncodedPayloads, PayloadColumn
 from ._payloads import encode as encode_payloads
@@ -602,16 +602,15 @@ class Searcher:
         and numpy lets go of the GIL for BLAS calls: with two query threads, every such
         handoff is a chance to sleep on the GIL (two-thread throughput halved, measured).
         """
-        if defer and type(queries) is np.ndarray and queries.shape == (self._dim,):
+        single = (type(queries) is np.ndarray and queries.shape == (self._dim,)
+                  and (queries.dtype == np.float32 or queries.dtype == np.float64))
+        if single and defer:
             if (queries.dtype == np.float32 and queries.flags.c_contiguous
                     and queries.flags.writeable):
                 return queries.reshape(1, self._dim), True
-            if queries.dtype == np.float32 or queries.dtype == np.float64:
-                return query_row(queries), True  # read-only, strided or float64: a copy
+            return query_row(queries), True  # read-only, strided or float64: a copy
         batch = None
-        if (type(queries) is np.ndarray and queries.shape == (self._dim,)
-                and (queries.dtype == np.float32 or queries.dtype == np.float64)):
-            # a single query: one reduction tests finiteness and range
+        if single:  # one reduction tests finiteness and range
             row = np.ascontiguousarray(queries, dtype=np.float32)
             square = float(row.dot(row))
             if math.isfinite(square) and MIN_ABS_VALUE ** 2 <= square <= MAX_ABS_VALUE ** 2:
@@ -800,7 +799,7 @@ class Searcher:
             ``ids`` and ``scores`` of shape (n_queries, k), best first, padded with -1/-inf;
             ``counts``; ``stats`` per stage.
         """
-        slot = self._engine.handoff_slot
+        slot = current_slot()
         if slot < 0:
             return self._funnel(queries, k, stages, ef, filter, num_threads)
         SLOTS[slot] = 1  # this thread is in a search's Python (see mrlsearch._handoff)
@@ -1199,8 +1198,6 @@ class _FailedEngine:
     def run(self, *args, **kwargs):
         raise FormatError(f"{self._error} (found by the deferred check of Searcher.load("
                           f"verify=...); this Searcher cannot be used: load a good copy)")
-
-    handoff_slot = -1  # no GIL handoff flag (see mrlsearch._handoff)
 
     def rebind(self, *args) -> None:
         pass

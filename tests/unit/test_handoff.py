@@ -52,7 +52,7 @@ def test_a_thread_that_ends_gives_its_slot_back(searcher):
 
     def query() -> None:
         s.funnel(queries[0], k=5)
-        taken.append(s._engine.handoff_slot)
+        taken.append(_handoff.current_slot())
 
     for _ in range(3 * _handoff.MAX_SLOTS):  # more threads than slots, one after another
         thread = threading.Thread(target=query)
