@@ -124,10 +124,11 @@ class Engine:
         With ``check_range`` the kernels test each query's norm first and skip a query
         outside the accepted range; :class:`QueryOutOfRange` is raised then. The caller
         raises the thread's GIL handoff flag around the call (:mod:`mrlsearch._handoff`;
-        ``Searcher.funnel`` does): the kernels lower it while they run and raise it again as
-        they end."""
+        ``Searcher.funnel`` does): the kernels lower it while they run and mark it returning
+        as they end; it is raised again here once they have returned."""
         started = time.perf_counter()
         store = self._store
+        slot = _handoff.current_slot()
         n_queries = batch.shape[0]
         prepared = self._prepared(schedule)
         out_ids = np.empty((n_queries, k), dtype=np.int64)
@@ -151,7 +152,9 @@ class Engine:
                                 np.ascontiguousarray(rows, dtype=np.int64),
                                 *prepared.code_args, *prepared.stage_args, store.ids, out_ids,
                                 out_scores, out_counts, out_scored, check_range,
-                                _handoff.SLOTS, _handoff.current_slot())
+                                _handoff.SLOTS, slot)
+            if slot >= 0:
+                _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
             if check_range and out_counts.min() < 0:
                 raise QueryOutOfRange
             method = "exhaustive"
@@ -177,7 +180,9 @@ class Engine:
                    *prepared.code_args, ef,
                    *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
                    out_ids, out_scores, out_counts, out_scored, check_range,
-                   _handoff.SLOTS, _handoff.current_slot())
+                   _handoff.SLOTS, slot)
+            if slot >= 0:
+                _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
             if check_range and out_counts.min() < 0:
                 raise QueryOutOfRange
             method = "hnsw"

@@ -34,6 +34,15 @@ from ._validation import MAX_ABS_VALUE, MIN_ABS_VALUE
 
 __all__: list[str] = []
 
+#: The first 16 hex digits of the SHA-256 of the modules whose njit functions and constants
+#: are compiled into these kernels (:data:`INLINED_SOURCES`, in that order). Numba's on-disk
+#: cache is keyed on this file's contents alone: after a change to one of those modules, the
+#: kernels cached from the old code would still load. Keeping their digest here makes any
+#: such change a change of this file too; ``tests/unit/test_kernels.py`` checks that it is
+#: current.
+INLINED_SOURCES = ("_handoff.py", "_kernels.py", "_validation.py")
+INLINED_SOURCES_DIGEST = "eb6c84f26b58e41e"
+
 PRECISION_FLOAT = 0
 PRECISION_INT8 = 1
 PRECISION_BINARY = 2

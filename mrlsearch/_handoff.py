@@ -7,14 +7,24 @@ other thread's next release wakes it through the kernel. A sleep and a wake cost
 a fast query (MiniLM, 14k x 384: 15 us of kernel), and the thread that was not asleep often
 takes the GIL back first: two threads then served *half* the queries of one (0.5x measured).
 
-So each query thread has a slot in :data:`SLOTS` (one per thread, for every index): 1 while
-it runs the Python of a search (``Searcher.funnel`` sets it; the kernel sets it again as it
-ends), 0 while it is in a kernel, waits for a writer's lock, or is outside the library. A
-kernel about to return spins, for at most :data:`SPIN_CYCLES`, while another slot is 1: by
-the time it takes the GIL the other thread has usually let go of it, and no one sleeps.
-Spinning only happens while another query thread is inside a search call, which lasts a few
-microseconds; user code outside the library never holds a slot up. Slots are written by
-their own thread only, so plain (relaxed atomic) stores do.
+So each query thread has a slot in :data:`SLOTS` (one per thread, for every index) that
+says where it is:
+
+* :data:`IN_PYTHON` (1) while it runs the Python of a search and holds the GIL
+  (``Searcher.funnel`` sets it, and the engine again once a kernel has returned);
+* a time-stamp counter reading while it returns from a kernel: it has left the kernel and is
+  taking the GIL back (see :func:`kernel_leaving`);
+* 0 while it is in a kernel, waits for a writer's lock, or is outside the library.
+
+A kernel about to return spins, for at most :data:`SPIN_CYCLES`, while another thread is in
+Python, or has been returning for less than :data:`RETURN_CYCLES`: by the time it takes the
+GIL the other thread has usually let go of it, and no one sleeps. A thread that has been
+returning for longer is asleep on the GIL, and waiting for it would only waste the spin: an
+earlier version had one state for both, and a thread whose wake-up took longer than the spin
+made every spin run its whole budget (two threads at 0.4x one, p50 111 us, in about half of
+the processes on this VM). Spinning only happens while another query thread is inside a
+search call, which lasts a few microseconds; user code outside the library never holds a
+slot up. Slots are written by their own thread only, so plain (relaxed atomic) stores do.
 """
 
 from __future__ import annotations
@@ -42,6 +52,11 @@ MAX_SLOTS = 64
 SLOTS = np.zeros(MAX_SLOTS, dtype=np.int64)
 #: Longest spin, in time-stamp counter cycles (~100 us at 2.6 GHz).
 SPIN_CYCLES = 250_000
+#: A slot's value while its thread runs a search's Python.
+IN_PYTHON = 1
+#: How long a thread returning from a kernel counts as about to take the GIL (~5 us: taking
+#: a free GIL back takes well under 1 us; a thread still returning after this is asleep).
+RETURN_CYCLES = 13_000
 _next_slot = itertools.count()
 _free_slots: list[int] = []
 
@@ -169,18 +184,24 @@ def kernel_entered(slots, slot):
 
 @numba.njit(inline="always")
 def kernel_leaving(slots, slot):
-    """Last thing in a ``nogil`` kernel: wait (bounded) while another query thread is in
-    its Python part, then mark this one as going back to Python."""
+    """Last thing in a ``nogil`` kernel: wait (bounded) while another query thread is in its
+    Python part or about to be, then mark this one as returning (the time-stamp counter).
+    The caller sets the slot to :data:`IN_PYTHON` once the kernel has returned."""
     if slot < 0:
         return
     started = _cycles()
-    while _cycles() - started < SPIN_CYCLES:
+    while True:
+        now = _cycles()
+        if now - started >= SPIN_CYCLES:
+            break
         busy = False
         for other in range(slots.shape[0]):
-            if other != slot and _load_relaxed(slots, other) != 0:
+            state = _load_relaxed(slots, other)
+            if other != slot and (state == IN_PYTHON or (
+                    state > IN_PYTHON and abs(now - state) < RETURN_CYCLES)):
                 busy = True
                 break
         if not busy:
             break
         _pause()
-    _store_relaxed(slots, slot, 1)
+    _store_relaxed(slots, slot, max(_cycles(), IN_PYTHON + 1))

@@ -27,7 +27,7 @@ from ._engine_kernels import query_row
 from ._errors import DimensionError, FormatError
 from ._exact import exact_rows
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE, GraphSet
-from ._handoff import SLOTS, current_slot, flag_lowered
+from ._handoff import IN_PYTHON, SLOTS, current_slot, flag_lowered
 from ._memory import resident_bytes
 from ._payloads import EncodedPayloads, PayloadColumn
 from ._payloads import encode as encode_payloads
@@ -802,7 +802,7 @@ class Searcher:
         slot = current_slot()
         if slot < 0:
             return self._funnel(queries, k, stages, ef, filter, num_threads)
-        SLOTS[slot] = 1  # this thread is in a search's Python (see mrlsearch._handoff)
+        SLOTS[slot] = IN_PYTHON  # this thread is in a search's Python (see mrlsearch._handoff)
         try:
             return self._funnel(queries, k, stages, ef, filter, num_threads)
         finally:

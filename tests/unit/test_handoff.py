@@ -3,6 +3,7 @@ a search's Python, never left set, bounded when another thread's flag is stuck."
 
 import threading
 
+import numba
 import numpy as np
 import pytest
 
@@ -141,3 +142,30 @@ def test_drop_graphs_during_a_search_never_leaves_a_stale_plan(monkeypatch):
     monkeypatch.setattr(Searcher, "_check_stages", check)
     for _ in range(2):
         assert s.search(vectors[0], k=10).ids[0, 0] == 0
+
+
+
+@numba.njit
+def _cycles_spent_leaving(slots, slot, other, returned_cycles_ago):
+    """kernel_leaving's spin in cycles; ``other`` marked as returning from a kernel that many
+    cycles ago first, when ``returned_cycles_ago`` >= 0."""
+    started = _handoff._cycles()
+    if returned_cycles_ago >= 0:
+        slots[other] = started - returned_cycles_ago
+    _handoff.kernel_leaving(slots, slot)
+    return _handoff._cycles() - started
+
+
+@pytest.mark.skipif(not _handoff.ENABLED, reason="the spin runs on x86 only")
+def test_a_kernel_waits_for_a_thread_in_python_or_just_returning_but_not_for_a_sleeper():
+    slots = np.zeros(4, dtype=np.int64)
+    slots[1] = _handoff.IN_PYTHON  # holds the GIL: wait the whole budget for it to let go
+    assert _cycles_spent_leaving(slots, 0, 1, -1) >= _handoff.SPIN_CYCLES
+    assert slots[0] > _handoff.IN_PYTHON  # now marked as returning
+
+    slots[0] = 0  # the other just left its kernel: about to take the GIL, wait for that
+    spent = _cycles_spent_leaving(slots, 0, 1, 0)
+    assert _handoff.RETURN_CYCLES <= spent < _handoff.SPIN_CYCLES
+
+    slots[0] = 0  # returning for long: asleep on the GIL, do not wait
+    assert _cycles_spent_leaving(slots, 0, 1, 10 * _handoff.RETURN_CYCLES) < _handoff.RETURN_CYCLES

@@ -1,7 +1,20 @@
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from mrlsearch import _kernels
+from mrlsearch import _engine_kernels, _kernels
+
+
+def test_engine_kernels_name_the_digest_of_what_they_inline():
+    """numba's cache only sees _engine_kernels.py: a change to a module it inlines must change
+    that file too (update INLINED_SOURCES_DIGEST to the value below), or stale kernels load."""
+    package = Path(_engine_kernels.__file__).parent
+    digest = hashlib.sha256()
+    for name in _engine_kernels.INLINED_SOURCES:
+        digest.update((package / name).read_bytes())
+    assert _engine_kernels.INLINED_SOURCES_DIGEST == digest.hexdigest()[:16]
 
 
 def test_half_table_is_exact():
