@@ -125,3 +125,25 @@ def test_timings_repeat_for_at_least_min_seconds_and_keep_the_best(monkeypatch):
     assert benchmark.time.perf_counter() - started >= 0.05 and len(calls) > 2
     qps = benchmark.single_query_qps(lambda q: None, np.zeros((10, 4)), limit=5)
     assert qps > 0
+
+
+def test_interleaved_single_query_qps_alternates_passes_and_rates_each_method(monkeypatch):
+    import mrlsearch.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "MIN_SECONDS", 0.02)
+    order = []
+
+    def fast(query):
+        order.append("fast")
+
+    def slow(query):
+        order.append("slow")
+        benchmark.time.sleep(0.0005)
+
+    queries = np.zeros((10, 4))
+    fast_qps, slow_qps = benchmark.interleaved_single_query_qps([fast, slow], queries, limit=4)
+    runs = [name for i, name in enumerate(order) if i >= 2]  # after one warm-up call each
+    passes = [runs[i:i + 4] for i in range(0, len(runs), 4)]
+    assert len(passes) >= 6 and len(passes) % 2 == 0
+    assert all(p == [("fast", "slow")[i % 2]] * 4 for i, p in enumerate(passes))
+    assert slow_qps < 2000 < fast_qps  # 0.5 ms per slow query: at most 2,000 per second
