@@ -54,9 +54,10 @@ SLOTS = np.zeros(MAX_SLOTS, dtype=np.int64)
 SPIN_CYCLES = 250_000
 #: A slot's value while its thread runs a search's Python.
 IN_PYTHON = 1
-#: How long a thread returning from a kernel counts as about to take the GIL (~5 us: taking
-#: a free GIL back takes well under 1 us; a thread still returning after this is asleep).
-RETURN_CYCLES = 13_000
+#: How long a thread returning from a kernel counts as about to take the GIL (~50 us: taking
+#: a free GIL back takes well under 1 us, waking from a sleep on it ~30 us here; a thread
+#: still returning after this is asleep for longer, and waiting for it wastes the spin).
+RETURN_CYCLES = 130_000
 _next_slot = itertools.count()
 _free_slots: list[int] = []
 

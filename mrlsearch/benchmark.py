@@ -105,7 +105,11 @@ def interleaved_single_query_qps(runners: Sequence[Callable[[np.ndarray], Any]],
     Measured one after the other, two methods meet different states of the machine: on this
     2-core VM hnswlib's single-query rate on one index ranged 24.3k-33.4k q/s over five
     runs of ``benchmarks/funnel.py``. Alternating passes for :data:`MIN_SECONDS` per method
-    expose them to the same drift, so their ratio is steadier than either figure.
+    expose them to the same drift, so their ratio is steadier than either figure. With more
+    than one method, each timed pass follows an untimed one over the same queries: otherwise
+    every pass starts in caches the other method's index has just filled, which costs the
+    method with the smaller working set most (without it, the funnel's single-query rate on
+    50k x 768 fell from 35.6k to 26.4-27.3k q/s in the two runs that alternated).
 
     Examples
     --------
@@ -122,6 +126,9 @@ def interleaved_single_query_qps(runners: Sequence[Callable[[np.ndarray], Any]],
     stop_at = time.perf_counter() + MIN_SECONDS * len(runners)
     while passes < repeats or time.perf_counter() < stop_at:
         for slot, run_one in enumerate(runners):
+            if len(runners) > 1:
+                for query in queries[:limit]:  # warm the caches again, untimed
+                    run_one(query)
             started = time.perf_counter()
             for query in queries[:limit]:
                 run_one(query)

@@ -143,7 +143,7 @@ def test_interleaved_single_query_qps_alternates_passes_and_rates_each_method(mo
     queries = np.zeros((10, 4))
     fast_qps, slow_qps = benchmark.interleaved_single_query_qps([fast, slow], queries, limit=4)
     runs = [name for i, name in enumerate(order) if i >= 2]  # after one warm-up call each
-    passes = [runs[i:i + 4] for i in range(0, len(runs), 4)]
-    assert len(passes) >= 6 and len(passes) % 2 == 0
-    assert all(p == [("fast", "slow")[i % 2]] * 4 for i, p in enumerate(passes))
+    passes = [runs[i:i + 4] for i in range(0, len(runs), 4)]  # untimed, timed, untimed, ...
+    assert len(passes) >= 12 and len(passes) % 4 == 0
+    assert all(p == [("fast", "slow")[i // 2 % 2]] * 4 for i, p in enumerate(passes))
     assert slow_qps < 2000 < fast_qps  # 0.5 ms per slow query: at most 2,000 per second
