@@ -41,7 +41,7 @@ __all__: list[str] = []
 #: such change a change of this file too; ``tests/unit/test_kernels.py`` checks that it is
 #: current.
 INLINED_SOURCES = ("_handoff.py", "_kernels.py", "_validation.py")
-INLINED_SOURCES_DIGEST = "3c6d357570d119b5"
+INLINED_SOURCES_DIGEST = "ccfb07d85f4e84b0"
 
 PRECISION_FLOAT = 0
 PRECISION_INT8 = 1

@@ -14,7 +14,8 @@ says where it is:
   (``Searcher.funnel`` sets it, and the engine again once a kernel has returned);
 * a time-stamp counter reading while it returns from a kernel: it has left the kernel and is
   taking the GIL back (see :func:`kernel_leaving`);
-* 0 while it is in a kernel, waits for a writer's lock, or is outside the library.
+* :data:`IN_KERNEL` (-1) while it runs a kernel;
+* 0 while it waits for a writer's lock or is outside the library.
 
 A kernel about to return spins, for at most :data:`SPIN_CYCLES`, while another thread is in
 Python, or has been returning for less than :data:`RETURN_CYCLES`: by the time it takes the
@@ -22,9 +23,12 @@ GIL the other thread has usually let go of it, and no one sleeps. A thread that 
 returning for longer is asleep on the GIL, and waiting for it would only waste the spin: an
 earlier version had one state for both, and a thread whose wake-up took longer than the spin
 made every spin run its whole budget (two threads at 0.4x one, p50 111 us, in about half of
-the processes on this VM). Spinning only happens while another query thread is inside a
-search call, which lasts a few microseconds; user code outside the library never holds a
-slot up. Slots are written by their own thread only, so plain (relaxed atomic) stores do.
+the processes on this VM). A kernel spins only while exactly one other query thread is inside
+a search call: with more, the thread it waits for may be off the CPU, preempted by the very
+threads that spin (four threads on two cores fell to 14-22k q/s from 48k for one, with
+two-thirds of the spins running their whole budget, counted). User code outside the library
+never holds a slot up. Slots are written by their own thread only, so plain (relaxed atomic)
+stores do.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ SLOTS = np.zeros(MAX_SLOTS, dtype=np.int64)
 SPIN_CYCLES = 250_000
 #: A slot's value while its thread runs a search's Python.
 IN_PYTHON = 1
+#: A slot's value while its thread runs a kernel.
+IN_KERNEL = -1
 #: How long a thread returning from a kernel counts as about to take the GIL (~50 us: taking
 #: a free GIL back takes well under 1 us, waking from a sleep on it ~30 us here; a thread
 #: still returning after this is asleep for longer, and waiting for it wastes the spin).
@@ -180,13 +186,13 @@ def _pause(typingctx):
 def kernel_entered(slots, slot):
     """First thing in a ``nogil`` kernel: this thread no longer needs the GIL."""
     if slot >= 0:
-        _store_relaxed(slots, slot, 0)
+        _store_relaxed(slots, slot, IN_KERNEL)
 
 
 @numba.njit(inline="always")
 def kernel_leaving(slots, slot):
-    """Last thing in a ``nogil`` kernel: wait (bounded) while another query thread is in its
-    Python part or about to be, then mark this one as returning (the time-stamp counter).
+    """Last thing in a ``nogil`` kernel: wait (bounded) while the one other query thread is in
+    its Python part or about to be, then mark this one as returning (the time-stamp counter).
     The caller sets the slot to :data:`IN_PYTHON` once the kernel has returned."""
     if slot < 0:
         return
@@ -196,13 +202,14 @@ def kernel_leaving(slots, slot):
         if now - started >= SPIN_CYCLES:
             break
         busy = False
+        others = 0
         for other in range(slots.shape[0]):
             state = _load_relaxed(slots, other)
-            if other != slot and (state == IN_PYTHON or (
-                    state > IN_PYTHON and abs(now - state) < RETURN_CYCLES)):
-                busy = True
-                break
-        if not busy:
+            if other != slot and state != 0:
+                others += 1
+                busy |= state == IN_PYTHON or (
+                    state > IN_PYTHON and abs(now - state) < RETURN_CYCLES)
+        if not busy or others > 1:
             break
         _pause()
     _store_relaxed(slots, slot, max(_cycles(), IN_PYTHON + 1))

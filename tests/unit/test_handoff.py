@@ -169,3 +169,24 @@ def test_a_kernel_waits_for_a_thread_in_python_or_just_returning_but_not_for_a_s
 
     slots[0] = 0  # returning for long: asleep on the GIL, do not wait
     assert _cycles_spent_leaving(slots, 0, 1, 10 * _handoff.RETURN_CYCLES) < _handoff.RETURN_CYCLES
+
+    slots[0] = 0  # two other query threads: the one in Python may be off the CPU, never spin
+    slots[1], slots[2] = _handoff.IN_PYTHON, _handoff.IN_KERNEL
+    assert _cycles_spent_leaving(slots, 0, 1, -1) < _handoff.RETURN_CYCLES
+
+
+def test_a_thread_in_a_kernel_shows_in_its_slot():
+    seen = []
+
+    @numba.njit
+    def probe(slots, slot):
+        _handoff.kernel_entered(slots, slot)
+        return slots[slot]
+
+    lease = _handoff.SlotLease()
+    try:
+        seen.append(probe(_handoff.SLOTS, lease.slot))
+    finally:
+        _handoff.SLOTS[lease.slot] = 0
+        del lease
+    assert seen == [_handoff.IN_KERNEL]
