@@ -68,7 +68,8 @@ def funnel_section(report: dict) -> list[str]:
                "`mrlsearch.benchmark.compare`. mrlsearch is `Searcher.build(vectors, "
                "queries=tuning half)`: it chooses the graph dim and the walk's precision itself. "
                "QPS batch: all unseen queries in one call on 2 threads (best of 3); QPS single: "
-               "one query per call on 1 thread. `M=16, ef_construction=200` everywhere. Build "
+               "one query per call on 1 thread (mrlsearch and hnswlib full dim in alternating "
+               "passes, each after an untimed one). `M=16, ef_construction=200` everywhere. Build "
                "s for mrlsearch includes its sampling, every graph it built and the tuning.")
     for data in report["datasets"]:
         out += ["", f"### {data['label']}", ""]
