@@ -124,8 +124,8 @@ class Engine:
         With ``check_range`` the kernels test each query's norm first and skip a query
         outside the accepted range; :class:`QueryOutOfRange` is raised then. The caller
         raises the thread's GIL handoff flag around the call (:mod:`mrlsearch._handoff`;
-        ``Searcher.funnel`` does): the kernels lower it while they run and mark it returning
-        as they end; it is raised again here once they have returned."""
+        ``Searcher.funnel`` does): the kernels mark it while they run and as they return,
+        and it is raised again here once they have returned."""
         started = time.perf_counter()
         store = self._store
         slot = _handoff.current_slot()

@@ -20,10 +20,10 @@ says where it is:
 A kernel about to return spins, for at most :data:`SPIN_CYCLES`, while another thread is in
 Python, or has been returning for less than :data:`RETURN_CYCLES`: by the time it takes the
 GIL the other thread has usually let go of it, and no one sleeps. A thread that has been
-returning for longer is asleep on the GIL, and waiting for it would only waste the spin: an
-earlier version had one state for both, and a thread whose wake-up took longer than the spin
-made every spin run its whole budget (two threads at 0.4x one, p50 111 us, in about half of
-the processes on this VM). A kernel spins only while exactly one other query thread is inside
+returning for longer is asleep on the GIL, and waiting for it would only waste the spin (an
+earlier version had one state for both: a thread asleep on the GIL then held the other
+thread's every spin up to its whole budget). A kernel spins only while exactly one other
+query thread is inside
 a search call: with more, the thread it waits for may be off the CPU, preempted by the very
 threads that spin (four threads on two cores fell to 14-22k q/s from 48k for one, with
 two-thirds of the spins running their whole budget, counted). User code outside the library
