@@ -35,7 +35,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from ._results import recall_per_query
+from ._results import SearchResult, recall_per_query
 from ._validation import check_choice, check_fraction, check_matrix, check_positive_int
 from .searcher import Searcher
 
@@ -519,6 +519,7 @@ def compare(
 
     plan = None
     funnel_row: BenchRow | None = None
+    funnel_one: Callable[[np.ndarray], Any] | None = None
     if "funnel" in methods:
         start(f"measuring the funnel (tune on {len(fit)} queries, measure on {len(test)})")
         started = time.perf_counter()
@@ -532,13 +533,16 @@ def compare(
         seconds, result = best_time(lambda: searcher.funnel(test, k, plan))
         name = ("mrlsearch (Searcher.build)" if build_s is not None and index_dims is None
                 else "mrlsearch funnel (tuned)")
+        def funnel_one(query: np.ndarray) -> SearchResult:
+            return searcher.funnel(query, k, plan)
+
         funnel_row = BenchRow(name, recall(result.ids, truth), len(test) / seconds,
-                              single_query_qps(lambda q: searcher.funnel(q, k, plan), test),
+                              single_query_qps(funnel_one, test),
                               build_s, searcher_memory_mb(searcher), f"{plan}" + (
                                   f" (tune {tune_s:.0f}s)" if build_s is None or index_dims
                                   else ""))
         add(funnel_row)
-        report.extras.update(thread_scaling(lambda q: searcher.funnel(q, k, plan), test))
+        report.extras.update(thread_scaling(funnel_one, test))
     if "exact" in methods:
         start("measuring exact numpy search")
         seconds, ids = best_time(lambda: exact_numpy(test), repeats=1)
@@ -556,8 +560,8 @@ def compare(
         else:
             seconds, (ids, _) = best_time(lambda: graph.knn_query(test, k=k))
             runners = [lambda q: graph.knn_query(q, k=k)]
-            if funnel_row is not None:  # the headline ratio: measured side by side
-                runners.append(lambda q: searcher.funnel(q, k, plan))
+            if funnel_one is not None:  # the headline ratio: measured side by side
+                runners.append(funnel_one)
             singles = interleaved_single_query_qps(runners, test)
             if funnel_row is not None:
                 funnel_row.qps_single = singles[1]
