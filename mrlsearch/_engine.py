@@ -23,7 +23,7 @@ from . import _engine_kernels as kernels
 from . import _handoff
 from ._graphs import GraphSet
 from ._kernels import METRIC_CODES
-from ._results import SearchResult, StageStats
+from ._results import SearchResult
 from ._store import VectorStore
 
 __all__: list[str] = []
@@ -43,25 +43,27 @@ class QueryOutOfRange(Exception):
 class _Scratch(threading.local):
     """Per-thread buffers of the graph walk: visited tags and the candidate heap."""
 
-    visited: np.ndarray | None = None
-    heap_keys: np.ndarray | None = None
-    heap_rows: np.ndarray | None = None
+    buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    fits: tuple[int, int] = (0, 0)  # (chunks, capacity) the buffers hold
     tag = 0
 
     def take(self, n_chunks: int, capacity: int, n_queries: int):
-        visited = self.visited
-        if visited is None or visited.shape[0] < n_chunks or visited.shape[1] < capacity:
-            chunks = max(n_chunks, 0 if visited is None else visited.shape[0])
-            self.visited = np.zeros((chunks, capacity), dtype=np.uint32)
-            self.heap_keys = np.empty((chunks, capacity + 1), dtype=np.float32)
-            self.heap_rows = np.empty((chunks, capacity + 1), dtype=np.int32)
-            self.tag = 0
-        if self.tag + n_queries >= _TAG_LIMIT:
-            self.visited.fill(0)
+        """(visited, heap keys, heap rows) for ``n_chunks`` walks over ``capacity`` rows, and
+        the last tag used: the batch's queries tag visited rows with the next ``n_queries``."""
+        chunks, rows = self.fits
+        if n_chunks > chunks or capacity > rows:
+            chunks, rows = max(n_chunks, chunks), max(capacity, rows)
+            self.buffers = (np.zeros((chunks, rows), dtype=np.uint32),
+                            np.empty((chunks, rows + 1), dtype=np.float32),
+                            np.empty((chunks, rows + 1), dtype=np.int32))
+            self.fits = (chunks, rows)
             self.tag = 0
         base = self.tag
-        self.tag += n_queries
-        return self.visited, self.heap_keys, self.heap_rows, base
+        if base + n_queries >= _TAG_LIMIT:
+            self.buffers[0].fill(0)
+            base = 0
+        self.tag = base + n_queries
+        return self.buffers, base
 
 
 class Engine:
@@ -101,7 +103,7 @@ class Engine:
         if prepared is None:
             vectors, table = store.kernel_vectors()
             codes, scales, bits = store.kernel_codes(schedule[0][0])
-            stats = tuple((dim, keep, "hnsw" if i == 0 else "rerank",
+            stats = tuple((dim, keep, None if i == 0 else "rerank",
                            _report_precision(precision, store))
                           for i, (dim, precision, keep) in enumerate(schedule))
             links = self._graphs.links(schedule[0][0], store.capacity)
@@ -148,14 +150,14 @@ class Engine:
                 rows = store.live_rows()
             else:
                 rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
-            kernels.rows_funnel(batch, *prepared.store_args,
-                                np.ascontiguousarray(rows, dtype=np.int64),
-                                *prepared.code_args, *prepared.stage_args, store.ids, out_ids,
-                                out_scores, out_counts, out_scored, check_range,
-                                _handoff.SLOTS, slot)
+            lowest = kernels.rows_funnel(batch, *prepared.store_args,
+                                         np.ascontiguousarray(rows, dtype=np.int64),
+                                         *prepared.code_args, *prepared.stage_args, store.ids,
+                                         out_ids, out_scores, out_counts, out_scored,
+                                         check_range, _handoff.SLOTS, slot)
             if slot >= 0:
                 _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
-            if check_range and out_counts.min() < 0:
+            if lowest < 0:  # only a query out of range (``check_range``) has a count of -1
                 raise QueryOutOfRange
             method = "exhaustive"
         else:
@@ -164,8 +166,8 @@ class Engine:
                 n_chunks = numba.get_num_threads() if num_threads < 1 else min(
                     num_threads, numba.get_num_threads())
                 n_chunks = max(1, min(n_chunks, n_queries))
-            visited, heap_keys, heap_rows, tag = self._scratch.take(n_chunks, store.capacity,
-                                                                    n_queries)
+            (visited, heap_keys, heap_rows), tag = self._scratch.take(n_chunks, store.capacity,
+                                                                      n_queries)
             if n_chunks > 1:
                 kernel = kernels.graph_funnel_parallel
                 visited, heap_keys, heap_rows = (visited[:n_chunks], heap_keys[:n_chunks],
@@ -176,21 +178,18 @@ class Engine:
                 deleted, allow_mask = _walk_mask(store), _NO_FILTER
             else:  # a filtered walk keeps the two heaps: it reads the deleted mask
                 deleted, allow_mask = store.deleted, allow
-            kernel(batch, *prepared.store_args, deleted, allow_mask, *prepared.link_args,
-                   *prepared.code_args, ef,
-                   *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
-                   out_ids, out_scores, out_counts, out_scored, check_range,
-                   _handoff.SLOTS, slot)
+            lowest = kernel(batch, *prepared.store_args, deleted, allow_mask,
+                            *prepared.link_args, *prepared.code_args, ef,
+                            *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
+                            out_ids, out_scores, out_counts, out_scored, check_range,
+                            _handoff.SLOTS, slot)
             if slot >= 0:
                 _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
-            if check_range and out_counts.min() < 0:
+            if lowest < 0:
                 raise QueryOutOfRange
             method = "hnsw"
             want = min(k, n_allowed)
-            if n_queries == 1:
-                short = () if out_counts[0] >= want else np.zeros(1, dtype=np.int64)
-            else:
-                short = np.flatnonzero(out_counts < want)
+            short = () if lowest >= want else np.flatnonzero(out_counts < want)
             if len(short):
                 # the walk could not reach enough returnable rows (heavy deletion or a filter
                 # cut the graph): scan for those queries instead
@@ -200,13 +199,9 @@ class Engine:
                 out_ids[short], out_scores[short] = rescue.ids, rescue.scores
                 out_counts[short] = rescue.counts
         seconds = time.perf_counter() - started
-        scored = (out_scored[0] if n_queries == 1 else out_scored.sum(axis=0)).tolist()
-        last = len(schedule) - 1
-        stats = tuple([
-            StageStats(dim, keep, scored[i], seconds if i == last else 0.0,
-                       method if i == 0 else stage_method, precision)
-            for i, (dim, keep, stage_method, precision) in enumerate(prepared.stats)])
-        return SearchResult(out_ids, out_scores, out_counts, stats, self._metric_name)
+        return SearchResult.from_kernels(out_ids, out_scores, out_counts, self._metric_name,
+                                         stage_stats=(prepared.stats, out_scored, seconds,
+                                                      method))
 
 
 class _Prepared(NamedTuple):
@@ -216,7 +211,7 @@ class _Prepared(NamedTuple):
     link_args: tuple  # level-0 links, upper links, their starts, entry row, top level
     code_args: tuple  # int8 codes, their scales, binary codes, metric code
     stage_args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-    stats: tuple[tuple[int, int, str, str], ...]
+    stats: tuple[tuple[int, int, str | None, str], ...]  # per stage; None: the walk's method
 
 
 _NO_FILTER = np.zeros(0, dtype=bool)

@@ -588,8 +588,17 @@ def _graph_query(qi, queries, vectors, table, row_norms, dims, deleted, allow, l
             out_scored)
 
 
+@numba.njit(inline="always")
+def _lowest(counts):
+    """The smallest entry of ``counts`` (0 for an empty batch)."""
+    lowest = counts[0] if counts.shape[0] else 0
+    for qi in range(1, counts.shape[0]):
+        lowest = min(lowest, counts[qi])
+    return lowest
+
+
 _GRAPH_SIGNATURE = (
-    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], b1[::1], b1[::1], "
+    "i8(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], b1[::1], b1[::1], "
     "i4[:, ::1], i4[:, ::1], i8[::1], i8, i8, i1[:, ::1], f4[::1], u8[:, ::1], i8, i8, "
     "i8[::1], i8[::1], i8[::1], i8[::1], u4[:, ::1], f4[:, ::1], i4[:, ::1], i8, i8[::1], "
     "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1, i8[::1], i8)"
@@ -620,7 +629,8 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
     distances computed in the walk (stage 0) or candidates scored (later stages). With
     ``check_range``, a query whose norm is not finite or out of range is not searched and
     gets ``out_counts[qi] = -1``. ``handoff_slots[handoff_slot]`` is this thread's flag of
-    :mod:`mrlsearch._handoff` (-1: none).
+    :mod:`mrlsearch._handoff` (-1: none). Returns the smallest of ``out_counts`` (-1 when a
+    query was out of range), so the caller tests one number instead of reducing the array.
     """
     kernel_entered(handoff_slots, handoff_slot)
     visited_row = visited[0]
@@ -630,7 +640,9 @@ def graph_funnel_serial(queries, vectors, table, row_norms, dims, deleted, allow
                      ef, stage_dims, stage_cols, stage_keeps, stage_precs, visited_row,
                      np.uint32(tag_base + qi + 1), heap_keys[0], heap_rows[0], id_of_row,
                      out_ids, out_scores, out_counts, out_scored, check_range)
+    lowest = _lowest(out_counts)
     kernel_leaving(handoff_slots, handoff_slot)
+    return lowest
 
 
 @numba.njit(_GRAPH_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
@@ -653,7 +665,9 @@ def graph_funnel_parallel(queries, vectors, table, row_norms, dims, deleted, all
                          visited_row, np.uint32(tag_base + qi + 1), heap_keys[chunk],
                          heap_rows[chunk], id_of_row, out_ids,
                          out_scores, out_counts, out_scored, check_range)
+    lowest = _lowest(out_counts)
     kernel_leaving(handoff_slots, handoff_slot)
+    return lowest
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
@@ -680,7 +694,7 @@ def _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
 
 
 _ROWS_SIGNATURE = (
-    "void(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], i8[::1], "
+    "i8(f4[:, ::1], {store}[:, ::1], f4[::1], f4[:, ::1], i8[::1], i8[::1], "
     "i1[:, ::1], f4[::1], u8[:, ::1], i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], "
     "i8[:, ::1], f4[:, ::1], i8[::1], i8[:, ::1], b1, i8[::1], i8)"
 )
@@ -697,11 +711,14 @@ def rows_funnel(queries, vectors, table, row_norms, dims, candidates, codes, sca
     Used where the first stage is a scan instead of a graph walk (its shortlist covers the
     index, or a filter allows so few rows that walking the graph would cost more): stage 0
     scores ``candidates`` at its dim and precision, later stages as in
-    :func:`graph_funnel_serial` (``check_range`` too). Parallel over queries.
+    :func:`graph_funnel_serial` (``check_range`` and the return value too). Parallel over
+    queries.
     """
     kernel_entered(handoff_slots, handoff_slot)
     for qi in prange(queries.shape[0]):
         _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
                     scales, bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs,
                     id_of_row, out_ids, out_scores, out_counts, out_scored, check_range)
+    lowest = _lowest(out_counts)
     kernel_leaving(handoff_slots, handoff_slot)
+    return lowest

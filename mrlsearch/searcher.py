@@ -54,6 +54,7 @@ from ._validation import (
 __all__ = ["Searcher"]
 
 _NO_PLAN = object()  # matches no plan, not even None
+_FLOAT32 = np.dtype(np.float32)  # native float32 is one shared dtype object: tested with 'is'
 
 METRICS = ("cosine", "ip", "l2")
 DTYPES = ("float32", "float16")
@@ -603,11 +604,11 @@ class Searcher:
         handoff is a chance to sleep on the GIL (two-thread throughput halved, measured).
         """
         single = (type(queries) is np.ndarray and queries.shape == (self._dim,)
-                  and (queries.dtype == np.float32 or queries.dtype == np.float64))
+                  and (queries.dtype is _FLOAT32 or queries.dtype == np.float64))
         if single and defer:
-            if (queries.dtype == np.float32 and queries.flags.c_contiguous
-                    and queries.flags.writeable):
-                return queries.reshape(1, self._dim), True
+            flags = queries.flags
+            if queries.dtype is _FLOAT32 and flags.c_contiguous and flags.writeable:
+                return queries[None], True
             return query_row(queries), True  # read-only, strided or float64: a copy
         batch = None
         if single:  # one reduction tests finiteness and range

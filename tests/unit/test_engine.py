@@ -1,5 +1,7 @@
 """The compiled search path against brute force, hnswlib and numpy references."""
 
+import pickle
+
 import hnswlib
 import numpy as np
 import pytest
@@ -230,3 +232,26 @@ def test_build_falls_back_to_a_full_dim_graph_where_prefixes_are_useless():
     # the original (MRL-like) data keeps a short prefix graph
     mrl = Searcher.build(vectors, queries=queries, k=10, target_recall=0.9, dims=(16, 32, 64))
     assert mrl.build_report["graphs_built"][0] < 64
+
+
+def test_stats_are_built_on_first_read_with_the_calls_figures():
+    searcher, _, queries, _ = build(n=1500, index_dims=(16,))
+    stages = [(16, "int8", 40), (64, 5)]
+    batch = searcher.funnel(queries[:10], k=5, stages=stages, ef=40, num_threads=1)
+    singles = [searcher.funnel(query, k=5, stages=stages, ef=40) for query in queries[:10]]
+    assert "stats" not in vars(batch)  # nothing built until read
+    stats = batch.stats
+    assert batch.stats is stats
+    assert [(s.dim, s.shortlist, s.method, s.precision) for s in stats] == [
+        (16, 40, "hnsw", "int8"), (64, 5, "rerank", "float32")]
+    assert stats[0].candidates == sum(r.stats[0].candidates for r in singles) > 10 * 40
+    assert stats[1].candidates == 10 * 40
+    assert stats[0].seconds == 0.0 < stats[1].seconds == batch.seconds
+    restored = pickle.loads(pickle.dumps(searcher.funnel(queries[:2], k=5, stages=stages)))
+    assert restored.stats[1].candidates == 2 * 40
+    assert np.array_equal(restored.ids, batch.ids[:2])
+    with pytest.raises(AttributeError, match="no_such"):
+        batch.no_such  # noqa: B018
+    scanned = searcher.funnel(queries[:3], k=5, stages=[(16, 1500), (64, 5)])
+    assert scanned.stats[0].method == "exhaustive"
+    assert scanned.stats[0].candidates == 3 * 1500
