@@ -1,6 +1,7 @@
 """The compiled search path against brute force, hnswlib and numpy references."""
 
 import pickle
+import time
 
 import hnswlib
 import numpy as np
@@ -230,8 +231,12 @@ def test_build_falls_back_to_a_full_dim_graph_where_prefixes_are_useless():
     truth = searcher.exact(rotated_queries, 10)
     assert searcher.search(rotated_queries, 10).recall(truth) >= 0.9
     # the original (MRL-like) data keeps a short prefix graph
+    started = time.perf_counter()
     mrl = Searcher.build(vectors, queries=queries, k=10, target_recall=0.9, dims=(16, 32, 64))
+    wall = time.perf_counter() - started
     assert mrl.build_report["graphs_built"][0] < 64
+    seconds = mrl.build_report["seconds"]
+    assert min(seconds.values()) > 0 and sum(seconds.values()) <= wall
 
 
 def test_stats_are_built_on_first_read_with_the_calls_figures():
