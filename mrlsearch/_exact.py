@@ -26,29 +26,45 @@ def exact_rows(store: VectorStore, metric: str, batch: np.ndarray, prefix_dim: i
     best_rows = np.full((n_queries, keep), -1, dtype=np.int64)
     best_scores = np.full((n_queries, keep), -np.inf, dtype=np.float32)
     block = max(1024, _EXACT_BLOCK // max(n_queries, 1))
+    if metric == "cosine":
+        inverse_query_norms = _inverse(query_norms)[:, None]
     for lo in range(0, store.rows, block):
         hi = min(lo + block, store.rows)
         part = store.vectors[lo:hi, :prefix_dim].astype(np.float32, copy=False)
         scores = query_part @ part.T
-        if metric == "cosine":
-            denom = np.outer(query_norms, store.norms[lo:hi, col])
-            np.divide(scores, denom, out=scores, where=denom > 0)
-            scores[denom <= 0] = 0.0
+        if metric == "cosine":  # a zero norm on either side scores 0
+            scores *= inverse_query_norms
+            scores *= _inverse(store.norms[lo:hi, col])[None, :]
         elif metric == "l2":
-            row_sq = np.square(store.norms[lo:hi, col])
-            scores = -(np.square(query_norms)[:, None] - 2.0 * scores + row_sq[None, :])
+            scores *= 2.0
+            scores -= np.square(query_norms)[:, None]
+            scores -= np.square(store.norms[lo:hi, col])[None, :]
             np.minimum(scores, 0.0, out=scores)
-        scores[:, store.deleted[lo:hi]] = -np.inf
-        merged_scores = np.concatenate([best_scores, scores.astype(np.float32)], axis=1)
-        merged_rows = np.concatenate(
-            [best_rows, np.broadcast_to(np.arange(lo, hi, dtype=np.int64), scores.shape)], axis=1)
-        if merged_scores.shape[1] > keep:
-            top = np.argpartition(-merged_scores, keep - 1, axis=1)[:, :keep]
-            merged_scores = np.take_along_axis(merged_scores, top, axis=1)
-            merged_rows = np.take_along_axis(merged_rows, top, axis=1)
-        best_scores, best_rows = merged_scores, merged_rows
+        deleted = store.deleted[lo:hi]
+        if deleted.any():
+            scores[:, deleted] = -np.inf
+        # the block's own top ``keep`` first, then a merge of two small arrays (merging the
+        # whole block into the running best copied it twice and sorted it all)
+        rows = np.arange(lo, hi, dtype=np.int64)
+        if scores.shape[1] > keep:
+            top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+            scores, rows = np.take_along_axis(scores, top, axis=1), rows[top]
+        else:
+            rows = np.broadcast_to(rows, scores.shape)
+        merged_scores = np.concatenate([best_scores, scores], axis=1)
+        merged_rows = np.concatenate([best_rows, rows], axis=1)
+        top = np.argpartition(-merged_scores, keep - 1, axis=1)[:, :keep]
+        best_scores = np.take_along_axis(merged_scores, top, axis=1)
+        best_rows = np.take_along_axis(merged_rows, top, axis=1)
     order = np.argsort(-best_scores, axis=1, kind="stable")
     best_scores = np.take_along_axis(best_scores, order, axis=1)
     best_rows = np.take_along_axis(best_rows, order, axis=1)
     best_rows[~np.isfinite(best_scores)] = -1
     return best_rows, best_scores
+
+
+def _inverse(norms: np.ndarray) -> np.ndarray:
+    """``1 / norms`` as float32, with 0 where a norm is 0."""
+    out = np.zeros(norms.shape, dtype=np.float32)
+    np.divide(1.0, norms, out=out, where=norms > 0)
+    return out

@@ -7,7 +7,7 @@ from invariants import (
     reference_topk,
 )
 
-from mrlsearch import Searcher
+from mrlsearch import Searcher, _exact
 from mrlsearch.datasets import synthetic_mrl
 
 METRICS = ("cosine", "ip", "l2")
@@ -30,6 +30,22 @@ def test_exact_matches_reference(metric, prefix_dim):
     assert_same_neighbours(result.ids, result.scores, want_ids, want_scores)
     assert result.ids.dtype == np.int64 and result.scores.dtype == np.float32
     assert_rows_sorted(result.scores)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_exact_over_many_blocks_with_deletions_matches_reference(metric, monkeypatch):
+    monkeypatch.setattr(_exact, "_EXACT_BLOCK", 1)  # blocks of 1024 rows, the smallest
+    searcher, vectors, queries, ids = build(metric, n=3500)
+    zero = searcher.add(np.zeros((1, 48), dtype=np.float32))[0]  # cosine scores it 0
+    gone = ids[::7]
+    searcher.remove(gone)
+    kept = np.setdiff1d(np.append(ids, zero), gone)
+    rows = np.append(vectors, np.zeros((1, 48), dtype=np.float32), axis=0)
+    result = searcher.exact(queries, k=25, dim=32)
+    want_ids, want_scores = reference_topk(queries, rows[kept], kept, metric, 32, 25)
+    assert_same_neighbours(result.ids, result.scores, want_ids, want_scores)
+    assert_rows_sorted(result.scores)
+    assert not np.isin(result.ids, gone).any()
 
 
 @pytest.mark.parametrize("metric", METRICS)
