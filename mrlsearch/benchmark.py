@@ -39,7 +39,7 @@ from ._results import SearchResult, recall_per_query
 from ._validation import check_choice, check_fraction, check_matrix, check_positive_int
 from .searcher import Searcher
 
-__all__ = ["BenchReport", "BenchRow", "METHODS", "best_time", "compare",
+__all__ = ["BenchReport", "BenchRow", "METHODS", "best_time", "compare", "hnswlib_build",
            "interleaved_single_query_qps", "qualifies", "recalls_at_k", "searcher_memory_mb",
            "single_query_qps", "thread_scaling"]
 
@@ -265,12 +265,30 @@ def _exact_numpy(vectors: np.ndarray, metric: str, k: int) -> Callable[[np.ndarr
     return search
 
 
-def _tuned_hnswlib(vectors, metric, k, fit, truth_fit, target, M, ef_construction, threads):
+def hnswlib_build(vectors: np.ndarray, metric: str = "cosine", *, M: int = 16,
+                  ef_construction: int = 200, threads: int = -1
+                  ) -> tuple[hnswlib.Index, float]:
+    """Plain hnswlib's index over ``vectors`` and the seconds its ``add_items`` took.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mrlsearch.benchmark import hnswlib_build
+    >>> vectors = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    >>> graph, seconds = hnswlib_build(vectors, "l2")
+    >>> graph.get_current_count(), seconds > 0
+    (500, True)
+    """
     graph = hnswlib.Index(space=metric, dim=vectors.shape[1])
     graph.init_index(max_elements=len(vectors), M=M, ef_construction=ef_construction)
     started = time.perf_counter()
     graph.add_items(vectors, num_threads=threads)
-    build_s = time.perf_counter() - started
+    return graph, time.perf_counter() - started
+
+
+def _tuned_hnswlib(vectors, metric, k, fit, truth_fit, target, M, ef_construction, threads):
+    graph, build_s = hnswlib_build(vectors, metric, M=M, ef_construction=ef_construction,
+                                   threads=threads)
     for ef in _EF_GRID:
         graph.set_ef(max(ef, k))
         if qualifies(graph.knn_query(fit, k=k)[0], truth_fit, target):
