@@ -23,7 +23,7 @@ from funnel import load
 from mrlsearch import Searcher
 from mrlsearch.benchmark import hnswlib_build
 
-DATASETS = ("wordllama-docstrings", "minilm-mrl-docstrings", "synthetic-2048")
+DATASETS = ("wordllama-docstrings", "minilm-mrl-docstrings", "synthetic-768", "synthetic-2048")
 PREFIXES = (32, 64, 128, 256)
 
 

@@ -270,8 +270,8 @@ class Searcher:
         A sample of the vectors (``sample_size`` rows) is searched exactly at every nesting
         dim to see how long a shortlist each prefix needs before the true full-dim neighbours
         of the sample queries are in it, and what a walk plus reranking would cost. The
-        prefix with the lowest estimate gets a graph alone when it is estimated at a quarter
-        of the full-dim walk or less; the full dim gets one alone when no prefix is estimated
+        prefix with the lowest estimate gets a graph alone when it is estimated at 0.4 of
+        the full-dim walk or less; the full dim gets one alone when no prefix is estimated
         below 0.7 of it (data whose short prefixes rank badly, where the result is what plain
         HNSW at full dim does, with an int8 walk where that measures faster); in between both
         are built, :meth:`tune` measures which one wins, and the other is dropped. Then

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mrlsearch._build import shortlist_needed
+from mrlsearch._build import graphs_to_build, shortlist_needed
 from mrlsearch.datasets import synthetic_mrl
 
 
@@ -41,3 +41,12 @@ def test_shortlist_needed_matches_scoring_each_prefix_alone(metric, target_recal
     for prefix_dim in dims:  # float32 sums in blocks against float64 ones: ranks may differ
         assert abs(got[prefix_dim] - want[prefix_dim]) <= max(1, 0.02 * want[prefix_dim])
     assert got[64] <= got[8]
+
+
+def test_graphs_to_build_builds_both_only_where_the_estimate_is_close():
+    # shares of the full-dim walk's estimated cost as measured on the benchmark data sets
+    assert graphs_to_build({16: 112.0, 128: 35.9, 768: 100.0}, 768) == [128]  # synthetic 768
+    assert graphs_to_build({128: 19.0, 2048: 100.0}, 2048) == [128]  # synthetic 2048
+    assert graphs_to_build({256: 83.3, 384: 100.0}, 384) == [384]  # MiniLM
+    assert graphs_to_build({64: 55.0, 256: 100.0}, 256) == [64, 256]  # unclear: measure both
+    assert graphs_to_build({256: 100.0}, 256) == [256]
