@@ -13,11 +13,10 @@ graph bounds what any plan over hnswlib graphs could gain in build time.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
-from _common import write_report
+from _common import dataset_parser, graph_versions, write_report
 from funnel import load
 
 from mrlsearch import Searcher
@@ -55,23 +54,11 @@ def bench(name: str, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--n", type=int, default=None, help="rows per data set (default: all)")
-    parser.add_argument("--queries", type=int, default=500, help="tuning queries")
-    parser.add_argument("--M", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=200)
-    parser.add_argument("--out", default="benchmarks/results/build.json")
-    args = parser.parse_args()
-    import hnswlib
-    import numba
-
+    args = dataset_parser(__doc__.splitlines()[0], DATASETS, out="benchmarks/results/build.json",
+                          queries_help="tuning queries").parse_args()
     datasets = [bench(name, args) for name in args.datasets]
-    write_report(args.out, "build",
-                 {"numpy": np.__version__, "numba": numba.__version__,
-                  "hnswlib": getattr(hnswlib, "__version__", "0.8.0")},
-                 M=args.M, ef_construction=args.ef_construction, datasets=datasets)
-
+    write_report(args.out, "build", graph_versions(), M=args.M,
+                 ef_construction=args.ef_construction, datasets=datasets)
 
 if __name__ == "__main__":
     main()

@@ -18,10 +18,8 @@ against one. Prints tables and writes JSON.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from _common import write_report
+from _common import dataset_parser, graph_versions, write_report
 
 from mrlsearch.benchmark import METHODS, compare
 from mrlsearch.datasets import synthetic_mrl
@@ -73,29 +71,19 @@ def bench(name: str, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS),
-                        choices=list(DATASETS))
-    parser.add_argument("--n", type=int, default=None, help="rows per data set (default: all)")
-    parser.add_argument("--queries", type=int, default=500, help="tuning (= unseen) queries")
+    parser = dataset_parser(__doc__.splitlines()[0], DATASETS,
+                            out="benchmarks/results/funnel.json",
+                            queries_help="tuning (= unseen) queries")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--M", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=200)
-    parser.add_argument("--out", default="benchmarks/results/funnel.json")
     args = parser.parse_args()
     import faiss
-    import hnswlib
-    import numba
     import usearch
 
     datasets = [bench(name, args) for name in args.datasets]
     write_report(args.out, "funnel",
-                 {"numpy": np.__version__, "numba": numba.__version__,
-                  "hnswlib": getattr(hnswlib, "__version__", "0.8.0"), "faiss": faiss.__version__,
-                  "usearch": usearch.__version__},
+                 {**graph_versions(), "faiss": faiss.__version__, "usearch": usearch.__version__},
                  target_recall=TARGET, datasets=datasets)
-
 
 if __name__ == "__main__":
     main()
