@@ -407,10 +407,12 @@ def memory_section(report: dict) -> list[str]:
 
 def build_section(report: dict) -> list[str]:
     out = ["## Build time (`benchmarks/build.py`)", "",
-           f"hnswlib's `add_items` (M={report['M']}, ef_construction={report['ef_construction']}, "
-           "2 threads) over prefixes of the same vectors and over the full dim, and "
-           "`Searcher.build` (500 tuning queries) with the seconds of its steps, in one process. "
-           "The fastest prefix graph bounds what any plan over an hnswlib graph could save.", ""]
+           f"hnswlib's `add_items` (M={report['M']}, "
+           f"ef_construction={report['ef_construction']}, {report.get('threads', 2)} threads) "
+           "over prefixes of the same vectors and over the full dim, and `Searcher.build` "
+           f"({report.get('queries', 500)} tuning queries) with the seconds of its steps, in one "
+           "process. The fastest prefix graph bounds what any plan over an hnswlib graph could "
+           "save.", ""]
     dims = sorted({int(d) for data in report["datasets"] for d in data["hnswlib_s"]})
     rows = []
     for data in report["datasets"]:
@@ -428,8 +430,11 @@ def build_section(report: dict) -> list[str]:
 
 
 SECTIONS = {"funnel": funnel_section, "build": build_section, "scale": scale_section,
-            "cascade": cascade_section, "encode": encode_section, "train": train_section, "load": load_section,
-            "distributed": distributed_section, "memory": memory_section}
+            "cascade": cascade_section, "encode": encode_section, "train": train_section,
+            "load": load_section, "distributed": distributed_section,
+            "memory": memory_section}
+
+
 def cascade_plot(report: dict, path: Path) -> None:
     """Accuracy against expected dim per task: calibration paths (validation rows) and the
     chosen points measured on the test rows."""

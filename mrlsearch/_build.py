@@ -112,6 +112,7 @@ def graphs_to_build(costs: dict[int, float], dim: int) -> list[int]:
 def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, metric, dims,
                    dtype, M, ef_construction, sample_size, progress):
     """See :meth:`Searcher.build`."""
+    started = time.perf_counter()
     source = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
     if source.ndim != 2 or source.shape[0] == 0:
         check_matrix(source, "vectors", dim=source.shape[-1] if source.ndim else 1,
@@ -122,7 +123,6 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
     k = check_positive_int(k, "k")
     target_recall = check_fraction(target_recall, "target_recall")
     sample_size = check_positive_int(sample_size, "sample_size")
-    started = time.perf_counter()
     rng = np.random.default_rng(0)
     if queries is None:
         picked = np.sort(rng.choice(n_rows, size=min(_SAMPLE_QUERIES, n_rows), replace=False))
@@ -152,7 +152,8 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
         "sample_rows": sample_rows, "shortlist_needed": needed,
         "estimated_cost": {d: float(c) for d, c in costs.items()},
         "graphs_built": index_dims, "plan": plan.to_dict(),
-        # where the build's time went: the sample estimate, add (graphs and codes), tune
+        # where the build's time went: checks and the sample estimate, add (graphs and
+        # codes), tune
         "seconds": {"estimate": estimated - started, "add": added - estimated,
                     "tune": time.perf_counter() - added},
     }

@@ -23,7 +23,7 @@ from . import _engine_kernels as kernels
 from . import _handoff
 from ._graphs import GraphSet
 from ._kernels import METRIC_CODES
-from ._results import SearchResult
+from ._results import PendingStats, SearchResult
 from ._store import VectorStore
 
 __all__: list[str] = []
@@ -199,9 +199,9 @@ class Engine:
                 out_ids[short], out_scores[short] = rescue.ids, rescue.scores
                 out_counts[short] = rescue.counts
         seconds = time.perf_counter() - started
-        return SearchResult.from_kernels(out_ids, out_scores, out_counts, self._metric_name,
-                                         stage_stats=(prepared.stats, out_scored, seconds,
-                                                      method))
+        return SearchResult.from_kernels(
+            out_ids, out_scores, out_counts, self._metric_name,
+            stage_stats=PendingStats(prepared.stats, out_scored, seconds, method))
 
 
 class _Prepared(NamedTuple):

@@ -44,7 +44,7 @@ def exact_rows(store: VectorStore, metric: str, batch: np.ndarray, prefix_dim: i
         if deleted.any():
             scores[:, deleted] = -np.inf
         # the block's own top ``keep`` first, then a merge of two small arrays (merging the
-        # whole block into the running best copied it twice and sorted it all)
+        # whole block into the running best copied it twice and partitioned it all)
         rows = np.arange(lo, hi, dtype=np.int64)
         if scores.shape[1] > keep:
             top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]

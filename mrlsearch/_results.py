@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["FunnelPlan", "Hits", "SearchResult", "StageStats"]
+__all__ = ["FunnelPlan", "Hits", "PendingStats", "SearchResult", "StageStats"]
 
 
 class StageStats(NamedTuple):
@@ -101,30 +101,46 @@ class SearchResult:
 
     @classmethod
     def from_kernels(cls, ids: np.ndarray, scores: np.ndarray, counts: np.ndarray,
-                     metric: str, *, stage_stats: tuple) -> SearchResult:
+                     metric: str, *, stage_stats: PendingStats) -> SearchResult:
         """A result as the search kernels left it, its :attr:`stats` built when first read.
 
-        ``stage_stats`` is ``(stages, scored, seconds, method)``: per stage ``(dim,
-        shortlist, method, precision)`` (``method`` None for the first stage, whose method is
-        the fourth item), the candidates each query scored per stage (an array of shape
-        (n_queries, n_stages)), and the call's wall time. Building the :class:`StageStats`
-        and the dataclass's checked ``__init__`` took ~1.1 us, 4 % of a single query that
-        most callers spend without reading the stats.
+        Building the :class:`StageStats` and running the dataclass's checked ``__init__`` took
+        ~1.4 us per call (0.9 of it the stats), 5 % of a single query, which most callers
+        spend without reading the stats.
+
+        Parameters
+        ----------
+        ids, scores, counts, metric
+            As for :class:`SearchResult`.
+        stage_stats : PendingStats
+            What :attr:`stats` is built from.
+
+        Returns
+        -------
+        SearchResult
         """
         result = object.__new__(cls)
         result.__dict__.update(ids=ids, scores=scores, counts=counts, metric=metric,
                                _stage_stats=stage_stats)
         return result
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> tuple[StageStats, ...]:
         # called only for attributes not found the usual way: ``stats`` of a result made by
         # from_kernels before it is first read
         source = self.__dict__.get("_stage_stats") if name == "stats" else None
         if source is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        stats = _stage_stats(*source)
+        stats = source.build()
         self.__dict__["stats"] = stats  # the same value whichever thread writes it
         return stats
+
+    def __getstate__(self) -> dict:
+        # a pickled result carries its stats, not what they are built from (smaller, and the
+        # same whichever way the result was made)
+        state = dict(self.__dict__)
+        if state.pop("_stage_stats", None) is not None:
+            state["stats"] = self.stats
+        return state
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -161,27 +177,37 @@ class SearchResult:
     def recall(self, truth: SearchResult | np.ndarray) -> float:
         """Mean recall@k of these results against ground-truth ids (e.g. from ``exact``).
 
-        Rows of ``truth`` with fewer than ``k`` valid ids count only those.
+        Rows of ``truth`` with fewer than ``k`` valid ids count only those; each row's ids are
+        taken to be distinct, as a search returns them.
         """
         return float(np.mean(recall_per_query(self.ids, truth)))
 
 
-def _stage_stats(stages: tuple, scored: np.ndarray, seconds: float,
-                 method: str) -> tuple[StageStats, ...]:
-    """The :class:`StageStats` of a call (see :meth:`SearchResult.from_kernels`)."""
-    totals = (scored[0] if scored.shape[0] == 1 else scored.sum(axis=0)).tolist()
-    last = len(stages) - 1
-    return tuple(
-        StageStats(dim, keep, totals[i], seconds if i == last else 0.0, stage_method or method,
-                   precision)
-        for i, (dim, keep, stage_method, precision) in enumerate(stages))
+class PendingStats(NamedTuple):
+    """What a search call's :class:`StageStats` are built from, when first read."""
+
+    stages: tuple[tuple[int, int, str | None, str], ...]  # (dim, shortlist, method, precision)
+    scored: np.ndarray  # (n_queries, n_stages): candidates each query scored per stage
+    seconds: float  # the call's wall time, reported on the last stage
+    method: str  # the first stage's method, where ``stages[0]`` has None
+
+    def build(self) -> tuple[StageStats, ...]:
+        """The :class:`StageStats`, totals over the queries of the call."""
+        scored = self.scored
+        totals = (scored[0] if scored.shape[0] == 1 else scored.sum(axis=0)).tolist()
+        last = len(self.stages) - 1
+        return tuple(
+            StageStats(dim, keep, totals[i], self.seconds if i == last else 0.0,
+                       stage_method or self.method, precision)
+            for i, (dim, keep, stage_method, precision) in enumerate(self.stages))
 
 
 def recall_per_query(ids: np.ndarray, truth: SearchResult | np.ndarray) -> np.ndarray:
     """Recall of each row of ``ids`` against the valid (>= 0) ids in the same row of ``truth``.
 
     Rows of ``truth`` are taken to hold distinct ids (as exact search returns them); a row
-    with no valid id has recall 1.
+    with no valid id has recall 1. Rows up to 256 x 256 ids are compared pair by pair, in
+    blocks of rows; longer rows are matched by sorting.
 
     Examples
     --------
@@ -198,17 +224,26 @@ def recall_per_query(ids: np.ndarray, truth: SearchResult | np.ndarray) -> np.nd
         )
     want = truth_ids[:, : ids.shape[1]]
     valid = want >= 0
-    # each valid truth id found anywhere in its row of ids; compared in blocks of rows so
-    # that the (rows, k, k) comparison stays within a few MB (a loop of intersect1d per row
-    # had been a fifth of Searcher.build's tuning time)
     found = np.zeros(want.shape, dtype=bool)
-    block = max(1, 4_000_000 // max(1, ids.shape[1] * want.shape[1]))
-    for start in range(0, ids.shape[0], block):
-        rows = slice(start, start + block)
-        found[rows] = (ids[rows, :, None] == want[rows, None, :]).any(axis=1)
+    width = ids.shape[1] * want.shape[1]
+    if width <= _BROADCAST_PAIRS:
+        # each truth id against its whole row of ids, in blocks of rows of a few MB (an
+        # intersect1d per row had been a fifth of Searcher.build's tuning time at k=10)
+        block = max(1, _BLOCK_PAIRS // max(1, width))
+        for start in range(0, ids.shape[0], block):
+            rows = slice(start, start + block)
+            found[rows] = (ids[rows, :, None] == want[rows, None, :]).any(axis=1)
+    else:  # a long row: sorting beats k x k comparisons
+        for row in range(ids.shape[0]):
+            found[row] = np.isin(want[row], ids[row])
     n_valid = valid.sum(axis=1)
     hits = (found & valid).sum(axis=1)
     return np.where(n_valid > 0, hits / np.maximum(n_valid, 1), 1.0)
+
+
+#: Rows of ids x truth at most this wide are compared pair by pair; wider ones by sorting.
+_BROADCAST_PAIRS = 256 * 256
+_BLOCK_PAIRS = 4_000_000
 
 
 PRECISIONS = ("float32", "float16", "int8", "binary")

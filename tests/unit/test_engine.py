@@ -253,6 +253,7 @@ def test_stats_are_built_on_first_read_with_the_calls_figures():
     assert stats[1].candidates == 10 * 40
     assert stats[0].seconds == 0.0 < stats[1].seconds == batch.seconds
     restored = pickle.loads(pickle.dumps(searcher.funnel(queries[:2], k=5, stages=stages)))
+    assert "_stage_stats" not in vars(restored)  # pickled with its stats built
     assert restored.stats[1].candidates == 2 * 40
     assert np.array_equal(restored.ids, batch.ids[:2])
     with pytest.raises(AttributeError, match="no_such"):

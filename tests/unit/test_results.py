@@ -29,8 +29,10 @@ def test_recall_per_query_matches_a_set_intersection(seed, n, k, extra, universe
     np.testing.assert_allclose(recall_per_query(ids, truth), _reference(ids, truth))
 
 
-def test_recall_per_query_compares_in_blocks_of_rows():
+def test_recall_per_query_compares_in_blocks_of_rows_and_sorts_long_rows():
     rng = np.random.default_rng(0)
-    ids = np.stack([rng.permutation(5000)[:1000] for _ in range(6)])  # 6 x 1000 x 1000
-    truth = np.stack([rng.permutation(5000)[:1000] for _ in range(6)])
-    np.testing.assert_allclose(recall_per_query(ids, truth), _reference(ids, truth))
+    for n, k in ((100, 256), (6, 1000)):  # 2 blocks of 61 rows pair by pair; rows by sorting
+        ids = np.stack([rng.permutation(5 * k)[:k] for _ in range(n)])
+        truth = np.stack([rng.permutation(5 * k)[:k] for _ in range(n)])
+        truth[:, -3:] = -1
+        np.testing.assert_allclose(recall_per_query(ids, truth), _reference(ids, truth))
