@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import best_time, write_report
+from _common import best_time, graph_versions, write_report
 
 from mrlsearch import Searcher
 from mrlsearch.datasets import synthetic_mrl
@@ -333,11 +333,7 @@ def main() -> None:
               f"{s['shards_per_node']} per node, {s['nodes']} node(s); QPS/node CPU "
               f"{s['qps_per_node_cpu']:,.0f}, I/O {s['qps_per_node_io']:,.0f} (cache hit "
               f"{s['page_cache_hit']:.0%})")
-    import hnswlib
-
-    write_report(args.out, "distributed",
-                 {"numpy": np.__version__, "ray": ray.__version__,
-                  "hnswlib": getattr(hnswlib, "__version__", "0.8.0")},
+    write_report(args.out, "distributed", {**graph_versions(), "ray": ray.__version__},
                  n=args.n, dim=args.dim, decay=args.decay, index_dim=args.index_dim, M=args.M,
                  ef_construction=args.ef_construction, cpus=args.cpus,
                  tune_queries=args.tune_queries, test_queries=args.test_queries,

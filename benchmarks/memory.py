@@ -31,12 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 from _common import write_report
 
 from mrlsearch import Searcher
-from mrlsearch.benchmark import recalls_at_k
+from mrlsearch.benchmark import hnswlib_build, recalls_at_k
 from mrlsearch.datasets import synthetic_mrl
 
 _CHILD = """
@@ -89,11 +88,8 @@ def hnswlib_bytes(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, r
                   M: int, ef_construction: int) -> dict:
     """hnswlib at full dim on ``rows`` vectors: its index size and recall at the smallest
     qualifying ef (of a grid)."""
-    graph = hnswlib.Index(space="cosine", dim=vectors.shape[1])
-    graph.init_index(max_elements=rows, M=M, ef_construction=ef_construction)
-    started = time.perf_counter()
-    graph.add_items(vectors[:rows])
-    build_s = time.perf_counter() - started
+    graph, build_s = hnswlib_build(vectors[:rows], "cosine", M=M,
+                                   ef_construction=ef_construction)
     out = {"rows": rows, "index_bytes": graph.index_file_size(), "build_s": build_s}
     if rows == len(vectors):
         for ef in (10, 20, 40, 60, 80, 120, 160, 320):

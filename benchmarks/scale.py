@@ -18,10 +18,8 @@ import gc
 import resource
 import time
 
-import hnswlib
-import numpy as np
 
-from _common import write_report
+from _common import graph_versions, write_report
 
 from mrlsearch import Searcher
 from mrlsearch.benchmark import compare, searcher_memory_mb
@@ -94,8 +92,7 @@ def main() -> None:
         points.append(point)
         del searcher, report
         gc.collect()
-    write_report(args.out, "scale",
-                 {"numpy": np.__version__, "hnswlib": getattr(hnswlib, "__version__", "0.8.0")},
+    write_report(args.out, "scale", graph_versions(),
                  dim=args.dim, decay=args.decay, index_dim=args.index_dim, M=args.M,
                  ef_construction=args.ef_construction, queries=args.queries,
                  hnswlib_budget_s=args.hnswlib_budget, hnswlib_stopped_at=hnswlib_stopped_at,
