@@ -23,12 +23,11 @@ GIL the other thread has usually let go of it, and no one sleeps. A thread that 
 returning for longer is asleep on the GIL, and waiting for it would only waste the spin (an
 earlier version had one state for both: a thread asleep on the GIL then held the other
 thread's every spin up to its whole budget). A kernel spins only while exactly one other
-query thread is inside
-a search call: with more, the thread it waits for may be off the CPU, preempted by the very
-threads that spin (four threads on two cores fell to 14-22k q/s from 48k for one, with
-two-thirds of the spins running their whole budget, counted). User code outside the library
-never holds a slot up. Slots are written by their own thread only, so plain (relaxed atomic)
-stores do.
+query thread is inside a search call: with more, the thread it waits for may be off the CPU,
+preempted by the very threads that spin (four threads on two cores fell to 14-22k q/s from
+48k for one, with two-thirds of the spins running their whole budget, counted). User code
+outside the library never holds a slot up. Slots are written by their own thread only, so
+plain (relaxed atomic) stores do.
 """
 
 from __future__ import annotations
