@@ -37,6 +37,14 @@ def check_positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def check_int_range(value: object, name: str, low: int, high: int) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+            low <= value <= high):
+        raise ValueError(f"'{name}' must be an int in [{low}, {high}] (got {value!r})")
+    return int(value)
+
+
 def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices``."""
     if not isinstance(value, str) or value not in choices:

@@ -36,7 +36,14 @@ import hnswlib
 import numpy as np
 
 from ._results import SearchResult, recall_per_query
-from ._validation import check_choice, check_fraction, check_matrix, check_positive_int
+from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE
+from ._validation import (
+    check_choice,
+    check_fraction,
+    check_int_range,
+    check_matrix,
+    check_positive_int,
+)
 from .searcher import Searcher
 
 __all__ = ["BenchReport", "BenchRow", "METHODS", "best_time", "compare", "hnswlib_build",
@@ -279,6 +286,15 @@ def hnswlib_build(vectors: np.ndarray, metric: str = "cosine", *, M: int = 16,
     >>> graph.get_current_count(), seconds > 0
     (500, True)
     """
+    metric = check_choice(metric, "metric", ("cosine", "ip", "l2"))
+    M = check_int_range(M, "M", *M_RANGE)
+    ef_construction = check_int_range(ef_construction, "ef_construction",
+                                      *EF_CONSTRUCTION_RANGE)
+    if threads != -1:  # -1: every core
+        threads = check_positive_int(threads, "threads")
+    shape = np.shape(vectors)
+    vectors, _ = check_matrix(vectors, "vectors", dim=shape[-1] if len(shape) else 0,
+                              allow_1d=False)
     graph = hnswlib.Index(space=metric, dim=vectors.shape[1])
     graph.init_index(max_elements=len(vectors), M=M, ef_construction=ef_construction)
     started = time.perf_counter()

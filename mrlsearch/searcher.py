@@ -47,6 +47,7 @@ from ._validation import (
     check_dims,
     check_fraction,
     check_ids,
+    check_int_range,
     check_matrix,
     check_positive_int,
 )
@@ -72,13 +73,6 @@ Stages = Union[Sequence[Sequence], FunnelPlan]
 def _default_dims(dim: int) -> tuple[int, ...]:
     dims = [d for d in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if d < dim]
     return tuple(dims) + (dim,)
-
-
-def _check_int_range(value: object, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
-            low <= value <= high):
-        raise ValueError(f"'{name}' must be an int in [{low}, {high}] (got {value!r})")
-    return int(value)
 
 
 class Searcher:
@@ -153,8 +147,8 @@ class Searcher:
         if unknown:
             raise DimensionError(f"'index_dims' must be among dims {dims} (got {unknown[0]})")
         self._index_dims = index_dims
-        self._M = _check_int_range(M, "M", *M_RANGE)
-        self._ef_construction = _check_int_range(ef_construction, "ef_construction",
+        self._M = check_int_range(M, "M", *M_RANGE)
+        self._ef_construction = check_int_range(ef_construction, "ef_construction",
                                                  *EF_CONSTRUCTION_RANGE)
         self._dtype = check_choice(dtype, "dtype", DTYPES)
         if isinstance(codes, str) or not all(isinstance(c, str) for c in codes):
@@ -706,7 +700,7 @@ class Searcher:
         if ef is None:
             ef = parsed[0][2]
         else:
-            ef = _check_int_range(ef, "ef", 1, _MAX_EF)
+            ef = check_int_range(ef, "ef", 1, _MAX_EF)
             if ef < parsed[0][2]:
                 raise ValueError(f"'ef' must be >= the first stage's shortlist {parsed[0][2]} "
                                  f"(got {ef})")

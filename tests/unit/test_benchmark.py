@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from mrlsearch import FunnelPlan, Searcher
-from mrlsearch.benchmark import compare, qualifies, recalls_at_k
+from mrlsearch import DimensionError, FunnelPlan, Searcher
+from mrlsearch.benchmark import compare, hnswlib_build, qualifies, recalls_at_k
 from mrlsearch.cli import main
 from mrlsearch.datasets import synthetic_mrl
 
@@ -147,3 +147,19 @@ def test_interleaved_single_query_qps_alternates_passes_and_rates_each_method(mo
     assert len(passes) >= 12 and len(passes) % 4 == 0
     assert all(p == [("fast", "slow")[i // 2 % 2]] * 4 for i, p in enumerate(passes))
     assert slow_qps < 2000 < fast_qps  # 0.5 ms per slow query: at most 2,000 per second
+
+
+@pytest.mark.parametrize(("vectors", "options", "error", "message"), [
+    (np.zeros((0, 4)), {}, ValueError, "'vectors' must hold at least one row"),
+    (np.zeros(4), {}, DimensionError, "'vectors' must have shape"),
+    ("x", {}, TypeError, "'vectors' must be an array of numbers"),
+    (np.full((5, 4), np.nan), {}, ValueError, "'vectors' must be finite"),
+    (np.ones((5, 4)), {"metric": "dot"}, ValueError, "'metric' must be one of"),
+    (np.ones((5, 4)), {"M": 1}, ValueError, r"'M' must be an int in \[2, 2048\]"),
+    (np.ones((5, 4)), {"ef_construction": 0}, ValueError, "'ef_construction' must be an int"),
+    (np.ones((5, 4)), {"threads": 0}, ValueError, "'threads' must be a positive int"),
+    (np.ones((5, 4)), {"threads": True}, TypeError, "'threads' must be a positive int"),
+])
+def test_hnswlib_build_refuses_bad_input_clearly(vectors, options, error, message):
+    with pytest.raises(error, match=message):
+        hnswlib_build(vectors, **options)
