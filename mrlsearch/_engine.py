@@ -107,12 +107,17 @@ class Engine:
                            _report_precision(precision, store))
                           for i, (dim, precision, keep) in enumerate(schedule))
             links = self._graphs.links(schedule[0][0], store.capacity)
+            store_args = (vectors, table, store.norms, store.dims_array)
+            link_args = (links.level0, links.upper, links.upper_start, links.entry,
+                         links.max_level)
+            code_args = (codes, scales, bits, self._metric)
+            live = store.live
             prepared = _Prepared(
-                store_args=(vectors, table, store.norms, store.dims_array),
-                link_args=(links.level0, links.upper, links.upper_start, links.entry,
-                           links.max_level),
-                code_args=(codes, scales, bits, self._metric),
-                stage_args=self._stage_arrays(schedule), stats=stats)
+                store_args=store_args, link_args=link_args, code_args=code_args,
+                stage_args=self._stage_arrays(schedule), stats=stats,
+                walk_args=(*store_args, _walk_mask(store), _NO_FILTER, *link_args,
+                           *code_args),
+                live=live, scan=schedule[0][2] >= live)
             if len(self._cache) < 512:
                 self._cache[schedule] = prepared
         return prepared
@@ -120,45 +125,32 @@ class Engine:
     def run(self, batch: np.ndarray,
             schedule: tuple[tuple[int, str, int], ...], k: int, ef: int, *,
             allow: np.ndarray | None, num_threads: int,
-            check_range: bool = False) -> SearchResult:
+            check_range: bool = False, slot: int | None = None) -> SearchResult:
         """Run ``schedule`` for every query of ``batch``; ``allow`` is a row mask or None.
 
         With ``check_range`` the kernels test each query's norm first and skip a query
         outside the accepted range; :class:`QueryOutOfRange` is raised then. The caller
         raises the thread's GIL handoff flag around the call (:mod:`mrlsearch._handoff`;
-        ``Searcher.funnel`` does): the kernels mark it while they run and as they return,
-        and it is raised again here once they have returned."""
+        ``Searcher.funnel`` does, and passes its ``slot``): the kernels mark it while they
+        run and as they return, and it is raised again here once they have returned."""
         started = time.perf_counter()
-        store = self._store
-        slot = _handoff.current_slot()
-        n_queries = batch.shape[0]
+        if slot is None:
+            slot = _handoff.current_slot()
         prepared = self._prepared(schedule)
+        n_queries = batch.shape[0]
         out_ids = np.empty((n_queries, k), dtype=np.int64)
         out_scores = np.empty((n_queries, k), dtype=np.float32)
         out_counts = np.empty(n_queries, dtype=np.int64)
         out_scored = np.empty((n_queries, len(schedule)), dtype=np.int64)  # kernels fill it
-        shortlist = schedule[0][2]
-        live = store.live
         if allow is None:
-            n_allowed = live
-            scan = shortlist >= live
+            n_allowed = prepared.live
+            scan = prepared.scan
         else:
             n_allowed = int(np.count_nonzero(allow))
-            scan = shortlist >= live or n_allowed <= max(FILTER_SCAN_ROWS, 16 * ef)
+            scan = prepared.scan or n_allowed <= max(FILTER_SCAN_ROWS, 16 * ef)
         if scan:
-            if allow is None:
-                rows = store.live_rows()
-            else:
-                rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
-            lowest = kernels.rows_funnel(batch, *prepared.store_args,
-                                         np.ascontiguousarray(rows, dtype=np.int64),
-                                         *prepared.code_args, *prepared.stage_args, store.ids,
-                                         out_ids, out_scores, out_counts, out_scored,
-                                         check_range, _handoff.SLOTS, slot)
-            if slot >= 0:
-                _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
-            if lowest < 0:  # only a query out of range (``check_range``) has a count of -1
-                raise QueryOutOfRange
+            self._scan(batch, prepared, allow, out_ids, out_scores, out_counts, out_scored,
+                       check_range, slot)
             method = "exhaustive"
         else:
             n_chunks = 1
@@ -166,42 +158,73 @@ class Engine:
                 n_chunks = numba.get_num_threads() if num_threads < 1 else min(
                     num_threads, numba.get_num_threads())
                 n_chunks = max(1, min(n_chunks, n_queries))
-            (visited, heap_keys, heap_rows), tag = self._scratch.take(n_chunks, store.capacity,
-                                                                      n_queries)
+            (visited, heap_keys, heap_rows), tag = self._scratch.take(
+                n_chunks, self._store.capacity, n_queries)
             if n_chunks > 1:
                 kernel = kernels.graph_funnel_parallel
                 visited, heap_keys, heap_rows = (visited[:n_chunks], heap_keys[:n_chunks],
                                                  heap_rows[:n_chunks])
             else:
                 kernel = kernels.graph_funnel_serial
-            if allow is None:
-                deleted, allow_mask = _walk_mask(store), _NO_FILTER
+            if allow is None:  # the usual call: its arguments were put together once
+                lowest = kernel(batch, *prepared.walk_args, ef, *prepared.stage_args, visited,
+                                heap_keys, heap_rows, tag, self._store.ids, out_ids,
+                                out_scores, out_counts, out_scored, check_range,
+                                _handoff.SLOTS, slot)
             else:  # a filtered walk keeps the two heaps: it reads the deleted mask
-                deleted, allow_mask = store.deleted, allow
-            lowest = kernel(batch, *prepared.store_args, deleted, allow_mask,
-                            *prepared.link_args, *prepared.code_args, ef,
-                            *prepared.stage_args, visited, heap_keys, heap_rows, tag, store.ids,
-                            out_ids, out_scores, out_counts, out_scored, check_range,
-                            _handoff.SLOTS, slot)
+                lowest = kernel(batch, *prepared.store_args, self._store.deleted, allow,
+                                *prepared.link_args, *prepared.code_args, ef,
+                                *prepared.stage_args, visited, heap_keys, heap_rows, tag,
+                                self._store.ids, out_ids, out_scores, out_counts, out_scored,
+                                check_range, _handoff.SLOTS, slot)
             if slot >= 0:
                 _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
-            if lowest < 0:
+            if lowest < 0:  # only a query out of range (``check_range``) has a count of -1
                 raise QueryOutOfRange
             method = "hnsw"
-            want = min(k, n_allowed)
-            short = () if lowest >= want else np.flatnonzero(out_counts < want)
-            if len(short):
+            if lowest < k and lowest < n_allowed:
                 # the walk could not reach enough returnable rows (heavy deletion or a filter
                 # cut the graph): scan for those queries instead
-                scan_all = ((schedule[0][0], schedule[0][1], live),) + schedule[1:]
-                rescue = self.run(np.ascontiguousarray(batch[short]), scan_all, k,
-                                  max(ef, live), allow=allow, num_threads=num_threads)
-                out_ids[short], out_scores[short] = rescue.ids, rescue.scores
-                out_counts[short] = rescue.counts
+                self._rescue(batch, schedule, k, ef, allow, num_threads, n_allowed,
+                             out_ids, out_scores, out_counts)
         seconds = time.perf_counter() - started
         return SearchResult.from_kernels(
             out_ids, out_scores, out_counts, self._metric_name,
             stage_stats=PendingStats(prepared.stats, out_scored, seconds, method))
+
+    def _scan(self, batch: np.ndarray, prepared: _Prepared, allow: np.ndarray | None,
+              out_ids: np.ndarray, out_scores: np.ndarray, out_counts: np.ndarray,
+              out_scored: np.ndarray, check_range: bool, slot: int) -> None:
+        """Stage 0 scores every live (and allowed) row instead of walking the graph."""
+        store = self._store
+        if allow is None:
+            rows = store.live_rows()
+        else:
+            rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
+        lowest = kernels.rows_funnel(batch, *prepared.store_args,
+                                     np.ascontiguousarray(rows, dtype=np.int64),
+                                     *prepared.code_args, *prepared.stage_args, store.ids,
+                                     out_ids, out_scores, out_counts, out_scored,
+                                     check_range, _handoff.SLOTS, slot)
+        if slot >= 0:
+            _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
+        if lowest < 0:
+            raise QueryOutOfRange
+
+    def _rescue(self, batch: np.ndarray, schedule: tuple[tuple[int, str, int], ...], k: int,
+                ef: int, allow: np.ndarray | None, num_threads: int, n_allowed: int,
+                out_ids: np.ndarray, out_scores: np.ndarray, out_counts: np.ndarray) -> None:
+        """Scan again, into the outputs, for the queries whose walk returned fewer than
+        ``min(k, n_allowed)`` rows."""
+        short = np.flatnonzero(out_counts < min(k, n_allowed))
+        if not len(short):
+            return
+        live = self._store.live
+        scan_all = ((schedule[0][0], schedule[0][1], live),) + schedule[1:]
+        rescue = self.run(np.ascontiguousarray(batch[short]), scan_all, k, max(ef, live),
+                          allow=allow, num_threads=num_threads)
+        out_ids[short], out_scores[short] = rescue.ids, rescue.scores
+        out_counts[short] = rescue.counts
 
 
 class _Prepared(NamedTuple):
@@ -212,6 +235,9 @@ class _Prepared(NamedTuple):
     code_args: tuple  # int8 codes, their scales, binary codes, metric code
     stage_args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     stats: tuple[tuple[int, int, str | None, str], ...]  # per stage; None: the walk's method
+    walk_args: tuple  # an unfiltered walk's arguments from the vectors to the metric code
+    live: int  # live rows
+    scan: bool  # whether stage 0 scans the live rows rather than walk (unfiltered)
 
 
 _NO_FILTER = np.zeros(0, dtype=bool)

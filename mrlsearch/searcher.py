@@ -803,37 +803,40 @@ class Searcher:
         """
         slot = current_slot()
         if slot < 0:
-            return self._funnel(queries, k, stages, ef, filter, num_threads)
+            return self._funnel(queries, k, stages, ef, filter, num_threads, slot)
         SLOTS[slot] = IN_PYTHON  # this thread is in a search's Python (see mrlsearch._handoff)
         try:
-            return self._funnel(queries, k, stages, ef, filter, num_threads)
+            return self._funnel(queries, k, stages, ef, filter, num_threads, slot)
         finally:
             SLOTS[slot] = 0
 
     def _funnel(self, queries: np.ndarray, k: int, stages: Stages | None, ef: int | None,
                 filter: Sequence[int] | np.ndarray | None,  # noqa: A002
-                num_threads: int) -> SearchResult:
+                num_threads: int, slot: int) -> SearchResult:
         index_dims = self._index_dims  # read first: drop_graphs may replace it meanwhile
         schedule, k, ef_walk = self._schedule(stages, k, ef, index_dims)
         batch, unchecked = self._check_queries_deferred(queries, defer=True)
-        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
-            raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
+        if type(num_threads) is not int:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, np.integer):
+                raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
+            num_threads = int(num_threads)
         with self._lock.read():
             if self._index_dims is not index_dims:  # drop_graphs ran since: check again
                 schedule, k, ef_walk = self._schedule(stages, k, ef, self._index_dims)
             if not self._store.live:
                 raise ValueError("the index is empty: add vectors before searching")
-            allow = self._check_filter(filter)
+            allow = None if filter is None else self._check_filter(filter)
             try:
                 return self._engine.run(batch, schedule, k, ef_walk, allow=allow,
-                                        num_threads=int(num_threads), check_range=unchecked)
+                                        num_threads=num_threads, check_range=unchecked,
+                                        slot=slot)
             except QueryOutOfRange:
                 pass
             # the kernel's norm test failed: the full check names the problem, or (a zero
             # query, tiny but allowed values) passes and the query is searched as it is
             self._check_values(batch, "queries")
             return self._engine.run(batch, schedule, k, ef_walk, allow=allow,
-                                    num_threads=int(num_threads))
+                                    num_threads=num_threads, slot=slot)
 
     def _schedule(self, stages: Stages | None, k: object, ef: object,
                   index_dims: tuple[int, ...]) -> tuple[tuple, int, int]:
