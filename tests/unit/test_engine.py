@@ -261,3 +261,29 @@ def test_stats_are_built_on_first_read_with_the_calls_figures():
     scanned = searcher.funnel(queries[:3], k=5, stages=[(16, 1500), (64, 5)])
     assert scanned.stats[0].method == "exhaustive"
     assert scanned.stats[0].candidates == 3 * 1500
+
+
+def test_arguments_put_together_once_follow_every_write():
+    # the engine keeps an unfiltered walk's arguments (deleted mask, live count, whether
+    # stage 0 scans) from one call to the next: each write must be seen by the next query
+    searcher, vectors, queries, ids = build(n=1500, index_dims=(16,))
+    stages = [(16, "int8", 30), (64, 10)]
+    query = queries[0]
+    first = searcher.funnel(query, k=10, stages=stages)
+    assert first.stats[0].method == "hnsw"
+    searcher.remove(first.ids[0, :5].tolist())
+    after_remove = searcher.funnel(query, k=10, stages=stages)
+    assert not set(after_remove.ids[0].tolist()) & set(first.ids[0, :5].tolist())
+    assert (after_remove.counts == 10).all()
+    (new_id,) = searcher.add(query[None] * 3.0)  # the query itself, closest under cosine
+    after_add = searcher.funnel(query, k=10, stages=stages)
+    assert after_add.ids[0, 0] == new_id
+    removed = first.ids[0, :5]
+    live = ids[~np.isin(ids, removed)][:25]
+    searcher.remove(np.setdiff1d(ids, np.concatenate([live, removed])).tolist())
+    # 26 rows left: stage 0 (shortlist 30) now scans
+    scanned = searcher.funnel(query, k=10, stages=stages)
+    assert scanned.stats[0].method == "exhaustive"
+    assert set(scanned.ids[0].tolist()) <= set(live.tolist()) | {int(new_id)}
+    truth = searcher.exact(query, k=10)
+    assert np.array_equal(np.sort(scanned.ids[0]), np.sort(truth.ids[0]))
