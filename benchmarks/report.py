@@ -92,7 +92,12 @@ def funnel_section(report: dict) -> list[str]:
             line += f" Build: hnswlib / mrlsearch = {_fmt(s['build_vs_hnswlib'], 2)}."
         if "thread_scaling" in s:
             line += (f" Single queries from two threads: {s['qps_2_threads']:,.0f} q/s against "
-                     f"{s['qps_1_thread']:,.0f} from one (**{_fmt(s['thread_scaling'], 2)}x**).")
+                     f"{s['qps_1_thread']:,.0f} from one (**{_fmt(s['thread_scaling'], 2)}x**")
+            windows = s.get("thread_windows")
+            if windows:  # alternating windows, best of each side; every window's ratio too
+                line += (f", best of {len(windows)} alternating windows each; per window "
+                         + ", ".join(f"{two / one:.2f}x" for one, two in windows))
+            line += ")."
         out += ["", line]
         for note in data.get("notes", []):
             out += [f"* {note}"]
@@ -240,26 +245,45 @@ def load_section(report: dict) -> list[str]:
     return out
 
 
+def _graph_dims(point: dict) -> str:
+    """The graph dims a scale point's Searcher.build chose (older reports: one fixed dim)."""
+    return "+".join(f"{d}d" for d in point.get("funnel_graph_dims", [])) or "-"
+
+
+def _ratio(point: dict, key: str) -> str:
+    """funnel / hnswlib of one scale point's figure, bold where the funnel is faster."""
+    hnsw = point.get(f"hnswlib_{key}")
+    if not hnsw:
+        return "-"
+    ratio = point[f"funnel_{key}"] / hnsw
+    return f"**{ratio:.2f}x**" if ratio >= 1 else f"{ratio:.2f}x"
+
+
 def scale_section(report: dict) -> list[str]:
     out = ["## Scale: 10k to 1M vectors (`benchmarks/scale.py`)", "",
            f"Synthetic MRL-like vectors at dim {report['dim']} (decay {report['decay']}). "
-           f"mrlsearch stores float16 vectors with one HNSW graph over the first "
-           f"{report['index_dim']} dims; hnswlib indexes all {report['dim']} float32 dims. "
-           f"`M={report['M']}, ef_construction={report['ef_construction']}` for both. At each "
-           f"size both are tuned to recall@10 >= 0.95 (lower 95 % bound) on "
-           f"{report['queries'] // 2} queries and measured on {report['queries'] // 2} others.",
+           f"At each size mrlsearch is `Searcher.build(vectors, dtype='float16')`, which picks "
+           f"its graph dim and walk codes from the data (the *graph* column); hnswlib indexes "
+           f"all {report['dim']} float32 dims. `M={report['M']}, "
+           f"ef_construction={report['ef_construction']}` for both. At each size both are "
+           f"tuned to recall@10 >= 0.95 (lower 95 % bound) on {report['queries'] // 2} queries "
+           f"and measured on {report['queries'] // 2} others; single queries of the two in "
+           f"alternating passes. Build s for mrlsearch is all of `Searcher.build` (sample, "
+           f"graph, codes, tuning).",
            ""]
     rows = []
     for p in report["points"]:
-        rows.append([f"{p['n']:,}", f"{p['funnel_build_s']:.1f}",
+        rows.append([f"{p['n']:,}", _graph_dims(p), f"{p['funnel_build_s']:.1f}",
                      _fmt(p.get("hnswlib_build_s"), 1), f"{p['funnel_recall']:.3f}",
                      _fmt(p.get("hnswlib_recall")), f"{p['funnel_qps_batch']:,.0f}",
                      _fmt(p.get("hnswlib_qps_batch"), 0), f"{p['funnel_qps_single']:,.0f}",
                      _fmt(p.get("hnswlib_qps_single"), 0), f"{p['funnel_memory_mb']:,.0f}",
-                     _fmt(p.get("hnswlib_memory_mb"), 0), f"{p['peak_rss_mb']:,.0f}"])
-    out += _table(["n", "build s funnel", "build s hnswlib", "recall funnel", "recall hnswlib",
-                   "QPS batch funnel", "QPS batch hnswlib", "QPS single funnel",
-                   "QPS single hnswlib", "MiB funnel", "MiB hnswlib", "peak RSS MiB"], rows)
+                     _fmt(p.get("hnswlib_memory_mb"), 0), f"{p['peak_rss_mb']:,.0f}",
+                     _ratio(p, "qps_single"), _ratio(p, "qps_batch")])
+    out += _table(["n", "graph", "build s funnel", "build s hnswlib", "recall funnel",
+                   "recall hnswlib", "QPS batch funnel", "QPS batch hnswlib",
+                   "QPS single funnel", "QPS single hnswlib", "MiB funnel", "MiB hnswlib",
+                   "peak RSS MiB", "single funnel / hnswlib", "batch funnel / hnswlib"], rows)
     stopped = report.get("hnswlib_stopped_at")
     out += ["", "Plans: " + "; ".join(f"{p['n']:,}: {p['funnel_plan']}"
                                       for p in report["points"]) + "."]
@@ -345,7 +369,7 @@ def scale_plot(report: dict, path: Path) -> None:
     n = [p["n"] for p in points]
     figure, (build, qps) = plt.subplots(1, 2, figsize=(10, 4))
     build.plot(n, [p["funnel_build_s"] for p in points], "o-", color="C0",
-               label=f"mrlsearch (float16, {report['index_dim']}-dim graph)")
+               label="mrlsearch (Searcher.build, float16)")
     hn = [p for p in points if "hnswlib_build_s" in p]
     build.plot([p["n"] for p in hn], [p["hnswlib_build_s"] for p in hn], "s-", color="C1",
                label="hnswlib full dim")

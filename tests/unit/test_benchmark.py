@@ -163,3 +163,30 @@ def test_interleaved_single_query_qps_alternates_passes_and_rates_each_method(mo
 def test_hnswlib_build_refuses_bad_input_clearly(vectors, options, error, message):
     with pytest.raises(error, match=message):
         hnswlib_build(vectors, **options)
+
+
+def test_thread_scaling_alternates_windows_and_keeps_each_sides_best():
+    import threading
+
+    from mrlsearch.benchmark import thread_scaling
+
+    seen = []  # the thread of each call, in order (names are unique, idents are reused)
+    lock = threading.Lock()
+
+    def run_one(query):
+        with lock:
+            seen.append(threading.current_thread().name)
+
+    out = thread_scaling(run_one, np.zeros((7, 4)), seconds=0.06, rounds=3)
+    windows = out["thread_windows"]
+    assert len(windows) == 3 and all(len(w) == 2 and min(w) > 0 for w in windows)
+    assert out["qps_1_thread"] == max(w[0] for w in windows)
+    assert out["qps_2_threads"] == max(w[1] for w in windows)
+    assert out["thread_scaling"] == out["qps_2_threads"] / out["qps_1_thread"]
+    assert len(set(seen)) == 9  # a thread for each one-thread window, two for each other
+    for bad, error in ((0, ValueError), (float("inf"), ValueError), ("1", TypeError),
+                       (True, TypeError)):
+        with pytest.raises(error, match="'seconds'"):
+            thread_scaling(run_one, np.zeros((7, 4)), seconds=bad)
+    with pytest.raises(ValueError, match="'rounds'"):
+        thread_scaling(run_one, np.zeros((7, 4)), rounds=0)
