@@ -1,12 +1,13 @@
 """Scale run: funnel vs hnswlib full-dim from 10k to 1M vectors (build time, QPS, recall).
 
-Synthetic MRL-like vectors (spectrum (1+i)^-decay, 1000 clusters) at dim 256. The Searcher
-stores float16 vectors (half the memory; the rerank kernels read them through a lookup
-table) with one HNSW graph over the first ``--index-dim`` coordinates; hnswlib indexes the
-full 256 float32 dims. At each size both are tuned to recall@10 >= 0.95 on 200 queries and
-measured on 200 others (``mrlsearch.benchmark.compare``). hnswlib full-dim stops at the first
-size whose build would take longer than ``--hnswlib-budget`` seconds (extrapolated linearly
-from the previous size); the JSON and the report say where.
+Synthetic MRL-like vectors (spectrum (1+i)^-decay, 1000 clusters) at dim 256. At each size
+mrlsearch is ``Searcher.build`` with float16 storage (half the memory; the rerank kernels read
+it through a lookup table): it picks the graph dim and the walk's codes from the data and tunes
+on the tuning half of the queries. hnswlib indexes the full 256 float32 dims. Both are tuned to
+recall@10 >= 0.95 on half the queries and measured on the other half
+(``mrlsearch.benchmark.compare``). hnswlib full-dim stops at the first size whose build would
+take longer than ``--hnswlib-budget`` seconds (extrapolated linearly from the previous size);
+the JSON and the report say where.
 
     python benchmarks/scale.py --out benchmarks/results/scale.json
 """
@@ -36,10 +37,9 @@ def main() -> None:
                         default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--decay", type=float, default=1.0)
-    parser.add_argument("--index-dim", type=int, default=32)
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--M", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=100)
+    parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--hnswlib-budget", type=float, default=600.0,
                         help="largest extrapolated hnswlib full-dim build, seconds")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,16 +50,16 @@ def main() -> None:
     hnswlib_build_per_vector = None
     hnswlib_stopped_at = None
     for n in args.sizes:
-        print(f"\n=== {n:,} x {args.dim}, float16 store, HNSW over {args.index_dim} dims ===",
-              flush=True)
+        print(f"\n=== {n:,} x {args.dim}, float16 store, Searcher.build ===", flush=True)
         started = time.perf_counter()
         vectors, queries = synthetic_mrl(n, args.dim, n_queries=args.queries, decay=args.decay,
                                          seed=args.seed)
         generate_s = time.perf_counter() - started
-        searcher = Searcher(args.dim, metric="cosine", index_dims=(args.index_dim,), M=args.M,
-                            ef_construction=args.ef_construction, dtype="float16")
         started = time.perf_counter()
-        searcher.add(vectors, progress=False)
+        searcher = Searcher.build(vectors, queries=queries[: len(queries) // 2], k=10,
+                                  target_recall=0.95, metric="cosine", dtype="float16",
+                                  M=args.M, ef_construction=args.ef_construction,
+                                  progress=False)
         build_s = time.perf_counter() - started
         del vectors  # the Searcher's float16 copy is all that stays
         gc.collect()
@@ -72,10 +72,15 @@ def main() -> None:
                 hnswlib_stopped_at = n
                 print(f"  hnswlib full-dim skipped from here: build extrapolated to "
                       f"{estimate:.0f}s > {args.hnswlib_budget:.0f}s", flush=True)
+        # compare tunes the funnel again on the same tuning half (the built plan is not
+        # reused for a Searcher source); both plans are recorded
         report = compare(searcher, queries, k=10, target_recall=0.95, methods=methods)
         rows = {row.method: row for row in report.rows}
         funnel = rows["mrlsearch funnel (tuned)"]
         point = {"n": n, "generate_s": generate_s, "funnel_build_s": build_s,
+                 "funnel_build_seconds": searcher.build_report["seconds"],
+                 "funnel_graph_dims": list(searcher.index_dims),
+                 "funnel_built_plan": str(searcher.plan),
                  "funnel_recall": funnel.recall, "funnel_qps_batch": funnel.qps_batch,
                  "funnel_qps_single": funnel.qps_single, "funnel_plan": funnel.detail,
                  "funnel_memory_mb": searcher_memory_mb(searcher), "notes": report.notes}
@@ -93,7 +98,7 @@ def main() -> None:
         del searcher, report
         gc.collect()
     write_report(args.out, "scale", graph_versions(),
-                 dim=args.dim, decay=args.decay, index_dim=args.index_dim, M=args.M,
+                 dim=args.dim, decay=args.decay, M=args.M,
                  ef_construction=args.ef_construction, queries=args.queries,
                  hnswlib_budget_s=args.hnswlib_budget, hnswlib_stopped_at=hnswlib_stopped_at,
                  points=points)
