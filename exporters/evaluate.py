@@ -20,22 +20,10 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-@torch.no_grad()
 def embed_inputs(model: MRLModel, inputs, *, batch_size: int = 256) -> np.ndarray:
-    """Full embeddings of vectors or texts (a text backbone tokenises), float32 numpy."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters(), torch.zeros(0)).device
-    chunks = []
-    for start in range(0, len(inputs), batch_size):
-        part = inputs[start:start + batch_size]
-        if isinstance(part, (list, tuple)) and part and isinstance(part[0], str):
-            tensors = [t.to(device) for t in model.backbone.tokenize(part)]
-        else:
-            tensors = [torch.as_tensor(np.asarray(part, dtype=np.float32), device=device)]
-        chunks.append(model(*tensors).float().cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(chunks) if chunks else np.empty((0, model.embed_dim), np.float32)
+    """Full embeddings of vectors or texts (a text backbone tokenises), float32 numpy: the
+    same as ``model.embed(inputs, batch_size=batch_size)``."""
+    return model.embed(inputs, batch_size=batch_size)
 
 
 def _retrieval_metrics(queries: np.ndarray, positives: np.ndarray, m: int, k: int) -> dict:

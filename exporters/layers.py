@@ -200,11 +200,23 @@ class MRLModel(nn.Module):
             raise RuntimeError("this MRLModel has no classification head (num_classes=None)")
         return self.head(self.forward(*inputs))
 
+    @torch.no_grad()
     def embed(self, x, *, batch_size: int = 1024) -> np.ndarray:
         """Embeddings of vectors (or texts, for a text backbone) as a float32 numpy array.
 
-        Runs in eval mode without gradients; see :func:`exporters.evaluate.embed_inputs`.
+        Runs in eval mode without gradients, ``batch_size`` rows at a time, and puts the
+        model's training mode back afterwards.
         """
-        from .evaluate import embed_inputs  # evaluate imports this module
-
-        return embed_inputs(self, x, batch_size=batch_size)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters(), torch.zeros(0)).device
+        chunks = []
+        for start in range(0, len(x), batch_size):
+            part = x[start:start + batch_size]
+            if isinstance(part, (list, tuple)) and part and isinstance(part[0], str):
+                tensors = [t.to(device) for t in self.backbone.tokenize(part)]
+            else:
+                tensors = [torch.as_tensor(np.asarray(part, dtype=np.float32), device=device)]
+            chunks.append(self(*tensors).float().cpu().numpy())
+        self.train(was_training)
+        return np.concatenate(chunks) if chunks else np.empty((0, self.embed_dim), np.float32)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -103,6 +104,11 @@ def test_embed_returns_numpy_forward_in_eval_mode():
     model.train()
     x = torch.randn(5, 6)
     got = model.embed(x.numpy(), batch_size=2)
+    assert model.training  # embed puts the training mode back
+    assert model.embed(x.numpy()[:0]).shape == (0, 8)
+    from exporters.evaluate import embed_inputs
+
+    np.testing.assert_array_equal(embed_inputs(model, x.numpy(), batch_size=3), got)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(torch.as_tensor(got), model(x))
