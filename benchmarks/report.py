@@ -407,6 +407,12 @@ def funnel_plot(report: dict, path: Path) -> None:
     _save(figure, path)
 
 
+#: What a memory report's load time holds, by ``Searcher.load``'s verify mode.
+_VERIFY_NOTE = {"full": ", checksums included",
+                "lazy": "; the vectors' checksum then ran on a background thread",
+                "none": ", no checksums"}
+
+
 def memory_section(report: dict) -> list[str]:
     loaded, hnsw = report["loaded"], report["hnswlib"]
     usage = ", ".join(f"{part} {value / 2**20:,.1f}" for part, value in loaded["usage"].items())
@@ -417,7 +423,8 @@ def memory_section(report: dict) -> list[str]:
             f"over the {report['index_dim']}-dim prefix, plan "
             f"{_plan_text(report['plan']['stages'])}"
             f" (built in {report['build_s']:.0f} s). Saved, then loaded in a fresh process with "
-            f"`mmap=True` ({loaded['load_s']:.1f} s, checksums included) and queried: recall@10 "
+            f"`mmap=True`, `verify={report.get('verify', 'full')!r}` ({loaded['load_s']:.1f} s"
+            f"{_VERIFY_NOTE.get(report.get('verify', 'full'), '')}) and queried: recall@10 "
             f"{report['funnel_recall']:.3f} on the unseen queries. Resident growth of that "
             f"process: **{resident:,.0f} MiB**; `memory_usage()` in MiB: {usage}.", "",
             f"hnswlib at full dim keeps every float32 vector in its graph: {full:,.0f} MiB "
