@@ -23,7 +23,6 @@ import platform
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
@@ -41,10 +40,27 @@ HALF_TABLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.floa
 NO_TABLE = np.zeros(1, dtype=np.float32)
 
 
-#: Whether the CPU widens half floats itself (x86 F16C, or ARM64), so that LLVM's ``fpext``
-#: from half compiles to a conversion instruction rather than to a library call.
-NATIVE_HALF = ("+f16c" in llvm_binding.get_host_cpu_features().flatten().split(",")
-               or platform.machine().lower() in ("aarch64", "arm64"))
+def _compiles_native_half() -> bool:
+    """Whether the CPU numba compiles for widens half floats itself (x86 F16C, or ARM64), so
+    that LLVM's ``fpext`` from half becomes a conversion instruction. Without it LLVM emits a
+    call to ``__extendhfsf2``, which numba's JIT cannot resolve (the process aborts): so the
+    features are numba's target features (``NUMBA_CPU_FEATURES`` when set, as for portable
+    caches), not the host's."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        from numba.core import config
+        from numba.core.codegen import get_host_cpu_features
+
+        features = (config.CPU_FEATURES if config.CPU_FEATURES is not None
+                    else get_host_cpu_features())
+    except Exception:  # noqa: BLE001 - numba internals moved: fall back to the table
+        return False
+    return "+f16c" in str(features).split(",")
+
+
+#: Whether the kernels widen float16 bits with ``fpext`` (else through :data:`HALF_TABLE`).
+NATIVE_HALF = _compiles_native_half()
 
 
 @intrinsic
