@@ -816,8 +816,9 @@ class Searcher:
         index_dims = self._index_dims  # read first: drop_graphs may replace it meanwhile
         schedule, k, ef_walk = self._schedule(stages, k, ef, index_dims)
         batch, unchecked = self._check_queries_deferred(queries, defer=True)
-        if type(num_threads) is not int:
-            if isinstance(num_threads, bool) or not isinstance(num_threads, np.integer):
+        if type(num_threads) is not int:  # the usual call skips the checks below
+            if isinstance(num_threads, bool) or not isinstance(num_threads,
+                                                               (int, np.integer)):
                 raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
             num_threads = int(num_threads)
         with self._lock.read():

@@ -287,3 +287,20 @@ def test_arguments_put_together_once_follow_every_write():
     assert set(scanned.ids[0].tolist()) <= set(live.tolist()) | {int(new_id)}
     truth = searcher.exact(query, k=10)
     assert np.array_equal(np.sort(scanned.ids[0]), np.sort(truth.ids[0]))
+
+
+def test_num_threads_takes_any_integer_and_rejects_the_rest():
+    import enum
+
+    class Threads(enum.IntEnum):
+        ONE = 1
+
+    searcher, _, queries, _ = build(n=1500, index_dims=(16,))
+    stages = [(16, "int8", 30), (64, 10)]
+    expected = searcher.funnel(queries, k=10, stages=stages, num_threads=1).ids
+    for value in (1, np.int32(1), np.int64(2), Threads.ONE, -1):
+        got = searcher.funnel(queries, k=10, stages=stages, num_threads=value)
+        assert np.array_equal(got.ids, expected), value
+    for bad in (True, "2", 1.5, None):
+        with pytest.raises(TypeError, match="'num_threads'"):
+            searcher.funnel(queries[0], k=10, stages=stages, num_threads=bad)
