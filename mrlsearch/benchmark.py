@@ -172,12 +172,13 @@ def thread_scaling(run_one: Callable[[np.ndarray], Any], queries: np.ndarray, *,
     >>> len(out["thread_windows"]), out["qps_1_thread"] > 0
     (2, True)
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer,
+                                                            np.floating)):
         raise TypeError(f"'seconds' must be a positive number (got {seconds!r})")
     if not 0 < seconds < float("inf"):
         raise ValueError(f"'seconds' must be a positive number (got {seconds!r})")
     rounds = check_positive_int(rounds, "rounds")
-    window = seconds / rounds
+    window = float(seconds) / rounds
     windows: list[list[float]] = []
     for _ in range(rounds):
         rates = []
@@ -188,10 +189,12 @@ def thread_scaling(run_one: Callable[[np.ndarray], Any], queries: np.ndarray, *,
             def worker(slot: int, n_threads: int = n_threads, stop_at: float = stop_at,
                        counts: list[int] = counts) -> None:
                 i = slot
-                while time.perf_counter() < stop_at:
+                while True:  # at least one query each, however short the window
                     run_one(queries[i % len(queries)])
                     counts[slot] += 1
                     i += n_threads
+                    if time.perf_counter() >= stop_at:
+                        break
 
             threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
             started = time.perf_counter()

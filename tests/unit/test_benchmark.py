@@ -165,28 +165,34 @@ def test_hnswlib_build_refuses_bad_input_clearly(vectors, options, error, messag
         hnswlib_build(vectors, **options)
 
 
-def test_thread_scaling_alternates_windows_and_keeps_each_sides_best():
+def test_thread_scaling_alternates_windows_and_keeps_each_sides_best(monkeypatch):
     import threading
 
-    from mrlsearch.benchmark import thread_scaling
+    import mrlsearch.benchmark as benchmark
 
-    seen = []  # the thread of each call, in order (names are unique, idents are reused)
-    lock = threading.Lock()
+    started = []  # the slot of each worker thread started, in order
 
-    def run_one(query):
-        with lock:
-            seen.append(threading.current_thread().name)
+    class RecordingThread(threading.Thread):
+        def start(self):
+            started.append(self._args[0])
+            super().start()
 
-    out = thread_scaling(run_one, np.zeros((7, 4)), seconds=0.06, rounds=3)
+    monkeypatch.setattr(benchmark.threading, "Thread", RecordingThread)
+    out = benchmark.thread_scaling(lambda query: None, np.zeros((7, 4)), seconds=0.06,
+                                   rounds=3)
+    assert started == [0, 0, 1] * 3  # one thread, then two, three times over
     windows = out["thread_windows"]
     assert len(windows) == 3 and all(len(w) == 2 and min(w) > 0 for w in windows)
     assert out["qps_1_thread"] == max(w[0] for w in windows)
     assert out["qps_2_threads"] == max(w[1] for w in windows)
     assert out["thread_scaling"] == out["qps_2_threads"] / out["qps_1_thread"]
-    assert len(set(seen)) == 9  # a thread for each one-thread window, two for each other
+    # a window shorter than one query still counts the query it ran
+    slow = benchmark.thread_scaling(lambda query: benchmark.time.sleep(0.01),
+                                    np.zeros((3, 4)), seconds=np.float32(0.001), rounds=1)
+    assert slow["qps_1_thread"] > 0 and slow["qps_2_threads"] > 0
     for bad, error in ((0, ValueError), (float("inf"), ValueError), ("1", TypeError),
                        (True, TypeError)):
         with pytest.raises(error, match="'seconds'"):
-            thread_scaling(run_one, np.zeros((7, 4)), seconds=bad)
+            benchmark.thread_scaling(print, np.zeros((7, 4)), seconds=bad)
     with pytest.raises(ValueError, match="'rounds'"):
-        thread_scaling(run_one, np.zeros((7, 4)), rounds=0)
+        benchmark.thread_scaling(print, np.zeros((7, 4)), rounds=0)
