@@ -410,7 +410,7 @@ def funnel_plot(report: dict, path: Path) -> None:
 #: What a memory report's load time holds, by ``Searcher.load``'s verify mode.
 _VERIFY_NOTE = {"full": ", checksums included",
                 "lazy": "; the vectors' checksum then ran on a background thread",
-                "none": ", no checksums"}
+                "none": ", the vectors' checksum skipped"}
 
 
 def memory_section(report: dict) -> list[str]:

@@ -1,8 +1,8 @@
 """Scale run: funnel vs hnswlib full-dim from 10k to 1M vectors (build time, QPS, recall).
 
 Synthetic MRL-like vectors (spectrum (1+i)^-decay, 1000 clusters) at dim 256. At each size
-mrlsearch is ``Searcher.build`` with float16 storage (half the memory; the rerank kernels read
-it through a lookup table): it picks the graph dim and the walk's codes from the data and tunes
+mrlsearch is ``Searcher.build`` with float16 storage (half the memory; the kernels widen it to
+float32 as they read it): it picks the graph dim and the walk's codes from the data and tunes
 on the tuning half of the queries. hnswlib indexes the full 256 float32 dims. Both are tuned to
 recall@10 >= 0.95 on half the queries and measured on the other half
 (``mrlsearch.benchmark.compare``). hnswlib full-dim stops at the first size whose build would
