@@ -826,7 +826,7 @@ class Searcher:
                 schedule, k, ef_walk = self._schedule(stages, k, ef, self._index_dims)
             if not self._store.live:
                 raise ValueError("the index is empty: add vectors before searching")
-            allow = None if filter is None else self._check_filter(filter)
+            allow = self._check_filter(filter)
             try:
                 return self._engine.run(batch, schedule, k, ef_walk, allow=allow,
                                         num_threads=num_threads, check_range=unchecked,
