@@ -90,7 +90,9 @@ def random_edit(graph: Graph, rng: np.random.Generator) -> str:
         block = graph.upper[element]
         level = int(rng.integers(0, block.shape[0]))
         if kind == 3:  # a neighbour replaced by any element (often one lacking that level)
-            slot = 1 + int(rng.integers(0, max(1, block[level, 0] & 0xFFFF)))
+            # an earlier edit may have set the count past the block: stay inside it
+            links = min(int(block[level, 0] & 0xFFFF), block.shape[1] - 1)
+            slot = 1 + int(rng.integers(0, max(1, links)))
             block[level, slot] = rng.integers(0, count + 3)
             return "upper_neighbour"
         if kind == 4:  # the link count changed
@@ -109,7 +111,8 @@ def random_edit(graph: Graph, rng: np.random.Generator) -> str:
     element = int(rng.integers(0, count))
     row = graph.level0[element]
     if kind == 6:  # a level-0 neighbour
-        slot = 1 + int(rng.integers(0, max(1, row[0] & 0xFFFF)))
+        links = min(int(row[0] & 0xFFFF), graph.max_m0)
+        slot = 1 + int(rng.integers(0, max(1, links)))
         row[slot] = int(rng.choice([rng.integers(0, count), count, count + 1, 0xFFFFFFFF]))
         return "level0_neighbour"
     if kind == 7:  # the level-0 count
