@@ -62,6 +62,15 @@ def check_fraction(value: object, name: str, *, low: float = 0.0, high: float = 
     return float(value)
 
 
+def check_positive_number(value: object, name: str) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"'{name}' must be a positive number (got {_describe(value)})")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"'{name}' must be a positive number (got {value!r})")
+    return float(value)
+
+
 def check_dims(dims: Iterable[object], name: str, *, max_dim: int | None = None) -> tuple[int, ...]:
     """Return nesting dims as a tuple of strictly increasing positive ints."""
     if isinstance(dims, (str, bytes)) or not isinstance(dims, Iterable):

@@ -43,6 +43,7 @@ from ._validation import (
     check_int_range,
     check_matrix,
     check_positive_int,
+    check_positive_number,
 )
 from .searcher import Searcher
 
@@ -172,13 +173,9 @@ def thread_scaling(run_one: Callable[[np.ndarray], Any], queries: np.ndarray, *,
     >>> len(out["thread_windows"]), out["qps_1_thread"] > 0
     (2, True)
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer,
-                                                            np.floating)):
-        raise TypeError(f"'seconds' must be a positive number (got {seconds!r})")
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"'seconds' must be a positive number (got {seconds!r})")
+    seconds = check_positive_number(seconds, "seconds")
     rounds = check_positive_int(rounds, "rounds")
-    window = float(seconds) / rounds
+    window = seconds / rounds
     windows: list[list[float]] = []
     for _ in range(rounds):
         rates = []

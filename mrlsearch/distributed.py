@@ -56,7 +56,8 @@ from tqdm.auto import tqdm
 from ._errors import DimensionError, FormatError, MRLError
 from ._payloads import encode as encode_payloads
 from ._results import FunnelPlan, SearchResult
-from ._validation import check_fraction, check_ids, check_matrix, check_positive_int
+from ._validation import (check_fraction, check_ids, check_matrix, check_positive_int,
+                          check_positive_number)
 from .searcher import Searcher
 
 __all__ = ["ShardUnavailableError", "ShardedSearchResult", "ShardedSearcher", "shard_of"]
@@ -832,9 +833,7 @@ class ShardedSearcher:
         1000000
         """
         n_shards = check_positive_int(n_shards, "n_shards")
-        if isinstance(build_cpus, bool) or not isinstance(build_cpus, (int, float)) \
-                or not build_cpus > 0:
-            raise ValueError(f"'build_cpus' must be a positive number (got {build_cpus!r})")
+        build_cpus = check_positive_number(build_cpus, "build_cpus")
         described, column_ids = _describe_source(source, vector_column, id_column)
         if described.n == 0:
             raise ValueError("'source' must hold at least one vector (got 0 rows)")

@@ -359,6 +359,10 @@ def test_bad_input_gives_clear_errors(built, data, tmp_path):
     vectors, queries = data[0][:100], data[1]
     with pytest.raises(ValueError, match="'n_shards' must be a positive int"):
         ShardedSearcher.build(vectors, tmp_path / "a", n_shards=0)
+    for bad, error in ((0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                       ("1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="'build_cpus' must be a positive number"):
+            ShardedSearcher.build(vectors, tmp_path / "a", n_shards=1, build_cpus=bad)
     with pytest.raises(FileExistsError, match="not empty"):
         ShardedSearcher.build(vectors, out, n_shards=2)
     with pytest.raises(TypeError, match="bad Searcher option"):

@@ -190,9 +190,9 @@ def test_thread_scaling_alternates_windows_and_keeps_each_sides_best(monkeypatch
     slow = benchmark.thread_scaling(lambda query: benchmark.time.sleep(0.01),
                                     np.zeros((3, 4)), seconds=np.float32(0.001), rounds=1)
     assert slow["qps_1_thread"] > 0 and slow["qps_2_threads"] > 0
-    for bad, error in ((0, ValueError), (float("inf"), ValueError), ("1", TypeError),
-                       (True, TypeError)):
-        with pytest.raises(error, match="'seconds'"):
+    for bad, error in ((0, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
+                       ("1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="'seconds' must be a positive number"):
             benchmark.thread_scaling(print, np.zeros((7, 4)), seconds=bad)
     with pytest.raises(ValueError, match="'rounds'"):
         benchmark.thread_scaling(print, np.zeros((7, 4)), rounds=0)
