@@ -599,8 +599,14 @@ def _verify_staging(staging: Path, seals: dict[str, Sealed]) -> None:
 
 
 @contextmanager
-def atomic_directory(target: str | os.PathLike, *, lock: bool = True) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, *, lock: bool = True,
+                     replaces: str | None = MANIFEST) -> Iterator[Path]:
     """Yield a fresh sibling directory; on success it replaces ``target`` as a whole.
+
+    An existing ``target`` is replaced only if it is empty or holds a file named ``replaces``
+    (an index this library wrote has its ``manifest.json``): any other directory raises
+    ``FileExistsError`` before anything is written, so a save never deletes a user's files.
+    A symbolic link is followed: the directory it points to is replaced, the link stays.
 
     Before the commit every file of the directory is read back from disk: files written with
     :func:`write_array` / :func:`write_json` / :func:`seal_file` must still have the size
@@ -629,11 +635,13 @@ def atomic_directory(target: str | os.PathLike, *, lock: bool = True) -> Iterato
     ['a.npy']
     """
     target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"'path' must be a directory or not exist (got the file {target})")
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    _check_replaceable(target, replaces)
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(target) if lock else _no_lock() as _:
+        _check_replaceable(target, replaces)  # again, now that no other save can run
         if lock:  # nobody else is writing: every staging/trash sibling is abandoned
             for stale in _abandoned(parent, target.name):
                 _remove(stale)
@@ -662,6 +670,36 @@ def atomic_directory(target: str | os.PathLike, *, lock: bool = True) -> Iterato
         finally:
             with _SEALS_LOCK:
                 _SEALS.pop(key, None)
+
+
+def _check_replaceable(target: Path, replaces: str | None) -> None:
+    """Raise ``FileExistsError`` unless ``target`` is absent, an empty directory, or a
+    directory holding ``replaces``."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"'path' must be a directory or not exist (got the file {target})")
+    entries = sorted(p.name for p in target.iterdir())
+    if replaces is None or not entries:
+        return
+    if replaces not in entries:
+        raise FileExistsError(
+            f"'path' {target} is a directory that does not hold a saved index (no {replaces}); "
+            f"saving there would delete its files: choose a new or empty directory")
+    try:
+        with open(target / replaces, "rb") as handle:
+            listed = json.loads(handle.read(MAX_MANIFEST_BYTES + 1)).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, dict):
+        raise FileExistsError(f"'path' {target} holds a {replaces} that does not list its "
+                              f"files: remove the directory yourself to save there")
+    others = [name for name in entries if name != replaces and name not in listed]
+    if others:
+        raise FileExistsError(
+            f"'path' {target} holds files that are not part of its saved index "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); saving there "
+            f"would delete them: move them, or choose another directory")
 
 
 @contextmanager

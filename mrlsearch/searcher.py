@@ -1031,10 +1031,14 @@ class Searcher:
         ``verify="lazy"`` or ``"none"`` is verified first (:meth:`verify`): a corrupt file is
         never saved again under fresh checksums.
 
+        ``path`` must be new, an empty directory, or a saved index (which is replaced); a
+        symbolic link is followed. An empty index saves and loads.
+
         Raises
         ------
-        ValueError
-            If the index is empty (saving it would replace a saved index with nothing).
+        FileExistsError
+            If ``path`` is a file, or a directory that holds other files than a saved index
+            (nothing there is touched).
         FormatError
             If the deferred check of the loaded files finds a mismatch.
         """

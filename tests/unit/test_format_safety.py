@@ -243,6 +243,39 @@ def test_helpers_return_on_disk_checksums(tmp_path):
     assert sealed == hashlib.sha256(b"raw").hexdigest()
 
 
+def test_a_directory_that_is_not_an_index_is_never_replaced(tmp_path):
+    user = tmp_path / "mydata"
+    user.mkdir()
+    (user / "notes.md").write_text("mine")
+    with pytest.raises(FileExistsError, match="does not hold a saved index"), \
+            _format.atomic_directory(user) as staging:
+        _format.write_array(staging / "a.npy", np.arange(3))
+    assert [p.name for p in user.iterdir()] == ["notes.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no staging left
+    save_demo(user / "index", 1)
+    (user / "index" / "extra.txt").write_text("mine too")  # beside a saved index's files
+    with pytest.raises(FileExistsError, match=r"not part of its saved index \(extra.txt\)"):
+        save_demo(user / "index", 2)
+    assert load_demo(user / "index")[2] == {"version": 1}
+    (user / "index" / _format.MANIFEST).write_text("[]")  # a manifest without its file list
+    with pytest.raises(FileExistsError, match="does not list its files"):
+        save_demo(user / "index", 2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_demo(empty, 1)  # an empty directory, and a saved index, are replaced
+    save_demo(empty, 2)
+    assert load_demo(empty)[2] == {"version": 2}
+
+
+def test_a_save_through_a_symlink_replaces_what_it_points_to(tmp_path):
+    save_demo(tmp_path / "real", 1)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    save_demo(tmp_path / "link", 2)
+    assert (tmp_path / "link").is_symlink()
+    assert load_demo(tmp_path / "link")[2] == {"version": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
 def test_a_short_write_fails_the_save_and_keeps_the_old_version(tmp_path):
     save_demo(tmp_path / "d", 1)
     with pytest.raises(OSError, match="not written completely") as info, \
