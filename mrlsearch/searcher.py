@@ -508,6 +508,9 @@ class Searcher:
                 if old.payloads is not None and fresh._store.payloads is None:
                     fresh._store.payloads = PayloadColumn(fresh._store.capacity)
                 fresh._store.next_id = max(fresh._store.next_id, old.next_id)
+                if fresh._index_dims != self._index_dims:  # drop_graphs ran meanwhile
+                    fresh._store.drop_codes(self._index_dims)
+                    fresh._graphs.drop(self._index_dims)
                 self._store, self._graphs = fresh._store, fresh._graphs
                 self._engine.rebind(self._store, self._graphs)
 

@@ -287,6 +287,35 @@ def test_writes_during_compact_are_kept():
     assert len(searcher) == 500 - 10 + 10
 
 
+def test_graphs_dropped_during_compact_stay_dropped(tmp_path):
+    vectors, _ = synthetic_mrl(1200, 16, n_queries=0, n_clusters=20, seed=6)
+    searcher = Searcher(16, (8, 16), index_dims=(8, 16))
+    ids = searcher.add(vectors)
+    searcher.remove(ids[:100])
+    started = threading.Event()
+    original_add = Searcher.add
+
+    def slow_add(self, *args, **kwargs):  # the rebuild's add: drop a graph meanwhile
+        started.set()
+        time.sleep(0.2)
+        return original_add(self, *args, **kwargs)
+
+    thread = threading.Thread(target=lambda: (started.wait(), searcher.drop_graphs([16])))
+    thread.start()
+    try:
+        Searcher.add = slow_add
+        searcher.compact()
+    finally:
+        Searcher.add = original_add
+    thread.join()
+    assert searcher.index_dims == (16,) and searcher.memory_usage()["graphs"] > 0
+    searcher.save(tmp_path / "index")  # the manifest and the files agree again
+    loaded = Searcher.load(tmp_path / "index")
+    assert loaded.index_dims == (16,) and len(loaded) == 1100
+    assert np.array_equal(loaded.search(vectors[200:210], 5).ids,
+                          searcher.search(vectors[200:210], 5).ids)
+
+
 def test_extreme_values_are_refused_and_exact_stays_the_truth():
     searcher = Searcher(8, (4, 8), index_dims=(4,))
     with pytest.raises(ValueError, match="within"):
