@@ -225,10 +225,13 @@ def _object_pairs(pairs: list[tuple[str, object]]) -> dict:
 
 
 def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > 19:
-        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits (at most 19 allowed)")
+    # int64 or uint64: an index holding id 2**63 - 1 records next_id 2**63, and hnswlib's
+    # seed is unsigned
+    digits, most = len(text.lstrip("-")), 19 if text.startswith("-") else 20
+    if digits > most:
+        raise ValueError(f"an integer of {digits} digits (at most {most} allowed)")
     value = int(text)
-    if not -(1 << 63) <= value < (1 << 63):
+    if not -(1 << 63) <= value < (1 << 64):
         raise ValueError(f"the integer {text} is beyond 64 bits")
     return value
 

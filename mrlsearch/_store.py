@@ -16,6 +16,23 @@ from ._payloads import EncodedPayloads, PayloadColumn
 
 __all__: list[str] = []
 
+#: Ids are int64 and non-negative: the largest is 2**63 - 1.
+ID_LIMIT = 1 << 63
+
+
+def consecutive_ids(next_id: int, count: int) -> np.ndarray:
+    """``count`` ids from ``next_id`` on, or ``ValueError`` if they would pass 2**63 - 1.
+
+    Examples
+    --------
+    >>> consecutive_ids(5, 3).tolist()
+    [5, 6, 7]
+    """
+    if next_id + count > ID_LIMIT:
+        raise ValueError(f"no {count} consecutive ids are left after {next_id - 1} (ids stop at "
+                         f"2**63 - 1): pass 'ids'")
+    return np.arange(next_id, next_id + count, dtype=np.int64)
+
 
 class VectorStore:
     """Rows of vectors with everything the search kernels read about them.

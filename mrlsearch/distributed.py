@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from ._errors import DimensionError, FormatError, MRLError
 from ._payloads import encode as encode_payloads
 from ._results import FunnelPlan, SearchResult
+from ._store import consecutive_ids
 from ._validation import (check_fraction, check_ids, check_matrix, check_positive_int,
                           check_positive_number)
 from .searcher import Searcher
@@ -1465,8 +1466,7 @@ class ShardedSearcher:
                 if self._next_id is None:
                     raise ValueError("'ids' must be given: these shards were loaded without a "
                                      f"{SHARDING_FILE}, so the next free id is unknown")
-                new_ids = np.arange(self._next_id, self._next_id + batch.shape[0],
-                                    dtype=np.int64)
+                new_ids = consecutive_ids(self._next_id, batch.shape[0])
             else:
                 new_ids = check_ids(ids, "ids", count=batch.shape[0])
             if payloads is not None:

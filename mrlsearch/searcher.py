@@ -39,7 +39,7 @@ from ._results import (
     recall_per_query,
 )
 from ._rwlock import RWLock
-from ._store import VectorStore
+from ._store import VectorStore, consecutive_ids
 from ._validation import (
     MAX_ABS_VALUE,
     MIN_ABS_VALUE,
@@ -154,8 +154,10 @@ class Searcher:
         if isinstance(codes, str) or not all(isinstance(c, str) for c in codes):
             raise TypeError(f"'codes' must be a sequence of {CODE_PRECISIONS} (got {codes!r})")
         self._codes = tuple(check_choice(c, "codes", CODE_PRECISIONS) for c in dict.fromkeys(codes))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise TypeError(f"'seed' must be a non-negative int (got {seed!r})")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"'seed' must be an int in [0, 2**64) (got {seed!r})")
+        if not 0 <= seed < 1 << 64:
+            raise ValueError(f"'seed' must be an int in [0, 2**64) (got {seed!r})")
         self._seed = int(seed)
         self._store, self._graphs = self._new_parts()
         self._engine = Engine(self._store, self._graphs, self._metric)
@@ -392,7 +394,7 @@ class Searcher:
             self._graphs.unpark()
             store = self._store
             if given_ids is None:
-                new_ids = np.arange(store.next_id, store.next_id + n_rows, dtype=np.int64)
+                new_ids = consecutive_ids(store.next_id, n_rows)
             else:
                 new_ids = given_ids
             replaced = [store.row_of[i] for i in new_ids.tolist() if i in store.row_of]

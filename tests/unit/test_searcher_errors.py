@@ -28,6 +28,9 @@ def searcher():
         ({"dim": 32, "ef_construction": 0}, ValueError, r"'ef_construction' must be an int in"),
         ({"dim": 32, "codes": ("int4",)}, ValueError, r"'codes' must be one of"),
         ({"dim": "32"}, TypeError, r"'dim' must be a positive int \(got '32'\)"),
+        ({"dim": 32, "seed": -1}, ValueError, r"'seed' must be an int in \[0, 2\*\*64\)"),
+        ({"dim": 32, "seed": 2**64}, ValueError, r"'seed' must be an int in \[0, 2\*\*64\)"),
+        ({"dim": 32, "seed": 1.0}, TypeError, r"'seed' must be an int"),
     ],
 )
 def test_constructor_errors(kwargs, error, match):
@@ -65,6 +68,20 @@ def test_add_rejects_bad_ids(searcher):
     with pytest.raises(ValueError, match=r"'vectors' must fit float16"):
         Searcher(32, dtype="float16").add(np.full((1, 32), 1e6))
     assert len(searcher) == 50
+
+
+def test_the_largest_id_and_seed_save_and_load(tmp_path):
+    vectors = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
+    searcher = Searcher(32, (8, 32), index_dims=(8,), seed=2**64 - 1)
+    searcher.add(vectors[:1], ids=[2**63 - 1])  # next_id is now 2**63: beyond int64
+    with pytest.raises(ValueError, match=r"no 2 consecutive ids are left .* pass 'ids'"):
+        searcher.add(vectors[1:3])
+    searcher.add(vectors[1:3], ids=[0, 1])
+    searcher.save(tmp_path / "index")
+    loaded = Searcher.load(tmp_path / "index")
+    assert loaded.search(vectors[0], 1).ids.tolist() == [[2**63 - 1]]
+    with pytest.raises(ValueError, match="consecutive ids"):
+        loaded.add(vectors[3])
 
 
 def test_remove_rejects_unknown_ids_and_removes_nothing(searcher):
