@@ -247,6 +247,8 @@ _BLOCK_PAIRS = 4_000_000
 
 
 PRECISIONS = ("float32", "float16", "int8", "binary")
+#: Largest beam width (``ef``) a funnel call takes.
+MAX_EF = 1 << 20
 
 
 def parse_stage(stage: object) -> tuple[int, str, int]:
@@ -305,12 +307,14 @@ class FunnelPlan:
 
     def for_k(self, k: int) -> FunnelPlan:
         """This plan for another ``k``: shortlists and ``ef`` grow by ``k / self.k`` (never
-        shrink below the tuned ones), the last stage keeps ``k``."""
+        shrink below the tuned ones, nor past :data:`MAX_EF` unless ``k`` does), the last stage
+        keeps ``k``."""
         if k <= self.k:
             return replace(self, k=k)
         factor = k / self.k
-        stages = tuple((d, p, max(k, int(math.ceil(s * factor)))) for d, p, s in self.stages)
-        ef = max(int(math.ceil(self.ef * factor)), stages[0][2])
+        stages = tuple((d, p, max(k, min(int(math.ceil(s * factor)), MAX_EF)))
+                       for d, p, s in self.stages)
+        ef = max(min(int(math.ceil(self.ef * factor)), MAX_EF), stages[0][2])
         return FunnelPlan(stages, ef, k)
 
     def to_dict(self) -> dict:

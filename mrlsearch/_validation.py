@@ -98,10 +98,12 @@ def check_matrix(
     allow_1d: bool = True,
     allow_empty: bool = False,
     dtype: type = np.float32,
+    row_offset: int = 0,
 ) -> tuple[np.ndarray, bool]:
     """Convert ``x`` to a C-contiguous 2-D array of ``dtype`` with ``dim`` columns.
 
-    Returns the array and whether the input was a single 1-D row.
+    Returns the array and whether the input was a single 1-D row. Rows named in errors are
+    counted from ``row_offset`` (``x`` is a chunk of a larger input there).
     """
     if isinstance(x, (str, bytes)):
         raise TypeError(f"'{name}' must be an array of numbers (got {_describe(x)})")
@@ -125,11 +127,22 @@ def check_matrix(
         )
     if array.shape[0] == 0 and not allow_empty:
         raise ValueError(f"'{name}' must hold at least one row (got shape {array.shape})")
-    array = np.ascontiguousarray(array, dtype=dtype)
+    if array.dtype != dtype and np.issubdtype(array.dtype, np.floating):
+        _check_finite(array, name, row_offset)  # before a narrower cast turns huge into inf
+    with np.errstate(over="ignore"):
+        converted = np.ascontiguousarray(array, dtype=dtype)
+    if array.dtype != converted.dtype and not np.isfinite(converted).all():  # input finite
+        bad = int(np.flatnonzero(~np.isfinite(converted).all(axis=1))[0]) + row_offset
+        raise ValueError(f"'{name}' values must fit {np.dtype(dtype).name} "
+                         f"(got a value beyond +-{np.finfo(dtype).max:g} in row {bad})")
+    _check_finite(converted, name, row_offset)
+    return converted, single
+
+
+def _check_finite(array: np.ndarray, name: str, row_offset: int) -> None:
     if not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+        bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0]) + row_offset
         raise ValueError(f"'{name}' must be finite (got NaN or inf in row {bad})")
-    return array, single
 
 
 def check_ids(ids: object, name: str, *, count: int | None = None) -> np.ndarray:

@@ -32,6 +32,7 @@ from ._memory import resident_bytes
 from ._payloads import EncodedPayloads, PayloadColumn
 from ._payloads import encode as encode_payloads
 from ._results import (
+    MAX_EF,
     FunnelPlan,
     SearchResult,
     StageStats,
@@ -63,7 +64,6 @@ _PROGRESS_MIN_ROWS = 20_000
 _ADD_CHUNK = 10_000
 #: z of a one-sided 95 % bound, used to keep a margin over the target recall.
 _Z_95 = 1.645
-_MAX_EF = 1 << 20
 #: Largest k (results are padded to k columns, so k bounds the memory of a result).
 MAX_K = 1 << 20
 
@@ -371,7 +371,10 @@ class Searcher:
         [None, 'a']
         """
         self._ensure_intact()
-        source = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
+        try:
+            source = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
+        except (TypeError, ValueError):  # ragged lists: check_matrix names the problem
+            source = check_matrix(vectors, "vectors", dim=self._dim)[0]
         if source.ndim == 1:
             source = source[None, :]
         if source.ndim != 2 or source.shape[0] == 0 or source.shape[1] != self._dim:
@@ -426,7 +429,7 @@ class Searcher:
         return new_ids
 
     def _check_values(self, chunk: np.ndarray, name: str, *, offset: int = 0) -> None:
-        batch, _ = check_matrix(chunk, name, dim=self._dim)
+        batch, _ = check_matrix(chunk, name, dim=self._dim, row_offset=offset)
         peak = np.abs(batch).max(axis=1)
         if np.any(peak > MAX_ABS_VALUE):
             row = int(np.flatnonzero(peak > MAX_ABS_VALUE)[0]) + offset
@@ -647,7 +650,9 @@ class Searcher:
     def _check_stages(self, stages: object, k: int, ef: object
                       ) -> tuple[tuple[tuple[int, str, int], ...], int]:
         try:  # schedules repeat from call to call: validate each one once
-            key = (stages if type(stages) is tuple else tuple(tuple(s) for s in stages), k, ef,
+            flat = stages if type(stages) is tuple else tuple(tuple(s) for s in stages)
+            # with the types: 60.0 == 60 and True == 1, but only ints are valid
+            key = (flat, tuple(type(v) for stage in flat for v in stage), k, ef, type(ef),
                    self._index_dims)  # drop_graphs may clear the cache while one is checked
             hash(key)
         except TypeError:
@@ -705,7 +710,7 @@ class Searcher:
         if ef is None:
             ef = parsed[0][2]
         else:
-            ef = check_int_range(ef, "ef", 1, _MAX_EF)
+            ef = check_int_range(ef, "ef", 1, MAX_EF)
             if ef < parsed[0][2]:
                 raise ValueError(f"'ef' must be >= the first stage's shortlist {parsed[0][2]} "
                                  f"(got {ef})")

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from mrlsearch import DimensionError, FormatError, Searcher
+from mrlsearch import DimensionError, FormatError, FunnelPlan, Searcher
+from mrlsearch.searcher import MAX_K
 
 
 @pytest.fixture
@@ -48,11 +49,22 @@ def test_constructor_errors(kwargs, error, match):
         (np.ones((0, 32)), ValueError, r"'vectors' must hold at least one row"),
         ("abc", TypeError, r"'vectors' must be an array of numbers"),
         (np.array([["a"] * 32]), TypeError, r"'vectors' must be an array of numbers"),
+        (np.full((2, 32), 1e300), ValueError,
+         r"'vectors' values must fit float32 \(got a value beyond .* in row 0\)"),
+        ([[1.0] * 32, [1.0] * 3], TypeError, r"'vectors' must be an array of numbers"),
     ],
 )
 def test_add_rejects_bad_vectors(searcher, vectors, error, match):
     with pytest.raises(error, match=match):
         searcher.add(vectors)
+    assert len(searcher) == 50
+
+
+def test_a_bad_row_is_named_by_its_place_in_the_whole_input(searcher):
+    vectors = np.ones((25_000, 32), dtype=np.float32)  # read in chunks of 10 000 rows
+    vectors[15_000, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf in row 15000\)"):
+        searcher.add(vectors, progress=False)
     assert len(searcher) == 50
 
 
@@ -218,3 +230,24 @@ def test_read_only_strided_and_float64_single_queries_search_as_float32(searcher
     bad.flags.writeable = False
     with pytest.raises(ValueError, match="'queries' must be finite"):
         searcher.funnel(bad, k=5)
+
+
+def test_a_checked_schedule_does_not_let_equal_values_of_other_types_through(searcher):
+    stages = [(8, 20), (32, 10)]
+    searcher.funnel(np.ones(32), 10, stages, ef=20)  # checked and remembered
+    with pytest.raises(ValueError, match=r"'ef' must be an int .*got 20.0"):
+        searcher.funnel(np.ones(32), 10, stages, ef=20.0)
+    with pytest.raises(ValueError, match=r"'ef' must be an int .*got True"):
+        searcher.funnel(np.ones(32), 1, [(8, 1), (32, 1)], ef=True)
+    searcher.funnel(np.ones(32), 10, stages)
+    with pytest.raises(TypeError, match="'stages shortlist' must be a positive int"):
+        searcher.funnel(np.ones(32), 10, [(8, 20.0), (32, 10)])
+
+
+def test_a_tuned_plan_serves_any_k_an_untuned_index_serves(searcher):
+    searcher.plan = FunnelPlan(((8, "float32", 40), (32, "float32", 10)), ef=80, k=10)
+    big = MAX_K // 2
+    result = searcher.search(np.ones(32), k=big)  # the plan's ef scaled to 4e6 before
+    assert result.ids.shape == (1, big) and result.counts.tolist() == [50]
+    scaled = searcher.plan.for_k(big)
+    assert scaled.ef == scaled.stages[0][2] == MAX_K  # capped where ef is (2**20)
