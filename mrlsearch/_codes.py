@@ -15,6 +15,8 @@ __all__: list[str] = []
 
 CODE_PRECISIONS = ("int8", "binary")
 _INT8_MAX = 127.0
+#: Later rows may exceed the int8 scales by this share before every row is re-encoded.
+SCALE_SLACK = 0.05
 
 
 def normalised_prefix(vectors: np.ndarray, dim: int, norms: np.ndarray | None) -> np.ndarray:
@@ -29,12 +31,37 @@ def normalised_prefix(vectors: np.ndarray, dim: int, norms: np.ndarray | None) -
 def int8_scales(prefix: np.ndarray) -> np.ndarray:
     """Per-dimension scale so that the largest magnitude of the sample maps to 127.
 
-    Values of later rows beyond that are clipped; the float stages that follow a code stage
-    score those rows exactly.
+    Later rows that exceed it by more than :data:`SCALE_SLACK` widen it
+    (:func:`widened_scales`); values within the slack are clipped, and the float stages that
+    follow a code stage score those rows exactly.
     """
     peak = np.abs(prefix).max(axis=0) if prefix.shape[0] else np.zeros(prefix.shape[1])
     peak = np.where(peak > 0, peak, 1.0)
     return (peak / _INT8_MAX).astype(np.float32)
+
+
+def widened_scales(prefix: np.ndarray, scales: np.ndarray) -> np.ndarray | None:
+    """Scales that also cover ``prefix``, or None while ``scales`` clip it by at most
+    :data:`SCALE_SLACK` in every dimension.
+
+    Each widening re-encodes every row, so a scale grows only past the slack: a stream of
+    slowly growing values re-encodes O(log(growth)) times, not once per add.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scales = int8_scales(np.array([[1.0, -2.0]], dtype=np.float32))
+    >>> widened_scales(np.array([[1.01, 0.0]], dtype=np.float32), scales) is None
+    True
+    >>> (widened_scales(np.array([[4.0, 0.0]], dtype=np.float32), scales) * 127).tolist()
+    [4.0, 2.0]
+    """
+    if not prefix.shape[0]:
+        return None
+    needed = (np.abs(prefix).max(axis=0) / _INT8_MAX).astype(np.float32)
+    if not np.any(needed > scales * (1.0 + SCALE_SLACK)):
+        return None
+    return np.maximum(scales, needed)
 
 
 def encode_int8(prefix: np.ndarray, scales: np.ndarray) -> np.ndarray:

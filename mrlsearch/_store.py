@@ -16,6 +16,8 @@ from ._payloads import EncodedPayloads, PayloadColumn
 
 __all__: list[str] = []
 
+#: Rows re-encoded at a time when the int8 scales widen.
+_REENCODE_BLOCK = 65_536
 #: Ids are int64 and non-negative: the largest is 2**63 - 1.
 ID_LIMIT = 1 << 63
 
@@ -169,19 +171,36 @@ class VectorStore:
         return rows
 
     def encode(self, as_float: np.ndarray, norms: np.ndarray, start: int) -> None:
-        """Codes of rows ``start..`` (scales fixed by the first rows ever encoded)."""
+        """Codes of rows ``start..``. The int8 scales come from the first rows ever encoded;
+        rows that outgrow them widen them, and the rows before ``start`` are re-encoded (one
+        row first, as in a stream of single adds, would otherwise clip every later one)."""
         stop = start + as_float.shape[0]
         for prefix_dim in self.code_dims:
             column = self.dims.index(prefix_dim)
             prefix = _codes.normalised_prefix(
                 as_float, prefix_dim, norms[:, column] if self.normalise_codes else None)
             if prefix_dim in self.int8:
-                if prefix_dim not in self.scales:
-                    self.scales[prefix_dim] = _codes.int8_scales(prefix)
-                self.int8[prefix_dim][start:stop] = _codes.encode_int8(prefix,
-                                                                       self.scales[prefix_dim])
+                scales = self.scales.get(prefix_dim)
+                if scales is None:
+                    scales = self.scales[prefix_dim] = _codes.int8_scales(prefix)
+                else:
+                    widened = _codes.widened_scales(prefix, scales)
+                    if widened is not None:
+                        scales = self.scales[prefix_dim] = widened
+                        self._reencode_int8(prefix_dim, column, start)
+                self.int8[prefix_dim][start:stop] = _codes.encode_int8(prefix, scales)
             if prefix_dim in self.binary:
                 self.binary[prefix_dim][start:stop] = _codes.encode_binary(prefix)
+
+    def _reencode_int8(self, prefix_dim: int, column: int, stop: int) -> None:
+        """Encode rows ``0..stop`` again with the current scales, a block at a time."""
+        scales, codes = self.scales[prefix_dim], self.int8[prefix_dim]
+        for lo in range(0, stop, _REENCODE_BLOCK):
+            hi = min(stop, lo + _REENCODE_BLOCK)
+            prefix = _codes.normalised_prefix(
+                self.vectors[lo:hi], prefix_dim,
+                self.norms[lo:hi, column] if self.normalise_codes else None)
+            codes[lo:hi] = _codes.encode_int8(prefix, scales)
 
     def tombstone(self, rows: np.ndarray) -> None:
         self.version += 1

@@ -304,3 +304,22 @@ def test_num_threads_takes_any_integer_and_rejects_the_rest():
     for bad in (True, "2", 1.5, None):
         with pytest.raises(TypeError, match="'num_threads'"):
             searcher.funnel(queries[0], k=10, stages=stages, num_threads=bad)
+
+
+def test_int8_codes_follow_rows_that_outgrow_the_first_scales():
+    vectors, queries = synthetic_mrl(3000, 64, n_queries=100, seed=0)
+    stages = [(16, "int8", 100), (32, 40), (64, 10)]
+    whole = Searcher(64, (16, 32, 64), index_dims=(16,))
+    whole.add(vectors)
+    streamed = Searcher(64, (16, 32, 64), index_dims=(16,))
+    streamed.add(vectors[:1])  # the first scales come from one row
+    for lo in range(1, 3000, 700):
+        streamed.add(vectors[lo:lo + 700])
+    truth = whole.exact(queries, 10)
+    assert streamed.funnel(queries, 10, stages).recall(truth) >= \
+        whole.funnel(queries, 10, stages).recall(truth) - 0.01  # was 0.65 against 0.97
+    # every row's codes are what encoding it with the final scales gives
+    codes, scales, _ = streamed._store.kernel_codes(16)
+    prefix = vectors[:, :16] / np.linalg.norm(vectors[:, :16], axis=1, keepdims=True)
+    assert np.abs(codes[:3000].astype(int) - encode_int8(prefix, scales).astype(int)).max() <= 1
+    assert np.all(scales * 127 >= np.abs(prefix).max(axis=0) / 1.05 - 1e-6)
