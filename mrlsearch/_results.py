@@ -241,6 +241,44 @@ def recall_per_query(ids: np.ndarray, truth: SearchResult | np.ndarray) -> np.nd
     return np.where(n_valid > 0, hits / np.maximum(n_valid, 1), 1.0)
 
 
+def tied_recall_per_query(result: SearchResult, truth: SearchResult, *,
+                          rtol: float = 1e-5) -> np.ndarray:
+    """:func:`recall_per_query`, where a returned id missing from ``truth`` also counts when
+    its score ties the last valid score of ``truth`` (within ``rtol`` of the row's largest
+    score magnitude).
+
+    Exact search breaks ties between equal scores arbitrarily, so on data with duplicate
+    vectors a search that returns the other copies would score recall 0 by ids alone. Only
+    meaningful when ``result``'s scores are full-dim float scores, like ``truth``'s.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mrlsearch import SearchResult
+    >>> truth = SearchResult(np.array([[4, 7]]), np.array([[0.9, 0.5]], dtype=np.float32),
+    ...                      np.array([2]), (), "ip")
+    >>> found = SearchResult(np.array([[4, 8]]), np.array([[0.9, 0.5]], dtype=np.float32),
+    ...                      np.array([2]), (), "ip")
+    >>> tied_recall_per_query(found, truth)
+    array([1.])
+    """
+    recalls = recall_per_query(result.ids, truth)
+    ids = np.asarray(result.ids)
+    scores = np.asarray(result.scores, dtype=np.float64)
+    want_ids = np.asarray(truth.ids)[:, : ids.shape[1]]
+    want_scores = np.asarray(truth.scores, dtype=np.float64)[:, : ids.shape[1]]
+    n_valid = (want_ids >= 0).sum(axis=1)
+    for row in np.flatnonzero((recalls < 1.0) & (n_valid > 0)):
+        valid = want_scores[row, : n_valid[row]]
+        last = valid[-1]
+        tolerance = rtol * max(float(np.abs(valid).max()), float(abs(scores[row, 0])), 1e-30)
+        extra = (ids[row] >= 0) & ~np.isin(ids[row], want_ids[row]) & \
+            (scores[row] >= last - tolerance)
+        hits = round(recalls[row] * n_valid[row]) + int(extra.sum())
+        recalls[row] = min(hits, n_valid[row]) / n_valid[row]
+    return recalls
+
+
 #: Rows of ids x truth at most this wide are compared pair by pair; wider ones by sorting.
 _BROADCAST_PAIRS = 256 * 256
 _BLOCK_PAIRS = 4_000_000

@@ -38,6 +38,7 @@ from ._results import (
     StageStats,
     parse_stage,
     recall_per_query,
+    tied_recall_per_query,
 )
 from ._rwlock import RWLock
 from ._store import VectorStore, consecutive_ids
@@ -928,7 +929,12 @@ class Searcher:
             started = time.perf_counter()
             result = self.funnel(queries, k, stages, ef=ef)
             best = min(best, time.perf_counter() - started)
-        recalls = recall_per_query(result.ids, truth_ids)
+        last = result.stats[-1]
+        if isinstance(truth, SearchResult) and last.dim == self._dim and \
+                last.precision in DTYPES:  # full-dim float scores: ties count as found
+            recalls = tied_recall_per_query(result, truth)
+        else:
+            recalls = recall_per_query(result.ids, truth_ids)
         mean = float(recalls.mean())
         spread = float(recalls.std(ddof=1)) if recalls.size > 1 else 0.0
         lower = mean - _Z_95 * spread / math.sqrt(recalls.size)

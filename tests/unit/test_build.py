@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from mrlsearch import SearchResult, Searcher
 from mrlsearch._build import graphs_to_build, shortlist_needed
+from mrlsearch._results import recall_per_query, tied_recall_per_query
 from mrlsearch.datasets import synthetic_mrl
 
 
@@ -50,3 +52,28 @@ def test_graphs_to_build_builds_both_only_where_the_estimate_is_close():
     assert graphs_to_build({256: 83.3, 384: 100.0}, 384) == [384]  # MiniLM
     assert graphs_to_build({64: 55.0, 256: 100.0}, 256) == [64, 256]  # unclear: measure both
     assert graphs_to_build({256: 100.0}, 256) == [256]
+
+
+def test_build_tunes_on_data_with_many_copies_of_one_vector():
+    # blank lines of a text corpus embed to one vector: exact search breaks the ties between
+    # the copies arbitrarily, and recall by ids alone fell to 0 for queries among them
+    vectors, _ = synthetic_mrl(3000, 64, n_queries=0, seed=2)
+    copies = np.concatenate([vectors, np.repeat(vectors[7:8], 300, axis=0)])
+    searcher = Searcher.build(copies, progress=False)  # raised: "best was 0.000"
+    queries = copies[np.r_[3000:3050, 0:50]]
+    truth = searcher.exact(queries, 10)
+    found = searcher.search(queries, 10)
+    recall = tied_recall_per_query(found, truth)
+    assert recall.mean() >= 0.95 and recall[:50].min() == 1.0
+    assert recall_per_query(found.ids, truth)[:50].max() < 1.0  # by ids alone: ties missed
+
+
+def test_tied_recall_counts_only_ties_of_the_last_true_score():
+    truth = SearchResult(np.array([[1, 2, -1], [5, 6, 7]]),
+                         np.array([[-0.0, -0.0, -np.inf], [3.0, 2.0, 1.0]], dtype=np.float32),
+                         np.array([2, 3]), (), "l2")
+    found = SearchResult(np.array([[9, 1, 8], [5, 6, 8]]),
+                         np.array([[0.0, 0.0, -0.5], [3.0, 2.0, 0.999]], dtype=np.float32),
+                         np.array([3, 3]), (), "l2")
+    np.testing.assert_allclose(tied_recall_per_query(found, truth), [1.0, 2 / 3])
+    np.testing.assert_allclose(recall_per_query(found.ids, truth), [0.5, 2 / 3])
