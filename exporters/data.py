@@ -107,6 +107,18 @@ def _split_docstring(doc: str) -> tuple[str, str] | None:
     return summary, body[:1000]
 
 
+def _defined_in(obj: object, module: object) -> bool:
+    """Whether ``module`` itself defines ``obj``. Packages imported earlier in the process
+    patch stdlib modules (transformers adds methods to logging's classes, ray wraps an
+    inspect function, keeping its ``__module__``), which made the pairs depend on what else
+    had been imported; a function's code must also come from the module's file."""
+    if getattr(obj, "__module__", module.__name__) != module.__name__:
+        return False
+    if not inspect.isfunction(obj):
+        return True
+    return obj.__code__.co_filename == getattr(module, "__file__", obj.__code__.co_filename)
+
+
 def _module_raw_docstrings(name: str) -> list[str]:
     """Docstrings of a module, its classes and their members, and its functions."""
     try:
@@ -115,12 +127,13 @@ def _module_raw_docstrings(name: str) -> list[str]:
         return []
     objects = [module]
     for _, member in inspect.getmembers(module):
-        if getattr(member, "__module__", None) != module.__name__:
+        if not _defined_in(member, module):
             continue
         if inspect.isclass(member):
             objects.append(member)
             objects.extend(v for k, v in vars(member).items()
-                           if callable(v) or isinstance(v, property))
+                           if (callable(v) or isinstance(v, property))
+                           and _defined_in(v.fget if isinstance(v, property) else v, module))
         elif inspect.isfunction(member):
             objects.append(member)
     found, seen = [], set()

@@ -18,8 +18,10 @@ from exporters.evaluate import _retrieval_metrics  # noqa: E402
 DIMS = (8, 16, 32, 64, 128, 384)
 FIELDS = ("train_queries", "train_positives", "val_queries", "val_positives", "test_queries",
           "test_positives")
-#: ~170 test pairs: one pair is 0.6 point of recall; allow three
-FULL_DIM_SLACK = 0.02
+#: ~170 test pairs: one pair is 0.6 point of recall. One training pair more or less (what
+#: ray's patch of inspect.isgenerator changes) moved the full-dim recall by 1.7 points
+#: (0.879 / 0.862 against raw 0.868, measured): allow five pairs
+FULL_DIM_SLACK = 0.03
 
 
 def recall(queries, positives, m):
