@@ -145,8 +145,9 @@ def _check_finite(array: np.ndarray, name: str, row_offset: int) -> None:
         raise ValueError(f"'{name}' must be finite (got NaN or inf in row {bad})")
 
 
-def check_ids(ids: object, name: str, *, count: int | None = None) -> np.ndarray:
-    """Return ``ids`` as a 1-D int64 array without duplicates."""
+def check_ids(ids: object, name: str, *, count: int | None = None,
+              unique: bool = True) -> np.ndarray:
+    """Return ``ids`` as a 1-D int64 array (without duplicates, with ``unique``)."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"'{name}' must be integer ids (got {_describe(ids)})")
     try:
@@ -169,13 +170,20 @@ def check_ids(ids: object, name: str, *, count: int | None = None) -> np.ndarray
             raise TypeError(f"'{name}' must be integer ids (got dtype {array.dtype})")
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise TypeError(f"'{name}' must be integer ids (got non-integral values)")
+        if array.size and not np.all((array > -2.0**63) & (array < 2.0**63)):
+            raise ValueError(f"'{name}' must be ids in [0, 2**63) (got {array.max():g})")
     array = array.astype(np.int64)
     if count is not None and array.shape[0] != count:
         raise DimensionError(f"'{name}' must hold {count} ids, one per vector "
                              f"(got {array.shape[0]})")
     if np.any(array < 0):
-        raise ValueError(f"'{name}' must be non-negative (got {int(array[array < 0][0])})")
-    unique, counts = np.unique(array, return_counts=True)
-    if np.any(counts > 1):
-        raise ValueError(f"'{name}' must not repeat an id (got {int(unique[counts > 1][0])} twice)")
+        bad = int(array[array < 0][0])
+        hint = (" (-1 pads search results with fewer than k hits: keep ids[ids >= 0])"
+                if bad == -1 else "")
+        raise ValueError(f"'{name}' must be non-negative (got {bad}){hint}")
+    if unique:
+        distinct, counts = np.unique(array, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(f"'{name}' must not repeat an id "
+                             f"(got {int(distinct[counts > 1][0])} twice)")
     return array

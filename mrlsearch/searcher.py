@@ -529,6 +529,7 @@ class Searcher:
         Parameters
         ----------
         ids : int or array-like of int
+            An id may repeat (e.g. the hits of a batch of queries).
         payload : bool, default=False
             Return a list of the payloads given to :meth:`add` (``str``, ``bytes`` or
             ``None``), in the order of ``ids``, instead of the vectors.
@@ -550,7 +551,7 @@ class Searcher:
         self._ensure_intact()
         if not isinstance(payload, (bool, np.bool_)):
             raise TypeError(f"'payload' must be a bool (got {payload!r})")
-        targets = check_ids(ids, "ids")
+        targets = check_ids(ids, "ids", unique=False)
         with self._lock.read():
             store = self._store
             rows = store.rows_of(targets)

@@ -68,6 +68,16 @@ def test_a_bad_row_is_named_by_its_place_in_the_whole_input(searcher):
     assert len(searcher) == 50
 
 
+def test_get_takes_the_ids_of_a_batch_of_hits(searcher):
+    hits = searcher.search(np.ones((3, 32)), k=5).ids  # the same ids come back for each
+    assert searcher.get(hits.ravel()).shape == (15, 32)
+    np.testing.assert_array_equal(searcher.get([3, 3, 4])[:2], searcher.get([3, 3]))
+    with pytest.raises(ValueError, match=r"got -1\) \(-1 pads search results"):
+        searcher.get([2, -1])
+    with pytest.raises(ValueError, match=r"'ids' must be ids in \[0, 2\*\*63\) \(got 1e\+19\)"):
+        searcher.get([1e19])
+
+
 def test_add_rejects_bad_ids(searcher):
     with pytest.raises(ValueError, match=r"'ids' must not repeat an id \(got 7 twice\)"):
         searcher.add(np.ones((2, 32)), ids=[7, 7])
