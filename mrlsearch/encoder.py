@@ -125,6 +125,25 @@ def _checked_bytes(directory: Path, name: str, manifest: dict | None) -> bytes:
     return data
 
 
+def _check_providers(providers) -> str | list[str]:
+    """``'auto'``, or the provider names as a non-empty list of str (checked before any file
+    is read or any session started)."""
+    if isinstance(providers, str):
+        return providers if providers == "auto" else [providers]
+    if not isinstance(providers, Sequence) or isinstance(providers, (bytes, bytearray)):
+        raise TypeError(f"'providers' must be 'auto', a provider name or a list of provider "
+                        f"names (got {type(providers).__name__} {providers!r:.100})")
+    names = list(providers)
+    if not names:
+        raise ValueError("'providers' must name at least one provider (got [])")
+    bad = [name for name in names if not isinstance(name, str)]
+    if bad:
+        raise TypeError(f"'providers' must hold provider names (str), e.g. 'cpu' or "
+                        f"'CUDAExecutionProvider' (got {type(bad[0]).__name__} "
+                        f"{bad[0]!r:.100})")
+    return names
+
+
 def _import_onnxruntime():
     try:
         import onnxruntime
@@ -147,7 +166,8 @@ class Encoder:
     providers : {'auto', 'cpu', 'cuda'} or list of str, default='auto'
         ``'auto'``: CUDA when onnxruntime-gpu can start a CUDA session here, else CPU.
         Explicit names (``'cuda'``, ``'CUDAExecutionProvider'``, ...) must run, or
-        :class:`ProviderError` is raised.
+        :class:`ProviderError` is raised. Only names are accepted (not onnxruntime's
+        ``(name, options)`` tuples).
     dim : int, optional
         Default output prefix dim (one of :attr:`dims`; default: full).
     normalize : bool, optional
@@ -161,6 +181,18 @@ class Encoder:
     verify : bool, default=True
         Check the sha256 of every file against ``manifest.json``.
 
+    Raises
+    ------
+    TypeError
+        If ``providers`` is not ``'auto'``, a str or a sequence of str (checked first, before
+        any file is read).
+    ValueError
+        If ``providers`` is an empty sequence.
+    ProviderError
+        If a named provider is not in this onnxruntime or cannot start.
+    FileNotFoundError, FormatError
+        If ``model_dir`` is missing, or is not a valid model directory.
+
     Examples
     --------
     >>> enc = Encoder("model_dir/")                                # doctest: +SKIP
@@ -173,6 +205,7 @@ class Encoder:
     def __init__(self, model_dir: str | os.PathLike, providers: str | Sequence[str] = "auto", *,
                  dim: int | None = None, normalize: bool | None = None,
                  threads: int | None = None, verify: bool = True) -> None:
+        providers = _check_providers(providers)
         self._dir = _format.resolve_directory(model_dir, what="model", argument="model_dir")
         manifest = _read_model_manifest(self._dir)
         checked = manifest if verify else None
@@ -240,7 +273,7 @@ class Encoder:
 
     def _start_session(self, ort, options, providers, model_bytes: bytes):
         available = ort.get_available_providers()
-        if isinstance(providers, str) and providers == "auto":
+        if providers == "auto":
             if "CUDAExecutionProvider" in available:
                 try:
                     session = ort.InferenceSession(
@@ -256,10 +289,7 @@ class Encoder:
             except Exception as exc:
                 raise FormatError(f"{self._dir / 'model.onnx'} is not a valid ONNX model "
                                   f"({str(exc)[:300]})") from None
-        names = [providers] if isinstance(providers, str) else list(providers)
-        if not names:
-            raise ValueError("'providers' must name at least one provider (got [])")
-        wanted = [_ALIASES.get(str(n).lower(), n) for n in names]
+        wanted = [_ALIASES.get(n.lower(), n) for n in providers]
         missing = [n for n in wanted if n not in available]
         if missing:
             hint = (" - install mrlsearch[gpu] (onnxruntime-gpu, not together with onnxruntime) "

@@ -97,6 +97,13 @@ def test_directory_in_place_of_model(model_dir):
         encoder_in_thread(model_dir)
 
 
+@pytest.mark.parametrize("providers", [3, ["cpu", 3], [("CPUExecutionProvider", {})]])
+def test_providers_of_the_wrong_type(model_dir, providers):
+    with pytest.raises(TypeError, match="'providers' must"):
+        Encoder(model_dir, providers=providers)
+    assert Encoder(model_dir, providers=["cpu"]).provider == "CPUExecutionProvider"
+
+
 def test_symlinked_model_is_refused(model_dir, tmp_path):
     target = tmp_path / "elsewhere.onnx"
     (model_dir / "model.onnx").rename(target)
