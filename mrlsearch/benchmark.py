@@ -35,6 +35,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from ._errors import DimensionError
 from ._results import SearchResult, recall_per_query
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE
 from ._validation import (
@@ -472,6 +473,12 @@ def _usearch(vectors, metric, k, fit, truth_fit, target, dtype, M, ef_constructi
     return make_run(shortlist, ef), build_s, memory_mb, detail
 
 
+def _check_query_width(queries: np.ndarray, dim: int) -> None:
+    if queries.shape[1] != dim:
+        raise DimensionError(f"'queries' must have {dim} columns like the vectors "
+                             f"(got {queries.shape[1]})")
+
+
 def compare(
     source: Searcher | np.ndarray,
     queries: np.ndarray,
@@ -485,7 +492,8 @@ def compare(
     methods: Sequence[str] = _DEFAULT_METHODS,
     progress: bool = True,
 ) -> BenchReport:
-    """Measure the funnel against hnswlib full-dim, exact search and faiss on one dataset.
+    """Measure the funnel against hnswlib full-dim, exact search, faiss and usearch on one
+    dataset.
 
     Parameters
     ----------
@@ -516,6 +524,15 @@ def compare(
     Returns
     -------
     BenchReport
+
+    Raises
+    ------
+    DimensionError
+        If ``queries`` (or ``source``) is not 2-D, or the queries' width differs from the
+        vectors' (checked before any index is built).
+    ValueError
+        If an option is out of range, the vectors or queries are not finite, fewer than 4
+        queries are given or ``k`` exceeds the number of vectors.
     """
     k = check_positive_int(k, "k")
     target_recall = check_fraction(target_recall, "target_recall")
@@ -536,6 +553,7 @@ def compare(
         if len(searcher) == 0:
             raise ValueError("'source' must hold vectors (got an empty Searcher)")
         metric, M, ef_construction = searcher.metric, searcher.M, searcher.ef_construction
+        _check_query_width(queries, searcher.dim)
         row_ids = searcher.ids()
         vectors = searcher.get(row_ids)
     else:
@@ -543,6 +561,7 @@ def compare(
         shape = np.shape(source)
         vectors, _ = check_matrix(source, "source", dim=shape[-1] if len(shape) else 0,
                                   allow_1d=False, dtype=np.float32)
+        _check_query_width(queries, vectors.shape[1])  # before minutes of index building
         if "funnel" in methods:
             start(f"building the mrlsearch index with Searcher.build ({len(vectors):,} x "
                   f"{vectors.shape[1]}: graph dim and codes chosen from the tuning queries)")
@@ -558,9 +577,6 @@ def compare(
         else:
             searcher = None
         row_ids = np.arange(len(vectors), dtype=np.int64) if searcher is None else searcher.ids()
-    if queries.shape[1] != vectors.shape[1]:
-        raise ValueError(f"'queries' must have {vectors.shape[1]} columns "
-                         f"(got {queries.shape[1]})")
     if k > len(vectors):
         raise ValueError(f"'k' must be at most the number of vectors {len(vectors)} (got {k})")
     report = BenchReport(len(vectors), vectors.shape[1], k, metric, target_recall, len(fit),

@@ -74,6 +74,24 @@ def test_compare_rejects_bad_input(data):
         compare(Searcher(64), queries, progress=False)
 
 
+def test_compare_queries_of_the_wrong_width_are_a_dimension_error_before_building(
+        data, monkeypatch):
+    vectors, queries = data
+    searcher = Searcher(64, index_dims=(16,))
+    searcher.add(vectors[:200])
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("an index was built before the queries were checked")
+
+    monkeypatch.setattr(Searcher, "build", no_build)
+    monkeypatch.setattr(Searcher, "add", no_build)
+    for source in (vectors, searcher):
+        with pytest.raises(DimensionError, match=r"'queries' must have 64 columns .*\(got 32\)"):
+            compare(source, queries[:, :32], progress=False)
+        with pytest.raises(DimensionError, match=r"'queries' must have 64 columns"):
+            compare(source, queries[:, :32], index_dims=(16,), progress=False)
+
+
 def test_bench_command_writes_table_json_and_plot(tmp_path, data, capsys):
     vectors, _ = data
     np.save(tmp_path / "vectors.npy", vectors)
@@ -96,7 +114,8 @@ def test_bench_command_on_an_index_and_usage_errors(tmp_path, data, capsys):
     assert main(["bench", str(tmp_path / "index"), "--queries", str(tmp_path / "queries.npy"),
                  "--methods", "exact", "--target-recall", "0.9"]) == 0
     assert "exact numpy" in capsys.readouterr().out
-    for bad in (["--methods", "annoy"], ["--n-queries", "0"], ["-k", "-3"]):
+    for bad in (["--methods", "annoy"], ["--methods", "usearch-f32"], ["--n-queries", "0"],
+                ["-k", "-3"]):
         with pytest.raises(SystemExit) as stop:
             main(["bench", str(tmp_path / "index"), *bad])
         assert stop.value.code == 2
@@ -196,3 +215,35 @@ def test_thread_scaling_alternates_windows_and_keeps_each_sides_best(monkeypatch
             benchmark.thread_scaling(print, np.zeros((7, 4)), seconds=bad)
     with pytest.raises(ValueError, match="'rounds'"):
         benchmark.thread_scaling(print, np.zeros((7, 4)), rounds=0)
+
+
+def test_bench_methods_accept_every_method_of_compare():
+    from mrlsearch.benchmark import METHODS
+    from mrlsearch.cli import build_parser
+
+    def methods(text):
+        return build_parser().parse_args(["bench", "v.npy", "--methods", text]).methods
+
+    assert methods(",".join(METHODS)) == METHODS
+    assert methods("usearch") == ("usearch-f16", "usearch-i8")
+    assert methods("exact,usearch,usearch-i8") == ("exact", "usearch-f16", "usearch-i8")
+    assert methods("usearch-i8") == ("usearch-i8",)
+    # the default is unchanged: usearch is an optional dependency and slow to build
+    assert build_parser().parse_args(["bench", "v.npy"]).methods == (
+        "funnel", "exact", "hnswlib", "faiss")
+
+
+def test_bench_bad_out_fails_before_the_run(tmp_path, data, capsys, monkeypatch):
+    import mrlsearch.benchmark
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the benchmark ran before --out was checked")
+
+    monkeypatch.setattr(mrlsearch.benchmark, "compare", no_run)
+    np.save(tmp_path / "vectors.npy", data[0])
+    (tmp_path / "file").write_bytes(b"x")
+    assert main(["bench", str(tmp_path / "vectors.npy"), "--methods", "exact",
+                 "--out", str(tmp_path / "file" / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mrlsearch: error: '--out' ({tmp_path / 'file' / 'out'}) cannot be "
+                          "written") and err.count("\n") == 1
