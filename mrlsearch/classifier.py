@@ -7,8 +7,10 @@ logits grow incrementally, so a row's cost is proportional to the dim at which i
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import time
 import zipfile
 import zlib
@@ -403,6 +405,38 @@ def _first_within(path: list[_Point], level: float) -> _Point:
     return path[-1]
 
 
+def _check_labels(labels: object, name: str, n_classes: int, rows: int) -> np.ndarray:
+    """``labels`` as an int64 array of shape ``(rows,)`` holding class indices in
+    ``[0, n_classes)``.
+
+    Raises
+    ------
+    DimensionError
+        If the shape is not ``(rows,)``.
+    TypeError
+        If the dtype is not an integer dtype (floats, bools, strings and objects are refused,
+        even when every float is integral: convert with ``.astype(int)`` yourself).
+    ValueError
+        If a label is outside ``[0, n_classes)``.
+    """
+    truth = np.asarray(labels)
+    if truth.ndim != 1 or truth.shape[0] != rows:
+        raise DimensionError(f"{name!r} must have shape ({rows},), one label per row of x_val "
+                             f"(got {truth.shape})")
+    if truth.dtype.kind not in "iu":
+        hint = (" - convert integral floats with .astype(int)" if truth.dtype.kind == "f"
+                else "")
+        raise TypeError(f"{name!r} must hold integer class indices (got dtype "
+                        f"{truth.dtype}){hint}")
+    if truth.size:
+        low, high = truth.min(), truth.max()
+        if low < 0 or high >= n_classes:
+            bad = int(low) if low < 0 else int(high)
+            raise ValueError(f"{name!r} must hold class indices in [0, {n_classes}) (got "
+                             f"{bad} at row {int(np.flatnonzero(truth == bad)[0])})")
+    return truth.astype(np.int64, copy=False)
+
+
 def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold index of each row: rows shuffled with ``seed``, then dealt round-robin class by
     class, so that folds differ in size by at most one row and in each class's count by at
@@ -412,6 +446,31 @@ def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     out = np.empty(labels.shape[0], dtype=np.int64)
     out[order] = np.arange(labels.shape[0]) % folds
     return out
+
+
+def _check_save_target(path: Path) -> None:
+    """Refuse, naming ``path``, a target that is a directory or whose directory is missing.
+
+    Checked before anything is written (the lock and temporary files of
+    :func:`~mrlsearch._format.atomic_file` live beside ``path``, and their names would
+    otherwise be the ones in the error).
+    """
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise IsADirectoryError(
+                errno.EISDIR, f"Cannot save the classifier over a directory (give a file path "
+                              f"such as {path / 'classifier.npz'})", str(path))
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:  # a component of the parent is a file: reported below
+        pass
+    if not parent.exists():
+        raise FileNotFoundError(errno.ENOENT, f"Cannot save the classifier: its directory "
+                                              f"{parent} does not exist", str(path))
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"Cannot save the classifier: {parent} is "
+                                                f"not a directory", str(path))
 
 
 class Classifier:
@@ -755,6 +814,8 @@ class Classifier:
         ----------
         x_val : array-like of shape (n, dims[-1])
         y_val : array-like of shape (n,), int
+            Class indices in ``[0, n_classes)``, of an integer dtype (float labels are
+            refused, even integral ones: pass ``y_val.astype(int)``).
         max_drop : float, default=0.005
             Accuracy (a fraction, 0.005 = half a point) the cascade may lose against the
             full-dim head on these rows.
@@ -789,6 +850,16 @@ class Classifier:
         -------
         CalibrationResult
 
+        Raises
+        ------
+        DimensionError
+            If ``x_val`` does not have ``dims[-1]`` columns, or ``y_val`` is not one label per
+            row.
+        TypeError
+            If ``y_val`` is not of an integer dtype (floats, bools, strings).
+        ValueError
+            If a label is outside ``[0, n_classes)``, or an option is out of range.
+
         Examples
         --------
         >>> import numpy as np
@@ -819,17 +890,9 @@ class Classifier:
         folds = None if cv is None or cv == 1 else int(cv)
         kind = check_choice(confidence, "confidence", CONFIDENCES)
         batch = self._check_x(x_val)
-        truth = np.asarray(y_val)
-        if truth.ndim != 1 or truth.shape[0] != batch.shape[0]:
-            raise DimensionError(
-                f"'y_val' must have shape ({batch.shape[0]},) like x_val (got {truth.shape})"
-            )
+        truth = _check_labels(y_val, "y_val", self._n_classes, batch.shape[0])
         if batch.shape[0] < 2:
             raise ValueError(f"'x_val' must hold at least 2 rows (got {batch.shape[0]})")
-        if not np.issubdtype(truth.dtype, np.integer) or truth.min() < 0 or \
-                truth.max() >= self._n_classes:
-            raise ValueError(f"'y_val' must hold class indices in [0, {self._n_classes}) "
-                             f"(got values in [{truth.min()}, {truth.max()}])")
         if folds is not None and folds > batch.shape[0]:
             raise ValueError(f"'cv' must be at most the number of rows of x_val, "
                              f"{batch.shape[0]} (got {folds})")
@@ -984,6 +1047,16 @@ class Classifier:
         directory fsynced: a concurrent :meth:`load` reads the old file or the new one,
         never a torn one, and a crash leaves the old file.
 
+        Raises
+        ------
+        FileNotFoundError
+            If the directory ``path`` would be written into does not exist (it is not
+            created).
+        NotADirectoryError
+            If that directory is a file.
+        IsADirectoryError
+            If ``path`` is a directory (give a file path such as ``dir/classifier.npz``).
+
         Examples
         --------
         >>> import numpy as np, tempfile, pathlib
@@ -994,6 +1067,7 @@ class Classifier:
         (2, 4)
         """
         path = Path(path)
+        _check_save_target(path)
         arrays = {
             "format": np.array(FORMAT_NAME),
             "version": np.array(FORMAT_VERSION, dtype=np.int64),

@@ -287,3 +287,54 @@ def test_load_takes_a_model_directory(tmp_path):
     assert Classifier.load(tmp_path / "model").dims == (2, 4)
     with pytest.raises(FormatError):
         Classifier.load(tmp_path)  # a directory without classifier.npz is not a classifier
+
+
+# ---------------------------------------------------------------------- labels and save paths
+@pytest.mark.parametrize("labels, dtype", [
+    (np.array([0.0, 1.0, 2.0, 3.0, 4.0, 0.0]), "float64"),  # integral floats too: no guessing
+    (np.array([0.5, 1.0, 2.0, 3.0, 4.0, 0.0]), "float64"),
+    (np.array(["0", "1", "2", "3", "4", "0"]), "<U1"),
+    (np.array([True, False, True, False, True, False]), "bool"),
+    (np.array([0, 1, 2, 3, 4, None], dtype=object), "object"),
+])
+def test_calibrate_refuses_labels_that_are_not_integers(labels, dtype):
+    x = np.random.default_rng(3).standard_normal((6, 16))
+    with pytest.raises(TypeError, match=rf"'y_val' must hold integer class indices \(got dtype "
+                                        rf"{dtype}\)"):
+        make_heads(12).calibrate(x, labels, cv=2)
+
+
+@pytest.mark.parametrize("bad, row", [(5, 2), (-1, 4)])
+def test_calibrate_out_of_range_labels_name_the_value(bad, row):
+    x = np.random.default_rng(3).standard_normal((6, 16))
+    labels = np.array([0, 1, 2, 3, 4, 0], dtype=np.int32)
+    labels[row] = bad
+    with pytest.raises(ValueError, match=rf"'y_val' must hold class indices in \[0, 5\) "
+                                         rf"\(got {bad} at row {row}\)"):
+        make_heads(12).calibrate(x, labels, cv=2)
+    labels[row] = 1  # every integer dtype is fine
+    for dtype in (np.int8, np.uint16, np.int64):
+        make_heads(12).calibrate(x, labels.astype(dtype), cv=2)
+
+
+def test_save_errors_name_the_path_given(tmp_path):
+    clf = make_heads(12)
+    tmp_path = tmp_path / "base"
+    tmp_path.mkdir()
+    missing = tmp_path / "no" / "such" / "clf.npz"
+    with pytest.raises(FileNotFoundError) as missing_error:
+        clf.save(missing)
+    assert str(missing) in str(missing_error.value) and ".lock" not in str(missing_error.value)
+    assert missing_error.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError) as directory_error:
+        clf.save(tmp_path)
+    assert repr(str(tmp_path)) in str(directory_error.value)
+    assert ".tmp" not in str(directory_error.value)
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        clf.save(tmp_path / "file" / "clf.npz")
+    # nothing was written beside the targets (no lock, no temporary file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert sorted(p.name for p in tmp_path.parent.iterdir()) == ["base"]
+    clf.save(tmp_path / "clf.npz")  # a good path still saves
+    assert Classifier.load(tmp_path / "clf.npz").dims == DIMS
