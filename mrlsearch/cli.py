@@ -34,6 +34,10 @@ __all__ = ["build_parser", "main"]
 EXIT_BROKEN_PIPE = 141
 SIDECAR_SUFFIX = ".mrlsearch-cli.json"
 SIDECAR_FORMAT = "mrlsearch-cli"
+#: defaults of options that only mean something with another one (None: not given)
+_INDEX_K = 10
+_INDEX_RECALL = 0.95
+_CASCADE_MAX_DROP = 0.005
 
 
 class _UsageError(MRLError):
@@ -111,19 +115,40 @@ def _stages(text: str) -> list[tuple]:
     return stages
 
 
+#: ``--methods`` shorthand: one name for several methods of :data:`benchmark.METHODS`
+_METHOD_GROUPS = {"usearch": ("usearch-f16", "usearch-i8")}
+
+
 def _methods(text: str) -> tuple[str, ...]:
     from .benchmark import METHODS
 
-    names = tuple(part for part in text.split(",") if part)
+    names = []
+    for part in (part.strip() for part in text.split(",")):
+        for name in _METHOD_GROUPS.get(part, (part,) if part else ()):
+            if name not in names:
+                names.append(name)
     unknown = [name for name in names if name not in METHODS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"expected some of {','.join(METHODS)} (got {text!r})")
-    return names
+            f"expected some of {','.join(METHODS)} ('usearch': both usearch methods) "
+            f"(got {text!r})")
+    return tuple(names)
 
 
 # ---------------------------------------------------------------------- input and output
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def _load_npy(path: str, what: str = "VECTORS") -> np.ndarray:
+    with open(path, "rb") as handle:  # missing file, directory: OSError naming the path
+        magic = handle.read(len(_NPY_MAGIC))
+    if magic != _NPY_MAGIC:
+        kind = "a .npz archive" if magic.startswith(_ZIP_MAGIC) else "not a .npy file"
+        hint = (" - to index texts, pass --text TEXTS.txt with --model MODEL_DIR"
+                if what == "VECTORS" and not magic.startswith(_ZIP_MAGIC) else "")
+        raise MRLError(f"'{what}' ({path}) is {kind}: expected a .npy array written by "
+                       f"numpy.save{hint}")
     array = np.load(path, allow_pickle=False)
     if array.size == 0:
         raise MRLError(f"'{what}' ({path}) is empty (shape {array.shape}): nothing to use")
@@ -134,6 +159,28 @@ def _read_lines(path: str) -> list[str]:
     """Every line of a UTF-8 text file, blank ones included: id ``i`` is line ``i`` (0-based)."""
     with open(path, encoding="utf-8") as handle:
         return [line.rstrip("\r\n") for line in handle]
+
+
+def _check_out(path: str, option: str = "--out") -> None:
+    """Fail before any work when ``path`` cannot become a directory: ``path``, if it exists,
+    must be a directory, and so must its nearest existing ancestor (missing ones are made)."""
+    target = Path(os.path.abspath(path))
+    if target.exists() and not target.is_dir():
+        raise MRLError(f"'{option}' ({path}) exists and is not a directory")
+    for ancestor in target.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise MRLError(f"'{option}' ({path}): {ancestor} is not a directory")
+            break
+
+
+def _write_error(path: str, exc: OSError, option: str = "--out") -> MRLError:
+    """An OSError of writing ``path`` (or a file beside it) as a one-line error naming the
+    path the user gave."""
+    detail = exc.strerror or str(exc)
+    if exc.filename is not None and os.path.abspath(exc.filename) != os.path.abspath(path):
+        detail += f" ({exc.filename})"
+    return MRLError(f"'{option}' ({path}) cannot be written: {detail}")
 
 
 def _jsonable(value):
@@ -223,7 +270,23 @@ def _describe(searcher: Searcher, index: str) -> dict:
 
 
 # ---------------------------------------------------------------------- commands
+def _check_index_options(args: argparse.Namespace) -> None:
+    """Options that mean nothing without another one are usage errors (exit 2)."""
+    if args.auto and args.index_dims is not None:
+        raise _UsageError("--auto chooses the graph dims itself: drop --index-dims")
+    if not args.auto:
+        given = [name for name, value in (("--queries", args.queries), ("-k", args.k),
+                                           ("--target-recall", args.target_recall))
+                 if value is not None]
+        if given:
+            raise _UsageError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                              "for --auto, which tunes a plan: add --auto (or run 'mrlsearch "
+                              "tune' after indexing)")
+
+
 def _cmd_index(args: argparse.Namespace) -> None:
+    _check_index_options(args)
+    _check_out(args.out)
     model = None
     texts_path = args.text
     if args.model and texts_path is None:
@@ -264,14 +327,13 @@ def _cmd_index(args: argparse.Namespace) -> None:
         raise MRLError(f"'--text' ({texts_path}) has {len(lines)} lines but VECTORS has "
                        f"{len(vectors)} rows: one text per vector")
     ids = np.arange(len(vectors), dtype=np.int64)
-    if args.auto and args.index_dims is not None:
-        raise _UsageError("--auto chooses the graph dims itself: drop --index-dims")
-    if not args.auto and args.queries is not None:
-        raise _UsageError("--queries is for --auto (or run 'mrlsearch tune' after indexing)")
     if args.auto:
         queries = None if args.queries is None else _load_npy(args.queries, "--queries")
-        searcher = Searcher.build(vectors, queries=queries, k=args.k,
-                                  target_recall=args.target_recall, ids=ids, payloads=lines,
+        searcher = Searcher.build(vectors, queries=queries,
+                                  k=_INDEX_K if args.k is None else args.k,
+                                  target_recall=(_INDEX_RECALL if args.target_recall is None
+                                                 else args.target_recall),
+                                  ids=ids, payloads=lines,
                                   metric=metric, dims=args.dims, dtype=args.dtype, M=args.M,
                                   ef_construction=args.ef_construction)
     else:
@@ -279,9 +341,12 @@ def _cmd_index(args: argparse.Namespace) -> None:
                             index_dims=args.index_dims, M=args.M,
                             ef_construction=args.ef_construction, dtype=args.dtype)
         searcher.add(vectors, ids, payloads=lines)
-    searcher.save(args.out)
-    _write_sidecar(args.out, None if model is None else {"model": model,
-                                                          "texts": os.path.abspath(texts_path)})
+    try:
+        searcher.save(args.out)
+        _write_sidecar(args.out, None if model is None else {
+            "model": model, "texts": os.path.abspath(texts_path)})
+    except OSError as exc:
+        raise _write_error(args.out, exc) from exc
     if args.json:
         info = _describe(searcher, args.out)
         info["model"] = model
@@ -424,28 +489,34 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _labels(y: np.ndarray, path: str) -> np.ndarray:
-    """Integer class labels; float arrays are accepted only when every value is integral."""
-    if y.dtype.kind == "f":
-        integral = np.isfinite(y) & (y == np.round(y))
-        if not integral.all():
-            bad = y[~integral][0]
-            raise MRLError(f"'Y_VAL' ({path}) must hold integer class labels (got dtype "
-                           f"{y.dtype} with non-integral values, e.g. {bad!r})")
-        return y.astype(np.int64)
+    """Integer class labels, refused like :meth:`Classifier.calibrate` refuses them: any
+    non-integer dtype (floats included, even integral ones)."""
     if y.dtype.kind not in "iu":
-        raise MRLError(f"'Y_VAL' ({path}) must hold integer class labels (got dtype {y.dtype})")
+        hint = (" - save them as integers, e.g. np.save(path, y.astype(np.int64))"
+                if y.dtype.kind == "f" else "")
+        raise MRLError(f"'Y_VAL' ({path}) must hold integer class labels (got dtype "
+                       f"{y.dtype}){hint}")
     return y
 
 
 def _cmd_cascade(args: argparse.Namespace) -> None:
+    if not args.calibrate:
+        given = [name for name, value in (("--max-drop", args.max_drop),
+                                           ("--objective", args.objective),
+                                           ("--save", args.save or None)) if value is not None]
+        if given:
+            raise _UsageError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                              "for --calibrate X_VAL Y_VAL, which computes the thresholds: "
+                              "add --calibrate")
     classifier = Classifier.load(args.classifier)
     calibrated = None
     if args.calibrate:
         x_path, y_path = args.calibrate
         x_val = _load_npy(x_path, "X_VAL")
         y_val = _labels(_load_npy(y_path, "Y_VAL"), y_path)
-        calibrated = classifier.calibrate(x_val, y_val, max_drop=args.max_drop,
-                                          objective=args.objective)
+        calibrated = classifier.calibrate(
+            x_val, y_val, max_drop=_CASCADE_MAX_DROP if args.max_drop is None else args.max_drop,
+            objective=args.objective or "expected_dim")
         if not args.json:
             print(f"calibrated: accuracy {calibrated.accuracy:.4f} (full dim "
                   f"{calibrated.full_accuracy:.4f}) at expected dim "
@@ -476,6 +547,11 @@ def _cmd_cascade(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from .benchmark import compare
 
+    if args.out:  # made before the (long) run, so a bad --out fails at once
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_error(args.out, exc) from exc
     rng = np.random.default_rng(args.seed)
     if Path(args.source).is_dir():
         source = Searcher.load(args.source, mmap=args.mmap)
@@ -508,10 +584,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(report.table())
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        report.write_json(out / "bench.json")
-        wrote = [str(out / "bench.json")]
-        if report.plot(out / "bench.png"):
+        try:
+            report.write_json(out / "bench.json")
+            wrote = [str(out / "bench.json")]
+            plotted = report.plot(out / "bench.png")
+        except OSError as exc:
+            raise _write_error(args.out, exc) from exc
+        if plotted:
             wrote.append(str(out / "bench.png"))
         else:
             print("no plot: matplotlib is not installed")
@@ -595,12 +674,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="choose graph dims and a tuned plan from the data (uses --queries, "
                             "-k, --target-recall)")
     index.add_argument("--queries", default=None,
-                       help="with --auto: (q, dim) .npy of representative queries (default: "
-                            "300 rows of VECTORS)")
-    index.add_argument("-k", type=_positive_int, default=10,
-                       help="with --auto: results per query the plan is tuned for")
-    index.add_argument("--target-recall", type=_recall, default=0.95,
-                       help="with --auto: recall@k the plan must reach, as a 95%% lower bound")
+                       help="with --auto (an error without it): (q, dim) .npy of "
+                            "representative queries (default: 300 rows of VECTORS)")
+    index.add_argument("-k", type=_positive_int, default=None,
+                       help=f"with --auto (an error without it): results per query the plan "
+                            f"is tuned for (default: {_INDEX_K})")
+    index.add_argument("--target-recall", type=_recall, default=None,
+                       help=f"with --auto (an error without it): recall@k the plan must "
+                            f"reach, as a 95%% lower bound (default: {_INDEX_RECALL})")
     index.add_argument("--json", action="store_true",
                        help="print the index's settings (and --auto's report) as JSON")
     index.set_defaults(func=_cmd_index)
@@ -697,21 +778,26 @@ def build_parser() -> argparse.ArgumentParser:
     cascade.add_argument("--calibrate", nargs=2, metavar=("X_VAL", "Y_VAL"),
                          help="calibrate thresholds first on these .npy files (Y_VAL: integer "
                               "class labels) (default: use the stored thresholds)")
-    cascade.add_argument("--max-drop", type=_drop, default=0.005,
-                         help="accuracy drop allowed by --calibrate")
-    cascade.add_argument("--objective", choices=("expected_dim", "compute"),
-                         default="expected_dim", help="what --calibrate minimises")
+    cascade.add_argument("--max-drop", type=_drop, default=None,
+                         help=f"with --calibrate (an error without it): accuracy drop allowed "
+                              f"(default: {_CASCADE_MAX_DROP})")
+    cascade.add_argument("--objective", choices=("expected_dim", "compute"), default=None,
+                         help="with --calibrate (an error without it): what calibration "
+                              "minimises (default: expected_dim)")
     cascade.add_argument("--confidence", choices=("max_prob", "margin"), default="max_prob",
                          help="confidence score compared with the thresholds")
-    cascade.add_argument("--save", action="store_true", help="store calibrated thresholds")
+    cascade.add_argument("--save", action="store_true",
+                         help="with --calibrate (an error without it): store the calibrated "
+                              "thresholds in CLASSIFIER")
     cascade.add_argument("--json", action="store_true", help="print labels as JSON")
     cascade.set_defaults(func=_cmd_cascade)
 
     bench = command(
-        "bench", "funnel vs hnswlib full-dim vs exact vs faiss on your data",
+        "bench", "funnel vs hnswlib full-dim vs exact vs faiss (or usearch) on your data",
         description="Side-by-side recall@k and queries/s of the tuned funnel, hnswlib at full "
-                    "dim, exact numpy search and (when installed) a faiss funnel. Half of the "
-                    "queries tune every method to the target recall, half measure.")
+                    "dim, exact numpy search and (when installed) a faiss funnel; --methods "
+                    "usearch adds usearch with f16 and int8 storage (when installed). Half of "
+                    "the queries tune every method to the target recall, half measure.")
     bench.add_argument("source", help="index directory or (n, dim) .npy of vectors")
     bench.add_argument("--queries", default=None,
                        help="(q, dim) .npy of queries (default: --n-queries rows held out of "
@@ -727,7 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="for a .npy source: dims with an HNSW graph (default: chosen from "
                             "the data)")
     bench.add_argument("--methods", type=_methods, default=("funnel", "exact", "hnswlib", "faiss"),
-                       help="comma-separated subset of funnel,exact,hnswlib,faiss")
+                       help="comma-separated subset of funnel,exact,hnswlib,faiss,"
+                            "usearch-f16,usearch-i8 ('usearch' for both usearch methods); "
+                            "a method whose library is missing is skipped with a note")
     bench.add_argument("--out", default=None, help="directory for bench.json and bench.png (default: print only)")
     bench.add_argument("--mmap", action="store_true", help="memory-map an index's vectors")
     bench.add_argument("--seed", type=int, default=0, help="seed of the query sample")

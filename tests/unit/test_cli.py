@@ -1,5 +1,6 @@
 import argparse
 import json
+import os
 import subprocess
 import sys
 from typing import ClassVar
@@ -243,24 +244,29 @@ def test_bad_values_exit_codes(files, index, capsys):
     assert main(["query", str(index), str(files / "queries.npy"), "--text", "x"]) == 2
 
 
-def test_cascade_float_labels(files, capsys):
+def test_cascade_labels_must_be_integers_like_calibrate(files, capsys):
+    # the CLI refuses what Classifier.calibrate refuses: float labels, even integral ones
     rng = np.random.default_rng(1)
     clf = Classifier.shared(rng.standard_normal((3, 32)), np.zeros(3), dims=(8, 16, 32))
     clf.save(files / "clf.npz")
     x = rng.standard_normal((50, 32)).astype(np.float32)
     np.save(files / "x.npy", x)
-    np.save(files / "y_float.npy", clf.predict(x).astype(np.float64))
+    for name, y in (("y_float.npy", clf.predict(x).astype(np.float64)),
+                    ("y_half.npy", np.where(np.arange(50) == 3, 0.5, clf.predict(x))),
+                    ("y_str.npy", clf.predict(x).astype(str))):
+        np.save(files / name, y)
+        assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
+                     str(files / "x.npy"), str(files / name), "--json"]) == 1
+        err = capsys.readouterr().err
+        assert "integer class labels" in err and f"got dtype {y.dtype}" in err
+        assert "[0," not in err and err.count("\n") == 1
+        with pytest.raises(TypeError, match=rf"got dtype {y.dtype}"):
+            clf.calibrate(x, y)
+    np.save(files / "y_int.npy", clf.predict(x).astype(np.int32))
     assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
-                 str(files / "x.npy"), str(files / "y_float.npy"), "--json"]) == 0
+                 str(files / "x.npy"), str(files / "y_int.npy"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["labels"]) == 50 and "calibration" in out
-    y = clf.predict(x).astype(np.float64)
-    y[3] = 0.5
-    np.save(files / "y_bad.npy", y)
-    assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
-                 str(files / "x.npy"), str(files / "y_bad.npy")]) == 1
-    err = capsys.readouterr().err
-    assert "integer class labels" in err and "0.5" in err and "[0," not in err
 
 
 def test_closed_pipe_exits_quietly(index, files):
@@ -366,3 +372,106 @@ def test_query_json_encodes_bytes_payloads(tmp_path, capsys):
     assert main(["query", str(tmp_path / "index"), str(tmp_path / "q.npy"), "-k", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("\tb'\\x00\\x01'") and lines[1].endswith("\t-")
+
+
+# ---------------------------------------------------------------------- options and files
+@pytest.mark.parametrize("extra, named", [
+    (["-k", "5"], "-k is for --auto"),
+    (["--target-recall", "0.9"], "--target-recall is for --auto"),
+    (["-k", "5", "--target-recall", "0.9"], "-k and --target-recall are for --auto"),
+    (["--queries", "QUERIES"], "--queries is for --auto"),
+])
+def test_index_options_that_need_auto_are_usage_errors(files, capsys, monkeypatch, extra,
+                                                       named):
+    def no_build(*args, **kwargs):
+        raise AssertionError("built an index despite a usage error")
+
+    monkeypatch.setattr(Searcher, "add", no_build)
+    extra = [str(files / "queries.npy") if arg == "QUERIES" else arg for arg in extra]
+    assert main(["index", str(files / "vectors.npy"), "--out", str(files / "idx"),
+                 *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mrlsearch index: error: ") and named in err
+    assert not (files / "idx").exists()
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--save"], "--save is for --calibrate"),
+    (["--max-drop", "0.01"], "--max-drop is for --calibrate"),
+    (["--objective", "compute"], "--objective is for --calibrate"),
+    (["--max-drop", "0.01", "--save"], "--max-drop and --save are for --calibrate"),
+])
+def test_cascade_options_that_need_calibrate_are_usage_errors(files, capsys, extra, named):
+    rng = np.random.default_rng(1)
+    clf = Classifier.shared(rng.standard_normal((3, 32)), np.zeros(3), dims=(8, 16, 32))
+    clf.save(files / "clf.npz")
+    before = (files / "clf.npz").read_bytes()
+    np.save(files / "x.npy", rng.standard_normal((5, 32)).astype(np.float32))
+    assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mrlsearch cascade: error: ") and named in err
+    assert (files / "clf.npz").read_bytes() == before
+
+
+def test_cascade_calibrate_defaults_are_kept(files, capsys, monkeypatch):
+    seen = {}
+    real = Classifier.calibrate
+
+    def spy(self, x_val, y_val, max_drop, objective):
+        seen.update(max_drop=max_drop, objective=objective)
+        return real(self, x_val, y_val, max_drop=max_drop, objective=objective)
+
+    monkeypatch.setattr(Classifier, "calibrate", spy)
+    rng = np.random.default_rng(1)
+    clf = Classifier.shared(rng.standard_normal((3, 32)), np.zeros(3), dims=(8, 16, 32))
+    clf.save(files / "clf.npz")
+    x = rng.standard_normal((50, 32)).astype(np.float32)
+    np.save(files / "x.npy", x)
+    np.save(files / "y.npy", clf.predict(x))
+    assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
+                 str(files / "x.npy"), str(files / "y.npy")]) == 0
+    assert seen == {"max_drop": 0.005, "objective": "expected_dim"}
+
+
+def test_files_that_are_not_npy_say_so(files, capsys):
+    (files / "texts.txt").write_text("hello\nworld\n", encoding="utf-8")
+    np.savez(files / "arrays.npz", x=np.ones((3, 4)))
+    for path, kind in ((files / "texts.txt", "is not a .npy file"),
+                       (files / "arrays.npz", "is a .npz archive")):
+        assert main(["index", str(path), "--out", str(files / "idx")]) == 1
+        err = capsys.readouterr().err
+        assert f"'VECTORS' ({path}) {kind}" in err and "pickled" not in err
+        assert err.count("\n") == 1
+    assert main(["index", str(files / "vectors.npy"), "--auto", "--queries",
+                 str(files / "texts.txt"), "--out", str(files / "idx")]) == 1
+    assert f"'--queries' ({files / 'texts.txt'}) is not a .npy file" in capsys.readouterr().err
+
+
+def test_index_out_errors_name_the_out_path(files, capsys, monkeypatch):
+    (files / "file").write_bytes(b"x")
+    for out, message in ((files / "file" / "sub" / "idx", f"{files / 'file'} is not a directory"),
+                         (files / "file", "exists and is not a directory")):
+        assert main(["index", str(files / "vectors.npy"), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"mrlsearch: error: '--out' ({out})") and message in err
+    # missing parent directories are made, as Searcher.save makes them
+    assert main(["index", str(files / "vectors.npy"), "--dims", "8,16,32", "--index-dims", "8",
+                 "--out", str(files / "new" / "sub" / "idx")]) == 0
+    assert len(Searcher.load(files / "new" / "sub" / "idx")) == 400
+
+    def refused(self, path):  # a filesystem that refuses the lock file beside the index
+        raise FileNotFoundError(2, "No such file or directory", str(files / ".idx.lock"))
+
+    monkeypatch.setattr(Searcher, "save", refused)
+    assert main(["index", str(files / "vectors.npy"), "--out", str(files / "idx")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mrlsearch: error: '--out' ({files / 'idx'}) cannot be written: "
+                          "No such file or directory")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_index_out_in_proc_names_the_out_path(files, capsys):
+    assert main(["index", str(files / "vectors.npy"), "--dims", "8,16,32", "--index-dims", "8",
+                 "--out", "/proc/mrlsearch_test_index"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "mrlsearch: error: '--out' (/proc/mrlsearch_test_index) cannot be written")
