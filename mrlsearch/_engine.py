@@ -12,6 +12,7 @@ visits (:data:`FILTER_SCAN_ROWS`).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import NamedTuple
@@ -33,6 +34,23 @@ SERIAL_BELOW = 8
 #: A filter that allows at most this many rows, or at most ``16 * ef``, is scanned.
 FILTER_SCAN_ROWS = 2048
 _TAG_LIMIT = (1 << 32) - 2
+
+
+class _Pool:
+    """Whether numba's parallel kernels may run in this process. Not in a child made by
+    ``fork``: numba's OpenMP thread pool (started when mrlsearch's kernels load) does not
+    survive a fork, and GNU OpenMP kills the child on its first parallel loop. A forked
+    child runs every batch on its calling thread instead."""
+
+    usable = True
+
+
+def _forked_child() -> None:
+    _Pool.usable = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked_child)
 
 
 class QueryOutOfRange(Exception):
@@ -148,13 +166,14 @@ class Engine:
         else:
             n_allowed = int(np.count_nonzero(allow))
             scan = prepared.scan or n_allowed <= max(FILTER_SCAN_ROWS, 16 * ef)
+        parallel = n_queries >= SERIAL_BELOW and num_threads != 1 and _Pool.usable
         if scan:
             self._scan(batch, prepared, allow, out_ids, out_scores, out_counts, out_scored,
-                       check_range, slot)
+                       check_range, slot, parallel)
             method = "exhaustive"
         else:
             n_chunks = 1
-            if n_queries >= SERIAL_BELOW and num_threads != 1:
+            if parallel:
                 n_chunks = numba.get_num_threads() if num_threads < 1 else min(
                     num_threads, numba.get_num_threads())
                 n_chunks = max(1, min(n_chunks, n_queries))
@@ -194,18 +213,18 @@ class Engine:
 
     def _scan(self, batch: np.ndarray, prepared: _Prepared, allow: np.ndarray | None,
               out_ids: np.ndarray, out_scores: np.ndarray, out_counts: np.ndarray,
-              out_scored: np.ndarray, check_range: bool, slot: int) -> None:
-        """Stage 0 scores every live (and allowed) row instead of walking the graph."""
+              out_scored: np.ndarray, check_range: bool, slot: int, parallel: bool) -> None:
+        """Stage 0 scores every live (and allowed) row instead of walking the graph (over
+        numba's threads with ``parallel``)."""
         store = self._store
         if allow is None:
             rows = store.live_rows()
         else:
             rows = np.flatnonzero(allow[: store.rows] & ~store.deleted[: store.rows])
-        lowest = kernels.rows_funnel(batch, *prepared.store_args,
-                                     np.ascontiguousarray(rows, dtype=np.int64),
-                                     *prepared.code_args, *prepared.stage_args, store.ids,
-                                     out_ids, out_scores, out_counts, out_scored,
-                                     check_range, _handoff.SLOTS, slot)
+        kernel = kernels.rows_funnel if parallel else kernels.rows_funnel_serial
+        lowest = kernel(batch, *prepared.store_args, np.ascontiguousarray(rows, dtype=np.int64),
+                        *prepared.code_args, *prepared.stage_args, store.ids, out_ids,
+                        out_scores, out_counts, out_scored, check_range, _handoff.SLOTS, slot)
         if slot >= 0:
             _handoff.SLOTS[slot] = _handoff.IN_PYTHON  # the kernel has returned
         if lowest < 0:

@@ -701,6 +701,23 @@ _ROWS_SIGNATURE = (
 _ROWS_SIGNATURES = [_ROWS_SIGNATURE.format(store=store) for store in ("f4", "u2")]
 
 
+@numba.njit(_ROWS_SIGNATURES, fastmath=True, cache=True, nogil=True)
+def rows_funnel_serial(queries, vectors, table, row_norms, dims, candidates, codes, scales,
+                       bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs,
+                       id_of_row, out_ids, out_scores, out_counts, out_scored, check_range,
+                       handoff_slots, handoff_slot):
+    """:func:`rows_funnel` one query after another on the calling thread (small batches, one
+    thread asked for, or a forked child, where numba's thread pool cannot run)."""
+    kernel_entered(handoff_slots, handoff_slot)
+    for qi in range(queries.shape[0]):
+        _rows_query(qi, queries, vectors, table, row_norms, dims, candidates, codes,
+                    scales, bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs,
+                    id_of_row, out_ids, out_scores, out_counts, out_scored, check_range)
+    lowest = _lowest(out_counts)
+    kernel_leaving(handoff_slots, handoff_slot)
+    return lowest
+
+
 @numba.njit(_ROWS_SIGNATURES, fastmath=True, cache=True, nogil=True, parallel=True)
 def rows_funnel(queries, vectors, table, row_norms, dims, candidates, codes, scales,
                 bits, metric, stage_dims, stage_cols, stage_keeps, stage_precs, id_of_row,

@@ -333,3 +333,37 @@ def test_extreme_values_are_refused_and_exact_stays_the_truth():
     query = np.array([1.0], dtype=np.float32)
     assert set(one.search(query, k=2).ids[0].tolist()) == set(one.exact(query, k=2).ids[0].tolist())
     assert set(one.exact(query, k=2).ids[0].tolist()) == {0, 2}
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import multiprocessing, sys
+    import numpy as np
+    from mrlsearch import Searcher
+    from mrlsearch.datasets import synthetic_mrl
+    vectors, queries = synthetic_mrl(3000, 32, n_queries=40, n_clusters=20, seed=3)
+    searcher = Searcher(32, (8, 16, 32), index_dims=(8,))
+    searcher.add(vectors)
+    walk, scan = [(8, 30), (32, 10)], [(8, 3000), (32, 10)]  # a graph walk and a full scan
+    expected = [searcher.funnel(queries, 10, s).ids for s in (walk, scan)]  # numba's threads
+
+    def child(pipe):
+        pipe.send([searcher.funnel(queries, 10, s).ids for s in (walk, scan)])
+
+    parent_end, child_end = multiprocessing.Pipe()
+    process = multiprocessing.get_context("fork").Process(target=child, args=(child_end,))
+    process.start()
+    got = parent_end.recv() if parent_end.poll(120) else None
+    process.join(120)
+    assert process.exitcode == 0, f"the child ended with {process.exitcode}"
+    assert got is not None and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_searches_batches_on_its_own_thread():
+    # numba's OpenMP pool does not survive fork: GNU OpenMP killed the child on its first
+    # batch of 8 or more queries ("fork() called from a process already using GNU OpenMP")
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
