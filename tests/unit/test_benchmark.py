@@ -125,23 +125,32 @@ def test_bench_command_on_an_index_and_usage_errors(tmp_path, data, capsys):
 def test_timings_repeat_for_at_least_min_seconds_and_keep_the_best(monkeypatch):
     import mrlsearch.benchmark as benchmark
 
+    class Clock:  # runs take exactly their durations: no real sleep to overshoot on a busy host
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+    clock = Clock()
     durations = iter([0.0] + [0.004, 0.001, 0.003] + [0.002] * 1000)
     calls = []
 
     def run():
         calls.append(1)
-        benchmark.time.sleep(next(durations))
+        clock.now += next(durations)
         return len(calls)
 
+    monkeypatch.setattr(benchmark, "time", clock)
     monkeypatch.setattr(benchmark, "MIN_SECONDS", 0.0)
     seconds, out = benchmark.best_time(run, repeats=3)
     assert len(calls) == 4 and out == 4  # one warm-up, then exactly `repeats` runs
-    assert 0.001 <= seconds < 0.003
+    assert seconds == pytest.approx(0.001)
     monkeypatch.setattr(benchmark, "MIN_SECONDS", 0.05)
     calls.clear()
-    started = benchmark.time.perf_counter()
+    started = clock.now
     benchmark.best_time(run, repeats=1)
-    assert benchmark.time.perf_counter() - started >= 0.05 and len(calls) > 2
+    assert clock.now - started >= 0.05 and len(calls) > 2
+    monkeypatch.undo()
     qps = benchmark.single_query_qps(lambda q: None, np.zeros((10, 4)), limit=5)
     assert qps > 0
 
