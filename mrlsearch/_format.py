@@ -456,7 +456,11 @@ def writer_lock(target: str | os.PathLike, *, blocking: bool = True) -> Iterator
     path = lock_path(target)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     while True:
-        fd = os.open(path, flags, 0o644)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:  # name what the caller writes, not the lock file beside it
+            raise type(exc)(exc.errno, f"cannot write {target} ({exc.strerror} for its lock "
+                                       f"file {path.name})", str(target)) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:

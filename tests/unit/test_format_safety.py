@@ -267,6 +267,14 @@ def test_a_directory_that_is_not_an_index_is_never_replaced(tmp_path):
     assert load_demo(empty)[2] == {"version": 2}
 
 
+def test_a_lock_that_cannot_be_made_names_the_target(tmp_path):
+    target = tmp_path / "missing" / "index"
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*missing/index") as info, \
+            _format.writer_lock(target):
+        pass
+    assert info.value.filename == str(target)
+
+
 def test_a_save_through_a_symlink_replaces_what_it_points_to(tmp_path):
     save_demo(tmp_path / "real", 1)
     (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
