@@ -26,6 +26,12 @@ PREFIX_ONLY_BELOW = 0.4
 #: A best prefix estimated at this share or more is not built: on real MRL embeddings (0.83 and
 #: 1.0 measured) an int8 walk of the full-dim graph beat every prefix graph.
 FULL_ONLY_ABOVE = 0.7
+#: Between the two shares the prefix graph is built and tuned first; the full-dim graph is built
+#: too only when the tuned walk needed this many times the estimated beam (the estimate was
+#: far off). Measured at a share of 0.51 (synthetic 20k x 768): the prefix plan took 29 us a
+#: query against 38 us for the full-dim one, with a beam 1.5x the estimate; building both (as
+#: before) had doubled the build time to win nothing.
+MISESTIMATE = 3.0
 
 
 def shortlist_needed(sample: np.ndarray, queries: np.ndarray, dims: Sequence[int], k: int,
@@ -84,29 +90,47 @@ def shortlist_needed(sample: np.ndarray, queries: np.ndarray, dims: Sequence[int
     return out
 
 
+def _scaled_shortlist(shortlist: int, *, n_rows: int, sample_rows: int, k: int) -> int:
+    return max(k, int(math.ceil(shortlist * n_rows / max(sample_rows, 1))))
+
+
+def estimated_ef(shortlist: int, *, n_rows: int, sample_rows: int, k: int) -> int:
+    """The beam a walk is estimated to need for a sample ``shortlist`` over ``n_rows``."""
+    return max(_scaled_shortlist(shortlist, n_rows=n_rows, sample_rows=sample_rows, k=k), 2 * k)
+
+
 def estimate_costs(needed: dict[int, int], *, n_rows: int, sample_rows: int, dim: int,
                    k: int) -> dict[int, float]:
     """Multiply-adds per query of a walk at each dim plus the float reranking after it."""
     costs = {}
     for prefix_dim, shortlist in needed.items():
-        scaled = max(k, int(math.ceil(shortlist * n_rows / max(sample_rows, 1))))
-        ef = max(scaled, 2 * k)
+        scaled = _scaled_shortlist(shortlist, n_rows=n_rows, sample_rows=sample_rows, k=k)
+        ef = estimated_ef(shortlist, n_rows=n_rows, sample_rows=sample_rows, k=k)
         costs[prefix_dim] = _DISTANCES_PER_EF * ef * prefix_dim + scaled * (dim - prefix_dim)
     return costs
 
 
-def graphs_to_build(costs: dict[int, float], dim: int) -> list[int]:
-    """Which graphs to build from the estimated costs: the best prefix alone, the full dim
-    alone, or both (then :meth:`Searcher.tune` measures which one wins)."""
+def graphs_to_build(costs: dict[int, float], dim: int) -> tuple[list[int], bool]:
+    """Which graph to build from the estimated costs, and whether the choice is unsure.
+
+    The best prefix when it is estimated below :data:`FULL_ONLY_ABOVE` of the full-dim walk,
+    else the full dim. Unsure above :data:`PREFIX_ONLY_BELOW`: the full-dim graph is then
+    built too if the tuned prefix walk shows the estimate far off (:data:`MISESTIMATE`).
+
+    Examples
+    --------
+    >>> graphs_to_build({128: 19.0, 2048: 100.0}, 2048)
+    ([128], False)
+    >>> graphs_to_build({64: 55.0, 256: 100.0}, 256)
+    ([64], True)
+    """
     best_prefix = min((d for d in costs if d != dim), key=costs.get, default=dim)
     if best_prefix == dim:
-        return [dim]
+        return [dim], False
     share = costs[best_prefix] / costs[dim]
-    if share <= PREFIX_ONLY_BELOW:
-        return [best_prefix]
     if share >= FULL_ONLY_ABOVE:
-        return [dim]
-    return [best_prefix, dim]
+        return [dim], False
+    return [best_prefix], share > PREFIX_ONLY_BELOW
 
 
 def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, metric, dims,
@@ -138,22 +162,34 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
     needed = shortlist_needed(sample, query_batch[:_SAMPLE_QUERIES], candidate_dims,
                               effective_k, target_recall, metric)
     costs = estimate_costs(needed, n_rows=n_rows, sample_rows=sample_rows, dim=dim, k=k)
-    # where the estimate is close, both graphs are built and a measurement decides; where it
-    # is clear, only the winner is built (a second graph would double the build time)
-    index_dims = graphs_to_build(costs, dim)
-    searcher = cls(dim, probe.dims, metric=metric, index_dims=index_dims, M=M,
-                   ef_construction=ef_construction, dtype=dtype)
+    # one graph is built; where the estimate is unsure and the tuned walk shows it far off,
+    # the full-dim graph is built too and the faster plan kept (both would double the time)
+    index_dims, unsure = graphs_to_build(costs, dim)
     estimated = time.perf_counter()
-    searcher.add(source, ids, payloads=payloads, progress=progress)
-    added = time.perf_counter()
-    plan = searcher.tune(query_batch, k=k, target_recall=target_recall, progress=progress)
+
+    def build_and_tune(graph_dims: list[int]):
+        built = cls(dim, probe.dims, metric=metric, index_dims=graph_dims, M=M,
+                    ef_construction=ef_construction, dtype=dtype)
+        built.add(source, ids, payloads=payloads, progress=progress)
+        added_at = time.perf_counter()
+        return built, added_at, built.tune(query_batch, k=k, target_recall=target_recall,
+                                           progress=progress)
+
+    searcher, added, plan = build_and_tune(index_dims)
+    graphs_built = list(index_dims)
+    if unsure and plan.ef > MISESTIMATE * estimated_ef(
+            needed[index_dims[0]], n_rows=n_rows, sample_rows=sample_rows, k=k):
+        full, _, full_plan = build_and_tune([dim])
+        graphs_built.append(dim)
+        if full_plan.seconds_per_query < plan.seconds_per_query:
+            searcher, plan = full, full_plan
     searcher.drop_graphs([plan.stages[0][0]])
     searcher.build_report = {
         "sample_rows": sample_rows, "shortlist_needed": needed,
         "estimated_cost": {d: float(c) for d, c in costs.items()},
-        "graphs_built": index_dims, "plan": plan.to_dict(),
-        # where the build's time went: checks and the sample estimate, add (graphs and
-        # codes), tune
+        "graphs_built": graphs_built, "plan": plan.to_dict(),
+        # where the build's time went: checks and the sample estimate, add (the graph and
+        # codes), tune (with a second graph's add and tune where one was built)
         "seconds": {"estimate": estimated - started, "add": added - estimated,
                     "tune": time.perf_counter() - added},
     }

@@ -267,12 +267,13 @@ class Searcher:
         A sample of the vectors (``sample_size`` rows) is searched exactly at every nesting
         dim to see how long a shortlist each prefix needs before the true full-dim neighbours
         of the sample queries are in it, and what a walk plus reranking would cost. The
-        prefix with the lowest estimate gets a graph alone when it is estimated at 0.4 of
-        the full-dim walk or less; the full dim gets one alone when no prefix is estimated
-        below 0.7 of it (data whose short prefixes rank badly, where the result is what plain
-        HNSW at full dim does, with an int8 walk where that measures faster); in between both
-        are built, :meth:`tune` measures which one wins, and the other is dropped. Then
-        :meth:`tune` chooses precisions and shortlists by measured latency.
+        prefix with the lowest estimate gets the graph when it is estimated below 0.7 of the
+        full-dim walk; else the full dim does (data whose short prefixes rank badly, where the
+        result is what plain HNSW at full dim does, with an int8 walk where that measures
+        faster). Then :meth:`tune` chooses precisions and shortlists by measured latency.
+        Where the prefix was estimated above 0.4 and its tuned walk needs over 3x the
+        estimated beam (the estimate was far off), the full-dim graph is built and tuned too,
+        and the faster of the two plans is kept.
 
         Parameters
         ----------

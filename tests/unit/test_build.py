@@ -45,13 +45,28 @@ def test_shortlist_needed_matches_scoring_each_prefix_alone(metric, target_recal
     assert got[64] <= got[8]
 
 
-def test_graphs_to_build_builds_both_only_where_the_estimate_is_close():
+def test_graphs_to_build_builds_one_graph_and_flags_an_unsure_choice():
     # shares of the full-dim walk's estimated cost as measured on the benchmark data sets
-    assert graphs_to_build({16: 112.0, 128: 35.9, 768: 100.0}, 768) == [128]  # synthetic 768
-    assert graphs_to_build({128: 19.0, 2048: 100.0}, 2048) == [128]  # synthetic 2048
-    assert graphs_to_build({256: 83.3, 384: 100.0}, 384) == [384]  # MiniLM
-    assert graphs_to_build({64: 55.0, 256: 100.0}, 256) == [64, 256]  # unclear: measure both
-    assert graphs_to_build({256: 100.0}, 256) == [256]
+    assert graphs_to_build({16: 112.0, 128: 35.9, 768: 100.0}, 768) == ([128], False)
+    assert graphs_to_build({128: 19.0, 2048: 100.0}, 2048) == ([128], False)  # synthetic 2048
+    assert graphs_to_build({256: 83.3, 384: 100.0}, 384) == ([384], False)  # MiniLM
+    assert graphs_to_build({256: 50.6, 768: 100.0}, 768) == ([256], True)  # the demo's data
+    assert graphs_to_build({256: 100.0}, 256) == ([256], False)
+
+
+def test_an_estimate_found_far_off_builds_the_full_dim_graph_too(monkeypatch):
+    import mrlsearch._build as build
+
+    vectors, queries = synthetic_mrl(3000, 64, n_queries=120, seed=4)
+    monkeypatch.setattr(build, "graphs_to_build", lambda costs, dim: ([16], True))
+    monkeypatch.setattr(build, "MISESTIMATE", 0.0)  # any tuned beam counts as far off
+    searcher = Searcher.build(vectors, queries=queries, progress=False)
+    report = searcher.build_report
+    assert report["graphs_built"] == [16, 64]
+    assert searcher.index_dims == (searcher.plan.stages[0][0],)
+    monkeypatch.setattr(build, "MISESTIMATE", 1e9)  # never far off: one graph
+    assert Searcher.build(vectors, queries=queries, progress=False
+                          ).build_report["graphs_built"] == [16]
 
 
 def test_build_tunes_on_data_with_many_copies_of_one_vector():
