@@ -263,19 +263,26 @@ def tied_recall_per_query(result: SearchResult, truth: SearchResult, *,
     array([1.])
     """
     recalls = recall_per_query(result.ids, truth)
-    ids = np.asarray(result.ids)
-    scores = np.asarray(result.scores, dtype=np.float64)
-    want_ids = np.asarray(truth.ids)[:, : ids.shape[1]]
-    want_scores = np.asarray(truth.scores, dtype=np.float64)[:, : ids.shape[1]]
+    short = np.flatnonzero(recalls < 1.0)  # tuning measures hundreds of schedules: vectorised
+    if not short.size:
+        return recalls
+    ids = np.asarray(result.ids)[short]
+    scores = np.asarray(result.scores, dtype=np.float64)[short]
+    want_ids = np.asarray(truth.ids)[short, : ids.shape[1]]
+    want_scores = np.asarray(truth.scores, dtype=np.float64)[short, : ids.shape[1]]
     n_valid = (want_ids >= 0).sum(axis=1)
-    for row in np.flatnonzero((recalls < 1.0) & (n_valid > 0)):
-        valid = want_scores[row, : n_valid[row]]
-        last = valid[-1]
-        tolerance = rtol * max(float(np.abs(valid).max()), float(abs(scores[row, 0])), 1e-30)
-        extra = (ids[row] >= 0) & ~np.isin(ids[row], want_ids[row]) & \
-            (scores[row] >= last - tolerance)
-        hits = round(recalls[row] * n_valid[row]) + int(extra.sum())
-        recalls[row] = min(hits, n_valid[row]) / n_valid[row]
+    last = np.take_along_axis(want_scores, np.maximum(n_valid - 1, 0)[:, None], axis=1)[:, 0]
+    magnitude = np.where(want_ids >= 0, np.abs(want_scores), 0.0).max(axis=1, initial=0.0)
+    first = np.where(np.isfinite(scores[:, 0]), np.abs(scores[:, 0]), 0.0)
+    tolerance = rtol * np.maximum(np.maximum(magnitude, first), 1e-30)
+    if ids.shape[1] * want_ids.shape[1] <= _BROADCAST_PAIRS:
+        in_truth = (ids[:, :, None] == want_ids[:, None, :]).any(axis=2)
+    else:  # long rows: sorting beats k x k comparisons
+        in_truth = np.stack([np.isin(row, want) for row, want in zip(ids, want_ids)])
+    extra = ((ids >= 0) & ~in_truth & (scores >= (last - tolerance)[:, None])).sum(axis=1)
+    hits = np.rint(recalls[short] * n_valid) + extra
+    recalls[short] = np.where(n_valid > 0, np.minimum(hits, n_valid) / np.maximum(n_valid, 1),
+                              recalls[short])
     return recalls
 
 

@@ -92,3 +92,40 @@ def test_tied_recall_counts_only_ties_of_the_last_true_score():
                          np.array([3, 3]), (), "l2")
     np.testing.assert_allclose(tied_recall_per_query(found, truth), [1.0, 2 / 3])
     np.testing.assert_allclose(recall_per_query(found.ids, truth), [0.5, 2 / 3])
+
+
+def _tied_recall_reference(found, truth, rtol=1e-5):
+    """tied_recall_per_query one row at a time, as its docstring states the rule."""
+    out = []
+    for ids, scores, want, want_scores in zip(found.ids, found.scores, truth.ids, truth.scores):
+        want, want_scores = want[: len(ids)], want_scores[: len(ids)]
+        valid = want >= 0
+        if not valid.any():
+            out.append(1.0)
+            continue
+        last = float(want_scores[valid][-1])
+        scale = max([abs(float(s)) for s in want_scores[valid]]
+                    + [abs(float(scores[0])) if np.isfinite(scores[0]) else 0.0, 1e-30])
+        hits = sum(1 for i in ids if i >= 0 and i in set(want[valid].tolist()))
+        hits += sum(1 for i, s in zip(ids, scores)
+                    if i >= 0 and i not in set(want.tolist()) and s >= last - rtol * scale)
+        out.append(min(hits, int(valid.sum())) / int(valid.sum()))
+    return np.array(out)
+
+
+def test_tied_recall_matches_a_row_by_row_loop():
+    rng = np.random.default_rng(5)
+
+    def draw(n, k, pool):  # few distinct scores: many ties; some padding at the end
+        ids = np.stack([rng.permutation(pool + k)[:k] for _ in range(n)]).astype(np.int64)
+        scores = np.sort(rng.integers(0, 4, (n, k)) / 2, axis=1)[:, ::-1].astype(np.float32)
+        pad = np.sort(rng.random((n, k)) < 0.15, axis=1)
+        ids[pad], scores[pad] = -1, -np.inf
+        return SearchResult(ids, scores, (ids >= 0).sum(axis=1), (), "ip")
+
+    for _ in range(200):
+        n, k = int(rng.integers(1, 20)), int(rng.integers(1, 12))
+        pool = int(rng.integers(0, 3 * k + 2))
+        found, truth = draw(n, k, pool), draw(n, k, pool)
+        np.testing.assert_allclose(tied_recall_per_query(found, truth),
+                                   _tied_recall_reference(found, truth))
