@@ -39,13 +39,18 @@ def test_index_query_tune_round_trip(files, capsys):
     assert capsys.readouterr().out.startswith("0\t0:")
 
 
-def test_cascade_command(files, capsys):
+def _save_cascade_files(files):
+    """clf.npz (a shared-head classifier over dims 8, 16, 32), x.npy and its labels y.npy."""
     rng = np.random.default_rng(1)
     clf = Classifier.shared(rng.standard_normal((3, 32)), np.zeros(3), dims=(8, 16, 32))
     clf.save(files / "clf.npz")
     x = rng.standard_normal((50, 32)).astype(np.float32)
     np.save(files / "x.npy", x)
     np.save(files / "y.npy", clf.predict(x))
+
+
+def test_cascade_command(files, capsys):
+    _save_cascade_files(files)
     assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
                  str(files / "x.npy"), str(files / "y.npy"), "--save"]) == 0
     assert "expected dim" in capsys.readouterr().out
@@ -422,12 +427,7 @@ def test_cascade_calibrate_defaults_are_kept(files, capsys, monkeypatch):
         return real(self, x_val, y_val, max_drop=max_drop, objective=objective)
 
     monkeypatch.setattr(Classifier, "calibrate", spy)
-    rng = np.random.default_rng(1)
-    clf = Classifier.shared(rng.standard_normal((3, 32)), np.zeros(3), dims=(8, 16, 32))
-    clf.save(files / "clf.npz")
-    x = rng.standard_normal((50, 32)).astype(np.float32)
-    np.save(files / "x.npy", x)
-    np.save(files / "y.npy", clf.predict(x))
+    _save_cascade_files(files)
     assert main(["cascade", str(files / "clf.npz"), str(files / "x.npy"), "--calibrate",
                  str(files / "x.npy"), str(files / "y.npy")]) == 0
     assert seen == {"max_drop": 0.005, "objective": "expected_dim"}

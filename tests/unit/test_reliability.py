@@ -257,25 +257,18 @@ def test_compact_under_load_never_shows_a_half_built_index(tmp_path):
     assert after.recall(expected) >= 0.95
 
 
-def test_writes_during_compact_are_kept():
-    vectors, _ = synthetic_mrl(2000, 16, n_queries=0, n_clusters=20, seed=5)
-    searcher = Searcher(16, (8, 16), index_dims=(8,))
-    ids = searcher.add(vectors[:1000])
-    searcher.remove(ids[:500])
+def _compact_while(searcher, write):
+    """Compact ``searcher`` and run ``write`` on another thread while the rebuild adds (its
+    add is slowed so that the write lands before the swap)."""
     started = threading.Event()
     original_add = Searcher.add
 
-    def slow_add(self, *args, **kwargs):  # the rebuild's add: let a writer in meanwhile
+    def slow_add(self, *args, **kwargs):  # the rebuild's add: let the write in meanwhile
         started.set()
         time.sleep(0.2)
         return original_add(self, *args, **kwargs)
 
-    def writer():
-        started.wait()
-        searcher.add(vectors[1000:1010], ids=np.arange(5000, 5010))
-        searcher.remove(ids[500:510])
-
-    thread = threading.Thread(target=writer)
+    thread = threading.Thread(target=lambda: (started.wait(), write()))
     thread.start()
     try:
         Searcher.add = slow_add
@@ -283,6 +276,18 @@ def test_writes_during_compact_are_kept():
     finally:
         Searcher.add = original_add
     thread.join()
+
+
+def test_writes_during_compact_are_kept():
+    vectors, _ = synthetic_mrl(2000, 16, n_queries=0, n_clusters=20, seed=5)
+    searcher = Searcher(16, (8, 16), index_dims=(8,))
+    ids = searcher.add(vectors[:1000])
+    searcher.remove(ids[:500])
+    def writer():
+        searcher.add(vectors[1000:1010], ids=np.arange(5000, 5010))
+        searcher.remove(ids[500:510])
+
+    _compact_while(searcher, writer)
     assert 5003 in searcher and int(ids[505]) not in searcher
     assert len(searcher) == 500 - 10 + 10
 
@@ -292,22 +297,7 @@ def test_graphs_dropped_during_compact_stay_dropped(tmp_path):
     searcher = Searcher(16, (8, 16), index_dims=(8, 16))
     ids = searcher.add(vectors)
     searcher.remove(ids[:100])
-    started = threading.Event()
-    original_add = Searcher.add
-
-    def slow_add(self, *args, **kwargs):  # the rebuild's add: drop a graph meanwhile
-        started.set()
-        time.sleep(0.2)
-        return original_add(self, *args, **kwargs)
-
-    thread = threading.Thread(target=lambda: (started.wait(), searcher.drop_graphs([16])))
-    thread.start()
-    try:
-        Searcher.add = slow_add
-        searcher.compact()
-    finally:
-        Searcher.add = original_add
-    thread.join()
+    _compact_while(searcher, lambda: searcher.drop_graphs([16]))
     assert searcher.index_dims == (16,) and searcher.memory_usage()["graphs"] > 0
     searcher.save(tmp_path / "index")  # the manifest and the files agree again
     loaded = Searcher.load(tmp_path / "index")
