@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("funnel", "build", "scale", "cascade", "encode", "train", "load")
+BENCHMARKS = ("funnel", "build", "build_policy", "scale", "cascade", "encode", "train", "load")
 
 
 def main() -> None:
