@@ -38,6 +38,7 @@ SIDECAR_FORMAT = "mrlsearch-cli"
 _INDEX_K = 10
 _INDEX_RECALL = 0.95
 _CASCADE_MAX_DROP = 0.005
+_BENCH_QUERIES = 1000
 
 
 class _UsageError(MRLError):
@@ -544,22 +545,44 @@ def _cmd_cascade(args: argparse.Namespace) -> None:
         print(f"  dim {stage.dim:>5}: {stage.rows_stopped:>8} rows stopped ({stage.share:.1%})")
 
 
+def _check_bench_options(args: argparse.Namespace, from_index: bool) -> None:
+    """Options that mean nothing for this kind of source, or beside another one, are usage
+    errors (exit 2) rather than silently ignored."""
+    kind = "an index directory" if from_index else "a .npy source"
+    ignored = [name for name, value in (
+        ("--metric", args.metric if from_index else None),
+        ("--index-dims", args.index_dims if from_index else None),
+        ("--mmap", None if from_index or not args.mmap else True)) if value is not None]
+    if ignored:
+        keeps = ("its own metric and graphs" if from_index
+                 else "no memory map (--mmap is for an index's vectors)")
+        raise _UsageError(f"{' and '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} "
+                          f"nothing for {kind}, which keeps {keeps}: drop "
+                          f"{'it' if len(ignored) == 1 else 'them'}")
+    if args.queries is not None and args.n_queries is not None:
+        raise _UsageError("--n-queries is for queries sampled from SOURCE; --queries gives "
+                          "them: drop one")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from .benchmark import compare
 
+    from_index = Path(args.source).is_dir()
+    _check_bench_options(args, from_index)
+    n_queries = _BENCH_QUERIES if args.n_queries is None else args.n_queries
     if args.out:  # made before the (long) run, so a bad --out fails at once
         try:
             Path(args.out).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _write_error(args.out, exc) from exc
     rng = np.random.default_rng(args.seed)
-    if Path(args.source).is_dir():
+    if from_index:
         source = Searcher.load(args.source, mmap=args.mmap)
         if args.queries is None:
             if len(source) < 8:
                 raise MRLError(f"the index holds {len(source)} vectors; bench needs at least 8")
             live_ids = source.ids()
-            picked = rng.choice(live_ids, size=min(args.n_queries, len(live_ids)), replace=False)
+            picked = rng.choice(live_ids, size=min(n_queries, len(live_ids)), replace=False)
             queries = source.get(picked)
             print(f"queries: {len(queries)} stored vectors (each finds itself; pass --queries "
                   f"for real ones)")
@@ -569,17 +592,18 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             raise MRLError(f"'SOURCE' must be a 2-D array (got shape {vectors.shape})")
         source = vectors
         if args.queries is None:
-            if len(vectors) < 2 * args.n_queries:
+            if len(vectors) < 2 * n_queries:
                 raise MRLError(f"'SOURCE' has {len(vectors)} rows: too few to hold out "
-                               f"{args.n_queries} queries (use --n-queries or --queries)")
-            held_out = rng.choice(len(vectors), size=args.n_queries, replace=False)
+                               f"{n_queries} queries (use --n-queries or --queries)")
+            held_out = rng.choice(len(vectors), size=n_queries, replace=False)
             queries = vectors[held_out]
             source = np.delete(vectors, held_out, axis=0)
             print(f"queries: {len(queries)} rows held out of {args.source} (not indexed)")
     if args.queries is not None:
         queries = _load_npy(args.queries, "--queries")
     report = compare(source, queries, k=args.k, target_recall=args.target_recall,
-                     metric=args.metric, index_dims=args.index_dims, methods=args.methods)
+                     metric=args.metric or "cosine", index_dims=args.index_dims,
+                     methods=args.methods)
     print()
     print(report.table())
     if args.out:
@@ -802,22 +826,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--queries", default=None,
                        help="(q, dim) .npy of queries (default: --n-queries rows held out of "
                             "the vectors, or sampled from the index)")
-    bench.add_argument("--n-queries", type=_positive_int, default=1000,
-                       help="queries sampled when --queries is not given")
+    bench.add_argument("--n-queries", type=_positive_int, default=None,
+                       help=f"queries sampled when --queries is not given (default: "
+                            f"{_BENCH_QUERIES}; an error beside --queries)")
     bench.add_argument("-k", type=_positive_int, default=10, help="results per query")
     bench.add_argument("--target-recall", type=_recall, default=0.95,
                        help="recall@k every method is tuned to")
-    bench.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine",
-                       help="for a .npy source (an index keeps its own)")
+    bench.add_argument("--metric", choices=("cosine", "ip", "l2"), default=None,
+                       help="for a .npy source (default: cosine; an index keeps its own, and "
+                            "the option is an error there)")
     bench.add_argument("--index-dims", type=_int_list, default=None,
                        help="for a .npy source: dims with an HNSW graph (default: chosen from "
-                            "the data)")
+                            "the data; an error for an index)")
     bench.add_argument("--methods", type=_methods, default=("funnel", "exact", "hnswlib", "faiss"),
                        help="comma-separated subset of funnel,exact,hnswlib,faiss,"
                             "usearch-f16,usearch-i8 ('usearch' for both usearch methods); "
                             "a method whose library is missing is skipped with a note")
     bench.add_argument("--out", default=None, help="directory for bench.json and bench.png (default: print only)")
-    bench.add_argument("--mmap", action="store_true", help="memory-map an index's vectors")
+    bench.add_argument("--mmap", action="store_true",
+                       help="memory-map an index's vectors (an error for a .npy source)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the query sample")
     bench.set_defaults(func=_cmd_bench)
     return parser

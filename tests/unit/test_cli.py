@@ -400,6 +400,28 @@ def test_index_options_that_need_auto_are_usage_errors(files, capsys, monkeypatc
     assert not (files / "idx").exists()
 
 
+@pytest.mark.parametrize("source, extra, named", [
+    ("INDEX", ["--metric", "l2"], "--metric does nothing for an index directory"),
+    ("INDEX", ["--index-dims", "8", "--metric", "ip"],
+     "--metric and --index-dims do nothing for an index directory"),
+    ("NPY", ["--mmap"], "--mmap does nothing for a .npy source"),
+    ("NPY", ["--queries", "QUERIES", "--n-queries", "50"], "--n-queries is for queries sampled"),
+])
+def test_bench_options_that_do_nothing_are_usage_errors(index, files, capsys, monkeypatch,
+                                                         source, extra, named):
+    import mrlsearch.benchmark
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("ran the benchmark despite a usage error")
+
+    monkeypatch.setattr(mrlsearch.benchmark, "compare", no_run)
+    source = str(index) if source == "INDEX" else str(files / "vectors.npy")
+    extra = [str(files / "queries.npy") if arg == "QUERIES" else arg for arg in extra]
+    assert main(["bench", source, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mrlsearch bench: error: ") and named in err
+
+
 @pytest.mark.parametrize("extra, named", [
     (["--save"], "--save is for --calibrate"),
     (["--max-drop", "0.01"], "--max-drop is for --calibrate"),
