@@ -281,7 +281,7 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
         onnx.save(proto, str(final))
         parity = (validate_onnx(model, final, [batch, _second_batch(model, example)],
                                 precision=precision, atol=atol) if validate else None)
-        with atomic_directory(out_dir) as staging:
+        with atomic_directory(out_dir, kind=MODEL_FORMAT) as staging:
             shutil.copy(final, staging / "model.onnx")
             if text:
                 (staging / "tokenizer.json").write_text(model.backbone.tokenizer_json(),

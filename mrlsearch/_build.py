@@ -175,14 +175,21 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
         return built, added_at, built.tune(query_batch, k=k, target_recall=target_recall,
                                            progress=progress)
 
-    searcher, added, plan = build_and_tune(index_dims)
     graphs_built = list(index_dims)
-    if unsure and plan.ef > MISESTIMATE * estimated_ef(
-            needed[index_dims[0]], n_rows=n_rows, sample_rows=sample_rows, k=k):
-        full, _, full_plan = build_and_tune([dim])
+    try:
+        searcher, added, plan = build_and_tune(index_dims)
+    except ValueError:  # no schedule over the prefix graph reached the target
+        if index_dims == [dim]:
+            raise
+        searcher, added, plan = build_and_tune([dim])
         graphs_built.append(dim)
-        if full_plan.seconds_per_query < plan.seconds_per_query:
-            searcher, plan = full, full_plan
+    else:
+        if unsure and plan.ef > MISESTIMATE * estimated_ef(
+                needed[index_dims[0]], n_rows=n_rows, sample_rows=sample_rows, k=k):
+            full, _, full_plan = build_and_tune([dim])
+            graphs_built.append(dim)
+            if full_plan.seconds_per_query < plan.seconds_per_query:
+                searcher, plan = full, full_plan
     searcher.drop_graphs([plan.stages[0][0]])
     searcher.build_report = {
         "sample_rows": sample_rows, "shortlist_needed": needed,

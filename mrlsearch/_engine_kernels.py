@@ -41,7 +41,7 @@ __all__: list[str] = []
 #: such change a change of this file too; ``tests/unit/test_kernels.py`` checks that it is
 #: current.
 INLINED_SOURCES = ("_handoff.py", "_kernels.py", "_validation.py")
-INLINED_SOURCES_DIGEST = "bd618934976ee9d1"
+INLINED_SOURCES_DIGEST = "ed6b920169c086d3"
 
 PRECISION_FLOAT = 0
 PRECISION_INT8 = 1

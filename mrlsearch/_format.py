@@ -607,13 +607,17 @@ def _verify_staging(staging: Path, seals: dict[str, Sealed]) -> None:
 
 @contextmanager
 def atomic_directory(target: str | os.PathLike, *, lock: bool = True,
-                     replaces: str | None = MANIFEST) -> Iterator[Path]:
+                     replaces: str | None = MANIFEST,
+                     kind: str | None = None) -> Iterator[Path]:
     """Yield a fresh sibling directory; on success it replaces ``target`` as a whole.
 
-    An existing ``target`` is replaced only if it is empty or holds a file named ``replaces``
-    (an index this library wrote has its ``manifest.json``): any other directory raises
-    ``FileExistsError`` before anything is written, so a save never deletes a user's files.
-    A symbolic link is followed: the directory it points to is replaced, the link stays.
+    An existing ``target`` is replaced only if it is empty or holds nothing but a file named
+    ``replaces`` (``manifest.json``) and the files that file lists, and, with ``kind``, that
+    manifest's ``format`` is ``kind`` (a model directory is never replaced by an index). Any
+    other directory raises ``FileExistsError`` before anything is written, and again just
+    before the old directory is moved aside, so a save never deletes a user's files
+    (:func:`check_replaceable`). A symbolic link is followed: the directory it points to is
+    replaced, the link stays.
 
     Before the commit every file of the directory is read back from disk: files written with
     :func:`write_array` / :func:`write_json` / :func:`seal_file` must still have the size
@@ -644,11 +648,11 @@ def atomic_directory(target: str | os.PathLike, *, lock: bool = True,
     target = Path(target)
     if target.is_symlink():
         target = Path(os.path.realpath(target))
-    _check_replaceable(target, replaces)
+    check_replaceable(target, replaces=replaces, kind=kind)
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(target) if lock else _no_lock() as _:
-        _check_replaceable(target, replaces)  # again, now that no other save can run
+        check_replaceable(target, replaces=replaces, kind=kind)  # now no other save runs
         if lock:  # nobody else is writing: every staging/trash sibling is abandoned
             for stale in _abandoned(parent, target.name):
                 _remove(stale)
@@ -663,6 +667,8 @@ def atomic_directory(target: str | os.PathLike, *, lock: bool = True,
             _verify_staging(staging, seals)
             _fsync_path(staging)
             if target.is_dir():
+                # again: a file may have been put there while this save wrote
+                check_replaceable(target, replaces=replaces, kind=kind)
                 # backups left by an earlier crash are stale while the target itself is complete
                 for stale in _backups(parent, target.name):
                     _discard_directory(stale, uuid.uuid4().hex[:8])
@@ -679,9 +685,18 @@ def atomic_directory(target: str | os.PathLike, *, lock: bool = True,
                 _SEALS.pop(key, None)
 
 
-def _check_replaceable(target: Path, replaces: str | None) -> None:
-    """Raise ``FileExistsError`` unless ``target`` is absent, an empty directory, or a
-    directory holding ``replaces``."""
+def check_replaceable(target: str | os.PathLike, *, replaces: str | None = MANIFEST,
+                      kind: str | None = None) -> None:
+    """Raise ``FileExistsError`` unless :func:`atomic_directory` may replace ``target``: it
+    is absent, an empty directory, or holds nothing but ``replaces`` and the files it lists
+    (with ``kind``: a manifest whose ``format`` is ``kind``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> check_replaceable(pathlib.Path(tempfile.mkdtemp()) / "new")  # absent: fine
+    """
+    target = Path(target)
     if not target.exists():
         return
     if not target.is_dir():
@@ -695,12 +710,17 @@ def _check_replaceable(target: Path, replaces: str | None) -> None:
             f"saving there would delete its files: choose a new or empty directory")
     try:
         with open(target / replaces, "rb") as handle:
-            listed = json.loads(handle.read(MAX_MANIFEST_BYTES + 1)).get("files")
+            manifest = json.loads(handle.read(MAX_MANIFEST_BYTES + 1))
+        listed, found_kind = manifest.get("files"), manifest.get("format")
     except (OSError, ValueError, AttributeError):
-        listed = None
+        listed = found_kind = None
     if not isinstance(listed, dict):
         raise FileExistsError(f"'path' {target} holds a {replaces} that does not list its "
                               f"files: remove the directory yourself to save there")
+    if kind is not None and found_kind != kind:
+        raise FileExistsError(
+            f"'path' {target} holds a {found_kind!r} directory, not a {kind!r} one; saving "
+            f"there would delete it: choose another directory")
     others = [name for name in entries if name != replaces and name not in listed]
     if others:
         raise FileExistsError(

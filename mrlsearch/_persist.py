@@ -51,7 +51,7 @@ def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, gra
     (:func:`_format.seal_file`): hnswlib's ``save_index`` does not report write errors, so a
     short write would otherwise commit a truncated graph in place of a good index.
     """
-    with _format.atomic_directory(path) as staging:
+    with _format.atomic_directory(path, kind=FORMAT_NAME) as staging:
         rows = store.rows
         arrays = {
             "vectors.npy": np.asarray(store.vectors[:rows]),
@@ -106,10 +106,12 @@ def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, gra
         _format.write_json(staging / _format.MANIFEST, manifest)
 
 
-def _field_int(manifest: dict, where: object, key: str, minimum: int = 0) -> int:
+def _field_int(manifest: dict, where: object, key: str, minimum: int = 0,
+               maximum: int = (1 << 63) - 1) -> int:
     value = manifest.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise FormatError(f"{where} field {key!r} must be an int >= {minimum} (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise FormatError(f"{where} field {key!r} must be an int in [{minimum}, {maximum}] "
+                          f"(got {value!r})")
     return value
 
 
@@ -141,7 +143,7 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
     where = directory / _format.MANIFEST
     rows = _field_int(manifest, where, "rows")
     count = _field_int(manifest, where, "count")
-    next_id = _field_int(manifest, where, "next_id")
+    next_id = _field_int(manifest, where, "next_id", maximum=1 << 63)  # after id 2**63 - 1
     graphs_field = manifest.get("graphs")
     if not isinstance(graphs_field, dict) or not all(
             isinstance(d, str) and d.isdigit() and len(d) < 10 and isinstance(n, str)
@@ -162,7 +164,8 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
         "M": _field_int(manifest, where, "M", 1),
         "ef_construction": _field_int(manifest, where, "ef_construction", 1),
         "dtype": manifest.get("dtype"),
-        "seed": _field_int(manifest, where, "seed") if "seed" in manifest else 100,
+        "seed": (_field_int(manifest, where, "seed", maximum=(1 << 64) - 1)
+                 if "seed" in manifest else 100),
         "codes": tuple(precisions) if manifest.get("version") != 1 else ("int8", "binary"),
     }
     try:

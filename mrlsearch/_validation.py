@@ -170,8 +170,9 @@ def check_ids(ids: object, name: str, *, count: int | None = None,
             raise TypeError(f"'{name}' must be integer ids (got dtype {array.dtype})")
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise TypeError(f"'{name}' must be integer ids (got non-integral values)")
-        if array.size and not np.all((array > -2.0**63) & (array < 2.0**63)):
-            raise ValueError(f"'{name}' must be ids in [0, 2**63) (got {array.max():g})")
+        fits = (array > -2.0**63) & (array < 2.0**63)
+        if not np.all(fits):
+            raise ValueError(f"'{name}' must be ids in [0, 2**63) (got {array[~fits][0]:g})")
     array = array.astype(np.int64)
     if count is not None and array.shape[0] != count:
         raise DimensionError(f"'{name}' must hold {count} ids, one per vector "

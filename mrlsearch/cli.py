@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import MRLError
+from ._format import check_replaceable
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE
+from ._persist import FORMAT_NAME
 from .classifier import Classifier
 from .searcher import Searcher
 
@@ -173,6 +175,10 @@ def _check_out(path: str, option: str = "--out") -> None:
             if not ancestor.is_dir():
                 raise MRLError(f"'{option}' ({path}): {ancestor} is not a directory")
             break
+    try:  # a folder of other files (or another kind of directory) is refused before the work
+        check_replaceable(target, kind=FORMAT_NAME)
+    except OSError as exc:
+        raise _write_error(path, exc, option) from exc
 
 
 def _write_error(path: str, exc: OSError, option: str = "--out") -> MRLError:

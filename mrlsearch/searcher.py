@@ -933,7 +933,9 @@ class Searcher:
             best = min(best, time.perf_counter() - started)
         last = result.stats[-1]
         if isinstance(truth, SearchResult) and last.dim == self._dim and \
-                last.precision in DTYPES:  # full-dim float scores: ties count as found
+                last.precision in DTYPES and truth.metric == self._metric and \
+                truth.stats and truth.stats[-1].dim == self._dim:
+            # full-dim float scores on both sides, of one metric: ties count as found
             recalls = tied_recall_per_query(result, truth)
         else:
             recalls = recall_per_query(result.ids, truth_ids)

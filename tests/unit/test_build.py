@@ -129,3 +129,21 @@ def test_tied_recall_matches_a_row_by_row_loop():
         found, truth = draw(n, k, pool), draw(n, k, pool)
         np.testing.assert_allclose(tied_recall_per_query(found, truth),
                                    _tied_recall_reference(found, truth))
+
+
+def test_a_prefix_graph_that_reaches_no_plan_falls_back_to_the_full_dim(monkeypatch):
+    import mrlsearch._build as build
+
+    vectors, queries = synthetic_mrl(2000, 64, n_queries=80, seed=6)
+    monkeypatch.setattr(build, "graphs_to_build", lambda costs, dim: ([16], False))
+    real_tune = Searcher.tune
+
+    def tune(self, *args, **kwargs):
+        if self.index_dims == (16,):
+            raise ValueError("no funnel schedule reached target_recall (forced)")
+        return real_tune(self, *args, **kwargs)
+
+    monkeypatch.setattr(Searcher, "tune", tune)
+    searcher = Searcher.build(vectors, queries=queries, progress=False)
+    assert searcher.build_report["graphs_built"] == [16, 64]
+    assert searcher.index_dims == (64,) and searcher.plan.stages[0][0] == 64

@@ -497,3 +497,16 @@ def test_index_out_in_proc_names_the_out_path(files, capsys):
                  "--out", "/proc/mrlsearch_test_index"]) == 1
     assert capsys.readouterr().err.startswith(
         "mrlsearch: error: '--out' (/proc/mrlsearch_test_index) cannot be written")
+
+
+def test_index_out_onto_a_folder_of_files_fails_before_the_work(files, capsys, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("built an index that could not be saved")
+
+    monkeypatch.setattr(Searcher, "add", no_build)
+    folder = files / "mine"
+    folder.mkdir()
+    (folder / "notes.md").write_text("keep me")
+    assert main(["index", str(files / "vectors.npy"), "--out", str(folder)]) == 1
+    assert "does not hold a saved index" in capsys.readouterr().err
+    assert (folder / "notes.md").read_text() == "keep me"

@@ -275,6 +275,24 @@ def test_a_lock_that_cannot_be_made_names_the_target(tmp_path):
     assert info.value.filename == str(target)
 
 
+def test_a_directory_of_another_kind_is_never_replaced(tmp_path):
+    save_demo(tmp_path / "model", 1)  # its manifest says format 'demo'
+    with pytest.raises(FileExistsError, match="holds a 'demo' directory, not a 'other' one"), \
+            _format.atomic_directory(tmp_path / "model", kind="other") as staging:
+        _format.write_array(staging / "a.npy", np.arange(3))
+    assert load_demo(tmp_path / "model")[2] == {"version": 1}
+
+
+def test_a_file_put_in_the_target_during_a_save_is_not_deleted(tmp_path):
+    save_demo(tmp_path / "d", 1)
+    with pytest.raises(FileExistsError, match=r"not part of its saved index \(late.txt\)"), \
+            _format.atomic_directory(tmp_path / "d") as staging:
+        _format.write_array(staging / "a.npy", np.arange(3))
+        (tmp_path / "d" / "late.txt").write_text("written while the save ran")
+    assert (tmp_path / "d" / "late.txt").read_text() == "written while the save ran"
+    assert load_demo(tmp_path / "d")[2] == {"version": 1}
+
+
 def test_a_save_through_a_symlink_replaces_what_it_points_to(tmp_path):
     save_demo(tmp_path / "real", 1)
     (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)

@@ -76,6 +76,8 @@ def test_get_takes_the_ids_of_a_batch_of_hits(searcher):
         searcher.get([2, -1])
     with pytest.raises(ValueError, match=r"'ids' must be ids in \[0, 2\*\*63\) \(got 1e\+19\)"):
         searcher.get([1e19])
+    with pytest.raises(ValueError, match=r"\(got -1e\+30\)"):  # the value out of range
+        searcher.get([5.0, -1e30])
 
 
 def test_add_rejects_bad_ids(searcher):
@@ -261,3 +263,37 @@ def test_a_tuned_plan_serves_any_k_an_untuned_index_serves(searcher):
     assert result.ids.shape == (1, big) and result.counts.tolist() == [50]
     scaled = searcher.plan.for_k(big)
     assert scaled.ef == scaled.stages[0][2] == MAX_K  # capped where ef is (2**20)
+
+
+def test_an_index_is_never_saved_over_a_model_directory(tmp_path, searcher):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"onnx")
+    digest = __import__("hashlib").sha256(b"onnx").hexdigest()
+    (model / "manifest.json").write_text(
+        '{"format": "mrlsearch.model", "version": 1, "files": {"model.onnx": "%s"}}' % digest)
+    with pytest.raises(FileExistsError, match="'mrlsearch.model' directory"):
+        searcher.save(model)
+    assert (model / "model.onnx").read_bytes() == b"onnx"
+
+
+def test_a_manifest_int_beyond_int64_is_a_format_error(tmp_path, searcher):
+    searcher.save(tmp_path / "index")
+    manifest = tmp_path / "index" / "manifest.json"
+    text = manifest.read_text()
+    import json
+    data = json.loads(text)
+    data["dim"] = 2**64 - 1
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match="'dim' must be an int in"):
+        Searcher.load(tmp_path / "index", verify="none")
+
+
+def test_measure_counts_ties_only_against_full_dim_truth_of_its_metric(searcher):
+    queries = np.random.default_rng(3).standard_normal((20, 32)).astype(np.float32)
+    stages = [(8, 50), (32, 10)]
+    other = Searcher(32, (8, 16, 32), metric="l2", index_dims=(8,))
+    other.add(searcher.get(searcher.ids()), searcher.ids())
+    for truth in (other.exact(queries, 10), searcher.exact(queries, 10, dim=16)):
+        _, recall, _, _ = searcher.measure(queries, truth, stages)
+        assert recall == pytest.approx(searcher.funnel(queries, 10, stages).recall(truth))
