@@ -71,6 +71,13 @@ MAX_K = 1 << 20
 Stages = Union[Sequence[Sequence], FunnelPlan]
 
 
+def _check_num_threads(value: object) -> int:
+    """``value`` as an int (any integer but a bool), else ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"'num_threads' must be an int (got {value!r})")
+    return int(value)
+
+
 def _default_dims(dim: int) -> tuple[int, ...]:
     dims = [d for d in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if d < dim]
     return tuple(dims) + (dim,)
@@ -383,8 +390,7 @@ class Searcher:
             check_matrix(source, "vectors", dim=self._dim)  # raises the right error
         n_rows = source.shape[0]
         given_ids = None if ids is None else check_ids(ids, "ids", count=n_rows)
-        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
-            raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
+        num_threads = _check_num_threads(num_threads)
         encoded = None
         if isinstance(payloads, EncodedPayloads):  # already encoded (by compact or build)
             encoded = payloads
@@ -481,8 +487,7 @@ class Searcher:
         (the payloads of removed rows are freed).
         """
         self._ensure_intact()
-        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
-            raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
+        num_threads = _check_num_threads(num_threads)
         with self._compact_lock:
             with self._lock.read():
                 old = self._store
@@ -829,11 +834,8 @@ class Searcher:
         index_dims = self._index_dims  # read first: drop_graphs may replace it meanwhile
         schedule, k, ef_walk = self._schedule(stages, k, ef, index_dims)
         batch, unchecked = self._check_queries_deferred(queries, defer=True)
-        if type(num_threads) is not int:  # the usual call skips the checks below
-            if isinstance(num_threads, bool) or not isinstance(num_threads,
-                                                               (int, np.integer)):
-                raise TypeError(f"'num_threads' must be an int (got {num_threads!r})")
-            num_threads = int(num_threads)
+        if type(num_threads) is not int:  # the usual call skips the check
+            num_threads = _check_num_threads(num_threads)
         with self._lock.read():
             if self._index_dims is not index_dims:  # drop_graphs ran since: check again
                 schedule, k, ef_walk = self._schedule(stages, k, ef, self._index_dims)
