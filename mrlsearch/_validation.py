@@ -127,22 +127,16 @@ def check_matrix(
         )
     if array.shape[0] == 0 and not allow_empty:
         raise ValueError(f"'{name}' must hold at least one row (got shape {array.shape})")
-    if array.dtype != dtype and np.issubdtype(array.dtype, np.floating):
-        _check_finite(array, name, row_offset)  # before a narrower cast turns huge into inf
     with np.errstate(over="ignore"):
         converted = np.ascontiguousarray(array, dtype=dtype)
-    if array.dtype != converted.dtype and not np.isfinite(converted).all():  # input finite
+    if not np.isfinite(converted).all():  # one pass over the usual, finite input
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0]) + row_offset
+            raise ValueError(f"'{name}' must be finite (got NaN or inf in row {bad})")
         bad = int(np.flatnonzero(~np.isfinite(converted).all(axis=1))[0]) + row_offset
         raise ValueError(f"'{name}' values must fit {np.dtype(dtype).name} "
                          f"(got a value beyond +-{np.finfo(dtype).max:g} in row {bad})")
-    _check_finite(converted, name, row_offset)
     return converted, single
-
-
-def _check_finite(array: np.ndarray, name: str, row_offset: int) -> None:
-    if not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0]) + row_offset
-        raise ValueError(f"'{name}' must be finite (got NaN or inf in row {bad})")
 
 
 def check_ids(ids: object, name: str, *, count: int | None = None,
