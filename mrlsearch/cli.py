@@ -277,18 +277,26 @@ def _describe(searcher: Searcher, index: str) -> dict:
 
 
 # ---------------------------------------------------------------------- commands
+def _given(*options: tuple[str, object]) -> list[str]:
+    """Names of the ``(name, value)`` options that were given (value not None)."""
+    return [name for name, value in options if value is not None]
+
+
+def _subject(names: list[str], one: str, many: str) -> str:
+    """``'--a is'`` or ``'--a and --b are'``: option names as the subject of ``one``/``many``."""
+    return f"{' and '.join(names)} {one if len(names) == 1 else many}"
+
+
 def _check_index_options(args: argparse.Namespace) -> None:
     """Options that mean nothing without another one are usage errors (exit 2)."""
     if args.auto and args.index_dims is not None:
         raise _UsageError("--auto chooses the graph dims itself: drop --index-dims")
     if not args.auto:
-        given = [name for name, value in (("--queries", args.queries), ("-k", args.k),
-                                           ("--target-recall", args.target_recall))
-                 if value is not None]
+        given = _given(("--queries", args.queries), ("-k", args.k),
+                       ("--target-recall", args.target_recall))
         if given:
-            raise _UsageError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
-                              "for --auto, which tunes a plan: add --auto (or run 'mrlsearch "
-                              "tune' after indexing)")
+            raise _UsageError(f"{_subject(given, 'is', 'are')} for --auto, which tunes a plan: "
+                              "add --auto (or run 'mrlsearch tune' after indexing)")
 
 
 def _cmd_index(args: argparse.Namespace) -> None:
@@ -508,13 +516,11 @@ def _labels(y: np.ndarray, path: str) -> np.ndarray:
 
 def _cmd_cascade(args: argparse.Namespace) -> None:
     if not args.calibrate:
-        given = [name for name, value in (("--max-drop", args.max_drop),
-                                           ("--objective", args.objective),
-                                           ("--save", args.save or None)) if value is not None]
+        given = _given(("--max-drop", args.max_drop), ("--objective", args.objective),
+                       ("--save", args.save or None))
         if given:
-            raise _UsageError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
-                              "for --calibrate X_VAL Y_VAL, which computes the thresholds: "
-                              "add --calibrate")
+            raise _UsageError(f"{_subject(given, 'is', 'are')} for --calibrate X_VAL Y_VAL, "
+                              "which computes the thresholds: add --calibrate")
     classifier = Classifier.load(args.classifier)
     calibrated = None
     if args.calibrate:
@@ -555,16 +561,14 @@ def _check_bench_options(args: argparse.Namespace, from_index: bool) -> None:
     """Options that mean nothing for this kind of source, or beside another one, are usage
     errors (exit 2) rather than silently ignored."""
     kind = "an index directory" if from_index else "a .npy source"
-    ignored = [name for name, value in (
-        ("--metric", args.metric if from_index else None),
-        ("--index-dims", args.index_dims if from_index else None),
-        ("--mmap", None if from_index or not args.mmap else True)) if value is not None]
+    ignored = _given(("--metric", args.metric if from_index else None),
+                     ("--index-dims", args.index_dims if from_index else None),
+                     ("--mmap", None if from_index or not args.mmap else True))
     if ignored:
         keeps = ("its own metric and graphs" if from_index
                  else "no memory map (--mmap is for an index's vectors)")
-        raise _UsageError(f"{' and '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} "
-                          f"nothing for {kind}, which keeps {keeps}: drop "
-                          f"{'it' if len(ignored) == 1 else 'them'}")
+        raise _UsageError(f"{_subject(ignored, 'does', 'do')} nothing for {kind}, which keeps "
+                          f"{keeps}: drop {'it' if len(ignored) == 1 else 'them'}")
     if args.queries is not None and args.n_queries is not None:
         raise _UsageError("--n-queries is for queries sampled from SOURCE; --queries gives "
                           "them: drop one")
