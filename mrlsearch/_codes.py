@@ -66,7 +66,8 @@ def widened_scales(prefix: np.ndarray, scales: np.ndarray) -> np.ndarray | None:
 
 def encode_int8(prefix: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """``round(prefix / scales)`` clipped to [-127, 127], as int8."""
-    codes = np.rint(prefix / scales[None, :])
+    codes = prefix / scales[None, :]
+    np.rint(codes, out=codes)
     np.clip(codes, -_INT8_MAX, _INT8_MAX, out=codes)
     return codes.astype(np.int8)
 

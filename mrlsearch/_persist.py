@@ -262,10 +262,11 @@ def _read_codes(saved: _format.SavedDirectory, manifest: dict, store: VectorStor
     """Codes from the files (format 2) or computed from the vectors (format 1)."""
     if manifest.get("version") == 1:
         store.allocate_codes(rows)
-        for lo in range(0, rows, 65536):
-            hi = min(rows, lo + 65536)
-            as_float = np.asarray(store.vectors[lo:hi], dtype=np.float32)
-            store.encode(as_float, store.norms[lo:hi], lo)
+        with store.one_reencode():
+            for lo in range(0, rows, 65536):
+                hi = min(rows, lo + 65536)
+                as_float = np.asarray(store.vectors[lo:hi], dtype=np.float32)
+                store.encode(as_float, store.norms[lo:hi], lo)
         return
     for prefix_dim in store.code_dims:
         if prefix_dim in store.int8:

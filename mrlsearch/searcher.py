@@ -417,7 +417,7 @@ class Searcher:
             if not self._graphs:
                 self._graphs.create(store.capacity)
             with tqdm(total=n_rows * len(self._index_dims), desc="mrlsearch: indexing",
-                      unit="vec", disable=disable, leave=False) as bar:
+                      unit="vec", disable=disable, leave=False) as bar, store.one_reencode():
                 for lo in range(0, n_rows, _ADD_CHUNK):
                     hi = min(n_rows, lo + _ADD_CHUNK)
                     # at most one float32 copy of the chunk (none for writable contiguous

@@ -13,6 +13,7 @@ from invariants import assert_same_neighbours, reference_scores
 from mrlsearch import Searcher, _engine
 from mrlsearch._codes import encode_binary, encode_int8, hamming_reference, int8_scales
 from mrlsearch._graphs import links_from_state
+from mrlsearch._store import VectorStore
 from mrlsearch.datasets import synthetic_mrl
 
 METRICS = ("cosine", "ip", "l2")
@@ -323,3 +324,43 @@ def test_int8_codes_follow_rows_that_outgrow_the_first_scales():
     prefix = vectors[:, :16] / np.linalg.norm(vectors[:, :16], axis=1, keepdims=True)
     assert np.abs(codes[:3000].astype(int) - encode_int8(prefix, scales).astype(int)).max() <= 1
     assert np.all(scales * 127 >= np.abs(prefix).max(axis=0) / 1.05 - 1e-6)
+
+
+def test_a_bulk_add_re_encodes_the_int8_codes_at_most_once(monkeypatch):
+    # each chunk holds larger values than the one before, so each widens the scales; a bulk
+    # add re-encodes the earlier rows once at its end instead of once per chunk
+    vectors, _ = synthetic_mrl(3000, 64, n_queries=1, seed=1)
+    prefix_norms = np.linalg.norm(vectors[:, :16], axis=1)
+    peaks = np.abs(vectors[:, :16] / prefix_norms[:, None]).max(axis=1)
+    vectors = vectors[np.argsort(peaks)]
+    monkeypatch.setattr("mrlsearch.searcher._ADD_CHUNK", 300)
+    passes = []
+    original = VectorStore._reencode_int8
+
+    def counted(self, prefix_dim, column, stop):
+        passes.append(stop)
+        return original(self, prefix_dim, column, stop)
+
+    monkeypatch.setattr(VectorStore, "_reencode_int8", counted)
+    searcher = Searcher(64, (16, 32, 64), index_dims=(16,))
+    searcher.add(vectors)
+    assert len(passes) == 1 and passes[0] > 300
+    codes, scales, _ = searcher._store.kernel_codes(16)
+    prefix = vectors[:, :16] / np.linalg.norm(vectors[:, :16], axis=1, keepdims=True)
+    assert np.abs(codes[:3000].astype(int) - encode_int8(prefix, scales).astype(int)).max() <= 1
+    assert np.all(scales * 127 >= np.abs(prefix).max(axis=0) / 1.05 - 1e-6)
+
+
+def test_codes_are_re_encoded_when_a_bulk_write_fails_half_way():
+    rng = np.random.default_rng(2)
+    rows = rng.standard_normal((200, 8)).astype(np.float32)
+    rows[100:] *= 10  # the second half widens every scale
+    store = VectorStore(8, (8,), dtype="float32", code_dims=(8,), precisions=("int8",))
+    store.reserve(200)
+    store.allocate_codes(200)
+    with pytest.raises(RuntimeError), store.one_reencode():
+        store.append(rows[:100], np.arange(100))
+        store.append(rows[100:], np.arange(100, 200))
+        raise RuntimeError("the graph insert failed")
+    codes, scales, _ = store.kernel_codes(8)
+    assert np.array_equal(codes[:200], encode_int8(rows, scales))
