@@ -84,7 +84,10 @@ def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[
     ``refine_binary`` whether int8 codes exist to refine a binary walk.
     """
     grid = shortlist_grid(k, live, max_shortlist)
-    qualified: list[FunnelPlan] = []
+    qualified: dict[tuple, FunnelPlan] = {}
+    # shapes differ only where there are dims between the walk's and the last one: with one
+    # graph at full dim all three give the same schedule, measured once
+    measured: dict[tuple, tuple[float, float, float]] = {}
     best_recall = (-1.0, None)
     measure(((index_dims[0], float_name, k),), k)  # warm up: no first-call cost in a timing
     total = len(index_dims) * len(precisions) * len(_EF_FACTORS) * len(grid)
@@ -108,14 +111,16 @@ def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[
                             stages = make_stages(dims, first_dim, precision, float_name,
                                                  shortlist, k, decay,
                                                  refine_binary=refine_binary)
-                            recall, lower, seconds = measure(stages, ef)
+                            if (stages, ef) not in measured:
+                                measured[stages, ef] = measure(stages, ef)
+                            recall, lower, seconds = measured[stages, ef]
                             fastest_here = min(fastest_here, seconds)
                             if recall > best_recall[0]:
                                 best_recall = (recall, stages)
                             if lower >= target_recall:
                                 open_shapes.remove(decay)
-                                qualified.append(FunnelPlan(stages, ef, k, recall, lower,
-                                                            seconds))
+                                qualified[stages, ef] = FunnelPlan(stages, ef, k, recall, lower,
+                                                                   seconds)
                                 best_seconds = min(best_seconds, seconds)
                         if shortlist >= live or fastest_here > _PRUNE * best_seconds:
                             # longer shortlists only cost more: this branch cannot win
@@ -127,7 +132,7 @@ def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[
             f"no funnel schedule reached target_recall={target_recall} (with a 95 % lower bound) "
             f"up to max_shortlist={max_shortlist}; the best was {recall:.3f} with {stages}. "
             "Raise max_shortlist, index a longer prefix (index_dims), or lower the target.")
-    return fastest(measure, qualified)
+    return fastest(measure, list(qualified.values()))
 
 
 def fastest(measure: Measure, qualified: list[FunnelPlan]) -> FunnelPlan:
