@@ -56,20 +56,19 @@ def shortlist_needed(sample: np.ndarray, queries: np.ndarray, dims: Sequence[int
     full_dim = x.shape[1]
     wanted = sorted({int(d) for d in dims})
 
-    def scores(dots: np.ndarray, x_squares: np.ndarray, q_squares: np.ndarray) -> np.ndarray:
+    def scores(dots: np.ndarray, x_squares: np.ndarray) -> np.ndarray:
+        # only each query's order of the rows matters: a factor per query (its norm) is left out
         if metric == "cosine":
-            return dots / np.maximum(np.sqrt(q_squares)[:, None] * np.sqrt(x_squares)[None, :],
-                                     1e-30)
+            return dots * (1.0 / np.sqrt(np.maximum(x_squares, 1e-30)))[None, :]
         if metric == "l2":
             return 2 * dots - x_squares[None, :]
         return dots
 
-    full = scores(q @ x.T, np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", q, q))
+    full = scores(q @ x.T, np.einsum("ij,ij->i", x, x))
     truth = np.argpartition(-full, k - 1, axis=1)[:, :k]
     need = int(math.ceil(target_recall * k))
     dots = np.zeros((q.shape[0], x.shape[0]), dtype=np.float32)
     x_squares = np.zeros(x.shape[0], dtype=np.float32)
-    q_squares = np.zeros(q.shape[0], dtype=np.float32)
     done = 0
     out = {}
     for prefix_dim in wanted:
@@ -79,9 +78,8 @@ def shortlist_needed(sample: np.ndarray, queries: np.ndarray, dims: Sequence[int
             block_x, block_q = x[:, done:prefix_dim], q[:, done:prefix_dim]
             dots += block_q @ block_x.T
             x_squares += np.einsum("ij,ij->i", block_x, block_x)
-            q_squares += np.einsum("ij,ij->i", block_q, block_q)
             done = prefix_dim
-            prefix = scores(dots, x_squares, q_squares)
+            prefix = scores(dots, x_squares)
         truth_scores = np.take_along_axis(prefix, truth, axis=1)
         # the true neighbour with the need-th best prefix score has the need-th best rank
         threshold = -np.partition(-truth_scores, need - 1, axis=1)[:, need - 1]
