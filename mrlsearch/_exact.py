@@ -8,8 +8,10 @@ from ._store import VectorStore
 
 __all__: list[str] = []
 
-#: Scores are computed for this many (query, row) pairs at a time (64 MiB of float32).
-_EXACT_BLOCK = 1 << 24
+#: Scores are computed for this many (query, row) pairs at a time (4 MiB of float32). Blocks of
+#: 64 MiB took 2.5x as long on a first call (500 queries x 120k rows: 0.77 s against 0.28 s):
+#: each block's scores landed in freshly mapped pages.
+_EXACT_BLOCK = 1 << 20
 
 
 def exact_rows(store: VectorStore, metric: str, batch: np.ndarray, prefix_dim: int,
