@@ -166,13 +166,13 @@ def test_exact_equals_numpy_merge_and_single_searcher(built, single, data):
 
 def test_merge_breaks_ties_by_smaller_id():
     from mrlsearch import SearchResult
-    from mrlsearch.distributed import _merge
+    from mrlsearch.distributed._merge import merge_top_k
 
     a = SearchResult(np.array([[9, 4, -1]]), np.array([[1.0, 0.5, -np.inf]], np.float32),
                      np.array([2]))
     b = SearchResult(np.array([[3, 7, 1]]), np.array([[1.0, 0.5, 0.5]], np.float32),
                      np.array([3]))
-    ids, scores, counts = _merge([a, b], 4)
+    ids, scores, counts = merge_top_k([a, b], 4)
     assert ids.tolist() == [[3, 9, 1, 4]] and counts.tolist() == [4]
     assert scores.tolist() == [[1.0, 1.0, 0.5, 0.5]]
 
