@@ -197,8 +197,9 @@ def test_special_files_in_place_of_a_classifier_are_refused_without_blocking(tmp
 # ---------------------------------------------------------------------- saving
 def test_save_fsyncs_the_file_and_the_directory_and_leaves_nothing(tmp_path, monkeypatch):
     synced = []
-    real = _format._fsync_path
-    monkeypatch.setattr(_format, "_fsync_path", lambda p: (synced.append(Path(p)), real(p)))
+    real = _format._atomic.fsync_path
+    monkeypatch.setattr(_format._atomic, "fsync_path",
+                        lambda p: (synced.append(Path(p)), real(p)))
     make(7).save(tmp_path / "clf.npz")
     assert tmp_path in synced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clf.npz"]

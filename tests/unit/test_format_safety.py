@@ -633,7 +633,7 @@ def test_a_load_reads_the_version_it_pinned_while_a_save_swaps_it(tmp_path):
 
 def test_a_load_starts_again_when_the_directory_vanishes_under_it(tmp_path, monkeypatch):
     save_demo(tmp_path / "d", 1)
-    original = _format._check_manifest
+    original = _format._reading._check_manifest
     calls = []
 
     def swap_first(*args, **kwargs):
@@ -641,7 +641,7 @@ def test_a_load_starts_again_when_the_directory_vanishes_under_it(tmp_path, monk
         if len(calls) == 1:
             save_demo(tmp_path / "d", 2)  # between the manifest and the files
         return original(*args, **kwargs)
-    monkeypatch.setattr(_format, "_check_manifest", swap_first)
+    monkeypatch.setattr(_format._reading, "_check_manifest", swap_first)
     a, b, notes = load_demo(tmp_path / "d")
     assert len(calls) == 2 and notes == {"version": 2} and (a == 2).all() and (b == 2).all()
 
