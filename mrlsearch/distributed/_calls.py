@@ -44,9 +44,11 @@ class ShardUnavailableError(MRLError, RuntimeError):
         self.path = path
 
 
-
 @dataclass
 class Shard:
+    """One shard as the driver tracks it: its directory, its actor and the writes since the
+    directory was saved (replayed into a fresh actor)."""
+
     index: int
     path: Path
     base: int = 0  # the actor version the directory holds
@@ -64,6 +66,8 @@ class Shard:
 
 @dataclass
 class Sent:
+    """A call on its way to a shard's actor: what to send again if the actor dies."""
+
     shard: Shard
     kind: str  # 'call' or 'apply'
     name: str
@@ -74,22 +78,24 @@ class Sent:
 
 
 def remaining(deadline: float) -> float | None:
+    """Seconds left until ``deadline`` (``time.monotonic``), None for no deadline."""
     if math.isinf(deadline):
         return None
     return max(0.0, deadline - time.monotonic())
 
 
 def deadline_in(seconds: float | None) -> float:
+    """The ``time.monotonic`` deadline ``seconds`` from now (inf for None)."""
     return math.inf if seconds is None else time.monotonic() + seconds
 
 
 def check_timeout(value: object, name: str) -> float | None:
+    """``value`` as seconds >= 0, or None; ``ValueError`` naming ``name`` otherwise."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"'{name}' must be a number of seconds >= 0 or None (got {value!r})")
     return float(value)
-
 
 
 class ShardCalls:
@@ -142,19 +148,26 @@ class ShardCalls:
 
     def query(self, method: str, args: tuple, kwargs: dict) -> dict:
         """``method`` on every shard, waiting as long as it takes (restarts included)."""
-        sent, missing = self.send("call", method, args, kwargs, False)
+        return self.query_each({shard.index: (method, args, kwargs) for shard in self.shards})
+
+    def query_each(self, calls: dict[int, tuple[str, tuple, dict]]) -> dict:
+        """One call per shard ``{index: (method, args, kwargs)}``; answers per shard index."""
+        sent, missing = self.send_each({index: ("call", *call) for index, call in calls.items()},
+                                       False)
         return self.collect(sent, missing, math.inf, self.restart_timeout, False)
 
     def spawn(self, shard: Shard) -> None:
+        """Start an actor that loads ``shard``'s directory (``ready()`` tells when it did)."""
         options: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.memory is not None:
             options["memory"] = self.memory
         shard.actor = RemoteShard.options(**options).remote(str(shard.path), self.mmap,
-                                                              self.threads, shard.base)
+                                                             self.threads, shard.base)
         shard.ready = shard.actor.ready.remote()
         shard.up = False
 
     def restart(self, shard: Shard, dead: Any) -> None:
+        """Replace the actor ``dead`` of ``shard`` with a fresh one, unless another thread did."""
         with shard.lock:
             if shard.actor is not dead and shard.actor is not None:
                 return  # another thread restarted it already
@@ -167,6 +180,7 @@ class ShardCalls:
             shard.restarts += 1
 
     def is_up(self, shard: Shard) -> bool:
+        """Whether ``shard``'s actor finished loading (without waiting)."""
         if shard.up:
             return True
         if shard.actor is None:
@@ -176,11 +190,13 @@ class ShardCalls:
         return shard.up
 
     def send(self, kind: str, name: str, args: tuple, kwargs: dict, allow_partial: bool
-              ) -> tuple[dict, list]:
+             ) -> tuple[dict, list]:
+        """The same call to every shard: (sent per shard index, shards left out)."""
         return self.send_each({shard.index: (kind, name, args, kwargs)
-                                for shard in self.shards}, allow_partial)
+                               for shard in self.shards}, allow_partial)
 
     def send_each(self, calls: dict, allow_partial: bool) -> tuple[dict, list]:
+        """One call per shard index; with ``allow_partial`` shards still loading are left out."""
         if self.closed:
             raise RuntimeError("this ShardedSearcher is closed")
         sent, missing = {}, []
@@ -195,6 +211,7 @@ class ShardCalls:
         return sent, missing
 
     def submit(self, shard: Shard, kind: str, name: str, args: tuple, kwargs: dict) -> Sent:
+        """Send one call (``kind`` 'call' or 'apply') to ``shard``'s current actor."""
         if shard.actor is None:
             self.restart(shard, None)
         actor = shard.actor
@@ -205,11 +222,12 @@ class ShardCalls:
         return Sent(shard, kind, name, args, kwargs, actor, ref)
 
     def unavailable(self, shard: Shard, why: str) -> ShardUnavailableError:
+        """The error that names ``shard`` and says ``why``."""
         return ShardUnavailableError(f"shard {shard.index} ({shard.path}) {why}",
                                      shard=shard.index, path=str(shard.path))
 
     def collect(self, sent: dict, missing: list, deadline: float,
-                 restart_timeout: float | None, allow_partial: bool) -> dict:
+                restart_timeout: float | None, allow_partial: bool) -> dict:
         """Wait for every sent call, restarting and replaying where an actor died."""
         answers = {}
         for index, item in sent.items():
@@ -221,7 +239,9 @@ class ShardCalls:
         return answers
 
     def resolve(self, item: Sent, deadline: float, restart_timeout: float | None,
-                 allow_partial: bool) -> tuple | None:
+                allow_partial: bool) -> tuple | None:
+        """Wait for one call's answer (out, seconds, count): restart, replay and resend where
+        its actor died; None where ``allow_partial`` lets the shard be left out."""
         shard = item.shard
         deaths = 0
         restart_deadline = math.inf
@@ -331,8 +351,6 @@ class ShardCalls:
                 shard.journal.clear()
         else:
             shard.journal.append((item.name, item.args))
-
-
 
 
 def remote_cause(exc: BaseException) -> BaseException:

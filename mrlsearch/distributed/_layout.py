@@ -80,8 +80,6 @@ def shard_of(ids: Sequence[int] | np.ndarray | int, n_shards: int) -> np.ndarray
     return (z % np.uint64(n_shards)).astype(np.int64)
 
 
-
-
 def write_sharding(root: Path, *, n_shards: int, names: list[str], next_id: int | None) -> None:
     """Write ``root/sharding.json`` atomically (fsynced, renamed into place)."""
     data = {"format": SHARDING_FORMAT, "version": SHARDING_VERSION, "n_shards": n_shards,

@@ -53,8 +53,6 @@ class ShardedSearchResult(SearchResult):
         return self.wall_seconds
 
 
-
-
 def merge_top_k(parts: list[SearchResult], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Global top-k of per-shard top-k lists: by score, then by the smaller id."""
     ids = np.concatenate([np.asarray(p.ids, dtype=np.int64) for p in parts], axis=1)

@@ -68,7 +68,6 @@ def _plan_key(plan: Any) -> str:
     return repr(plan)
 
 
-
 class ShardedSearcher:
     """A Searcher split into shards, one Ray actor per shard; queries fan out and merge.
 
@@ -627,7 +626,7 @@ class ShardedSearcher:
         batch, _ = check_matrix(queries, "queries", dim=self._dim)
         payload = ray.put(batch) if batch.nbytes > _PUT_ABOVE_BYTES else batch
         sent, missing = self._calls.send("call", method, (payload,), {"k": k, **options},
-                                   allow_partial)
+                                         allow_partial)
         return (sent, missing, batch.shape[0], k, started, deadline_in(timeout), restart_timeout,
                 allow_partial)
 
@@ -649,10 +648,6 @@ class ShardedSearcher:
             shard_stats=tuple(tuple(answers[i][0].stats) for i in order),
             shard_seconds=tuple(answers[i][1] for i in order), wall_seconds=now - started,
             merge_seconds=now - merge_started)
-
-    def _query(self, method: str, args: tuple, kwargs: dict) -> dict:
-        sent, missing = self._calls.send("call", method, args, kwargs, False)
-        return self._calls.collect(sent, missing, math.inf, self._calls.restart_timeout, False)
 
     # ------------------------------------------------------------------ tuning
     def tune(
@@ -725,8 +720,8 @@ class ShardedSearcher:
         targets = sorted({min(0.999, max(0.0, float(check_fraction(t, "local_targets"))))
                           for t in local_targets})
         truth = self.exact(batch, k).ids
-        proposals = self._calls.query("tune_candidates", (ray.put(batch), k, targets, tune_options),
-                                {})
+        proposals = self._calls.query("tune_candidates",
+                                      (ray.put(batch), k, targets, tune_options), {})
         candidates: dict[str, Any] = {}
         for index in sorted(proposals):
             for plan in proposals[index][0]:
@@ -835,9 +830,8 @@ class ShardedSearcher:
         assignment = shard_of(targets, self.n_shards)
         parts = {index: np.flatnonzero(assignment == index)
                  for index in np.unique(assignment).tolist()}
-        answers = self._calls.collect(*self._calls.send_each(
-            {i: ("call", "get", (targets[at],), {"payload": payload})
-             for i, at in parts.items()}, False), math.inf, self._calls.restart_timeout, False)
+        answers = self._calls.query_each({i: ("get", (targets[at],), {"payload": payload})
+                                          for i, at in parts.items()})
         if payload:
             out: list = [None] * targets.size
             for index, at in parts.items():
@@ -868,15 +862,14 @@ class ShardedSearcher:
             assignment = shard_of(targets, self.n_shards)
             parts = {index: targets[assignment == index]
                      for index in np.unique(assignment).tolist()}
-            checks = self._calls.collect(*self._calls.send_each(
-                {i: ("call", "missing_ids", (part,), {}) for i, part in parts.items()}, False),
-                math.inf, self._calls.restart_timeout, False)
+            checks = self._calls.query_each({i: ("missing_ids", (part,), {})
+                                             for i, part in parts.items()})
             unknown = [i for out, _, _ in checks.values() if out for i in out]
             if unknown:
                 raise ValueError(f"'ids' must all be in the index (got {len(unknown)} unknown, "
                                  f"e.g. {unknown[0]})")
             failures = self._calls.write({i: ("remove", (part,)) for i, part in parts.items()},
-                                   keep_going=True)
+                                         keep_going=True)
             if failures:
                 done = sorted(set(parts) - set(failures))
                 first = failures[min(failures)]
