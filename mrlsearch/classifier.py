@@ -14,15 +14,15 @@ import stat
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from . import _format, _kernels
+from ._calibrate import ThresholdSearch, check_labels, cross_validate
 from ._errors import DimensionError, FormatError
 from ._validation import check_choice, check_dims, check_fraction, check_matrix
 
@@ -34,12 +34,8 @@ CONFIDENCES = ("max_prob", "margin")
 OBJECTIVES = ("expected_dim", "compute")
 # cascade(): rows per block = this many logits (4 MiB of float32) / n_classes
 _BLOCK_FLOATS = 1 << 20
-# Candidate thresholds per dim in calibrate(): quantiles of that dim's validation confidences.
-_GRID_SIZE = 64
 # calibrate(cv=k): cost levels tried, geometric from full dim's cost to the path's cheapest.
 _COST_LEVELS = 48
-# Any threshold above this stops no row (confidences are at most 1): the dim is not tested.
-_UNTESTED = np.inf
 
 
 class CascadeStage(NamedTuple):
@@ -194,258 +190,6 @@ def _softmax_confidence(logits: np.ndarray, kind: str, threshold: float = -np.in
         _kernels.softmax_confidence(logits, CONFIDENCES.index(kind), float(threshold), labels,
                                     confidence, stop)
     return labels, confidence, stop
-
-
-@numba.njit(["void(f4[:, ::1], b1[:, ::1], f8[::1], i8[::1], i8[::1])"], cache=True,
-            nogil=True)
-def _route(confidence, correct, thresholds, counts, tallies):
-    """Replay a cascade on precomputed per-dim confidences: where each row stops, and tallies.
-
-    ``confidence`` and ``correct`` are (rows, dims): a row's confidence and whether its label
-    is right at each dim. A row stops at the first dim ``i`` with ``confidence >=
-    thresholds[i]`` (the last dim always answers). Writes ``counts[i]``, the rows that stop at
-    dim ``i``, and ``tallies`` = (right answers, losses: full dim right and the cascade wrong,
-    gains: the reverse).
-    """
-    last = confidence.shape[1] - 1
-    counts[:] = 0
-    hits = 0
-    losses = 0
-    gains = 0
-    for row in range(confidence.shape[0]):
-        stop = last
-        for i in range(last):
-            if confidence[row, i] >= thresholds[i]:
-                stop = i
-                break
-        counts[stop] += 1
-        hit = correct[row, stop]
-        full = correct[row, last]
-        if hit:
-            hits += 1
-            if not full:
-                gains += 1
-        elif full:
-            losses += 1
-    tallies[0] = hits
-    tallies[1] = losses
-    tallies[2] = gains
-
-
-class _Point(NamedTuple):
-    """A threshold vector and what it does on the rows of one :class:`_ThresholdSearch`."""
-
-    thresholds: tuple[float, ...]
-    accuracy: float
-    expected_dim: float
-    cost: float
-    drop: float  # mean accuracy drop against full dim (losses - gains) / n
-    unit: float  # McNemar standard error sqrt(losses + gains + 1) / n; 0 if no row stops early
-    losses: int = 0  # rows full dim gets right and the cascade wrong
-
-    def bound(self, sigmas: float) -> float:
-        return self.drop + sigmas * self.unit
-
-
-def _tally(confidence: np.ndarray, correct: np.ndarray, thresholds: np.ndarray
-           ) -> tuple[np.ndarray, int, int, int]:
-    """Rows stopping at each dim, right answers, losses and gains (see :func:`_route`)."""
-    counts = np.empty(confidence.shape[1], dtype=np.int64)
-    tallies = np.empty(3, dtype=np.int64)
-    _route(confidence, correct, np.ascontiguousarray(thresholds, dtype=np.float64), counts,
-           tallies)
-    return counts, int(tallies[0]), int(tallies[1]), int(tallies[2])
-
-
-class _ThresholdSearch:
-    """calibrate's search over one set of rows (all of them, or the training folds).
-
-    Holds each row's confidence and correctness at every dim (computed once by the caller:
-    a fold is a column subset, no logits are recomputed), a grid of candidate thresholds per
-    dim (``_GRID_SIZE`` quantiles of these rows' confidences), and the cost model.
-    """
-
-    def __init__(self, confidence: np.ndarray, correct: np.ndarray, dims: np.ndarray,
-                 stop_costs) -> None:
-        self.confidence = confidence  # (n_dims, n) float32
-        self.rows = np.ascontiguousarray(confidence.T)  # (n, n_dims) for the router
-        self.correct = np.ascontiguousarray(correct.T)
-        self.n = confidence.shape[1]
-        self.dims = dims
-        self.stop_costs = stop_costs
-        self.grids = [np.unique(np.quantile(confidence[i], np.linspace(0.0, 1.0, _GRID_SIZE)))
-                      [::-1] for i in range(len(dims) - 1)]
-
-    def thresholds_at(self, position) -> np.ndarray:
-        values = np.full(len(self.dims), -np.inf)
-        for i, p in enumerate(position):
-            values[i] = _UNTESTED if p < 0 else self.grids[i][p]
-        return values
-
-    def evaluate(self, values: np.ndarray) -> _Point:
-        counts, hits, losses, gains = _tally(self.rows, self.correct, values)
-        n = self.n
-        early = counts[:-1].sum() > 0
-        return _Point(tuple(float(v) for v in values), hits / n, float(counts @ self.dims) / n,
-                      float(counts @ self.stop_costs(values)) / n, (losses - gains) / n,
-                      math.sqrt(losses + gains + 1) / n if early else 0.0, losses)
-
-    def path(self) -> list[_Point]:
-        """The greedy path from "every row at full dim" to "every row at the first dim": each
-        step lowers by one grid notch the threshold whose move saves the most cost per unit of
-        accuracy lost (moves that lose nothing first)."""
-        position = [-1] * (len(self.dims) - 1)  # -1: threshold +inf (nobody stops, no test)
-        points = [self.evaluate(self.thresholds_at(position))]
-        while True:
-            best = None
-            here = points[-1]
-            for i, grid in enumerate(self.grids):
-                if position[i] + 1 >= len(grid):
-                    continue
-                trial = list(position)
-                trial[i] += 1
-                point = self.evaluate(self.thresholds_at(trial))
-                saved = here.cost - point.cost
-                lost = here.accuracy - point.accuracy
-                key = (lost <= 0, saved / lost if lost > 0 else saved)
-                if best is None or key > best[0]:
-                    best = (key, trial, point)
-            if best is None:
-                return points
-            position = best[1]
-            points.append(best[2])
-
-    def choose(self, path: list[_Point], budget: float, sigmas: float) -> _Point:
-        """The cheapest point of ``path`` whose drop bound (``sigmas`` standard errors) is
-        within ``budget``, refined by coordinate descent; "every row at full dim" (the path's
-        first point) when nothing costs less. Thresholds sit in the middle of the gap below
-        the grid value they came from."""
-        full = path[0]
-
-        def on_target(point: _Point) -> bool:
-            return point.bound(sigmas) <= budget + 1e-12
-
-        def rank(point: _Point) -> tuple[float, float]:
-            return point.cost, -point.accuracy
-
-        chosen = min((p for p in path if on_target(p)), key=rank)
-        # the cheapest that stays on target
-        chosen = self.descend(chosen, on_target, lambda point, best: rank(point) < rank(best))
-        if not chosen.cost < full.cost:
-            return full
-        return self.settle(chosen)
-
-    def best_within(self, path: list[_Point], level: float,
-                    start: _Point | None = None) -> _Point:
-        """The thresholds found that lose the fewest rows against full dim while costing at
-        most ``level`` on these rows; among those the costliest (the one that uses the
-        allowance: fewer rows stopped early on the strength of these rows alone). Gains (rows
-        only the cascade gets right) do not count: chasing them fits noise. Starts from the
-        best point of ``path`` within ``level`` or of the one-dim changes of ``start`` (the
-        choice at the previous, higher level: the cheaper points of a greedy path can lie
-        far along it), then :meth:`descend`."""
-        limit = level * (1 + 1e-12)
-
-        def key(point: _Point) -> tuple[float, float]:
-            return -point.losses, point.cost
-
-        candidates = [p for p in path if p.cost <= limit]
-        if start is not None:
-            values = np.asarray(start.thresholds, dtype=np.float64)
-            for i, grid in enumerate(self.grids):
-                for candidate in (_UNTESTED, *grid):
-                    trial = values.copy()
-                    trial[i] = candidate
-                    point = self.evaluate(trial)
-                    if point.cost <= limit:
-                        candidates.append(point)
-        chosen = max(candidates, key=key, default=path[-1])
-        return self.descend(chosen, lambda point: point.cost <= limit,
-                            lambda point, best: key(point) > key(best))
-
-    def descend(self, chosen: _Point, allowed: Callable[[_Point], bool],
-                better: Callable[[_Point, _Point], bool]) -> _Point:
-        """Coordinate descent from ``chosen``: per dim, every grid threshold and "no test"
-        (+inf) with the others fixed; a trial that is ``allowed`` and ``better`` than the
-        current choice replaces it; until a sweep changes nothing (at most 16 sweeps)."""
-        values = np.asarray(chosen.thresholds, dtype=np.float64)
-        for _ in range(16):
-            improved = False
-            for i, grid in enumerate(self.grids):
-                for candidate in (_UNTESTED, *grid):
-                    if candidate == values[i]:
-                        continue
-                    trial = values.copy()
-                    trial[i] = candidate
-                    point = self.evaluate(trial)
-                    if allowed(point) and better(point, chosen):
-                        chosen, values, improved = point, trial, True
-            if not improved:
-                break
-        return chosen
-
-    def settle(self, point: _Point) -> _Point:
-        """``point`` with each threshold moved from the grid value (a confidence of these
-        rows: a row exactly at it could flip when the cascade's float32 arithmetic differs by
-        an ulp) to the middle of the gap below it: the same routing of these rows."""
-        values = np.asarray(point.thresholds, dtype=np.float64).copy()
-        for i in range(len(self.dims) - 1):
-            if values[i] <= 1.0:
-                below = self.confidence[i][self.confidence[i] < values[i]]
-                lower = float(below.max()) if below.size else max(values[i] - 1e-6, 0.0)
-                values[i] = (values[i] + lower) / 2
-        return point._replace(thresholds=tuple(float(v) for v in values))
-
-
-def _first_within(path: list[_Point], level: float) -> _Point:
-    """The first point of ``path`` that costs at most ``level`` (the last point if none)."""
-    for point in path:
-        if point.cost <= level * (1 + 1e-12):
-            return point
-    return path[-1]
-
-
-def _check_labels(labels: object, name: str, n_classes: int, rows: int) -> np.ndarray:
-    """``labels`` as an int64 array of shape ``(rows,)`` holding class indices in
-    ``[0, n_classes)``.
-
-    Raises
-    ------
-    DimensionError
-        If the shape is not ``(rows,)``.
-    TypeError
-        If the dtype is not an integer dtype (floats, bools, strings and objects are refused,
-        even when every float is integral: convert with ``.astype(int)`` yourself).
-    ValueError
-        If a label is outside ``[0, n_classes)``.
-    """
-    truth = np.asarray(labels)
-    if truth.ndim != 1 or truth.shape[0] != rows:
-        raise DimensionError(f"{name!r} must have shape ({rows},), one label per row of x_val "
-                             f"(got {truth.shape})")
-    if truth.dtype.kind not in "iu":
-        hint = (" - convert integral floats with .astype(int)" if truth.dtype.kind == "f"
-                else "")
-        raise TypeError(f"{name!r} must hold integer class indices (got dtype "
-                        f"{truth.dtype}){hint}")
-    if truth.size:
-        low, high = truth.min(), truth.max()
-        if low < 0 or high >= n_classes:
-            bad = int(low) if low < 0 else int(high)
-            raise ValueError(f"{name!r} must hold class indices in [0, {n_classes}) (got "
-                             f"{bad} at row {int(np.flatnonzero(truth == bad)[0])})")
-    return truth.astype(np.int64, copy=False)
-
-
-def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold index of each row: rows shuffled with ``seed``, then dealt round-robin class by
-    class, so that folds differ in size by at most one row and in each class's count by at
-    most one."""
-    order = np.random.default_rng(seed).permutation(labels.shape[0])
-    order = order[np.argsort(labels[order], kind="stable")]
-    out = np.empty(labels.shape[0], dtype=np.int64)
-    out[order] = np.arange(labels.shape[0]) % folds
-    return out
 
 
 def _check_save_target(path: Path) -> None:
@@ -890,7 +634,7 @@ class Classifier:
         folds = None if cv is None or cv == 1 else int(cv)
         kind = check_choice(confidence, "confidence", CONFIDENCES)
         batch = self._check_x(x_val)
-        truth = _check_labels(y_val, "y_val", self._n_classes, batch.shape[0])
+        truth = check_labels(y_val, "y_val", self._n_classes, batch.shape[0])
         if batch.shape[0] < 2:
             raise ValueError(f"'x_val' must hold at least 2 rows (got {batch.shape[0]})")
         if folds is not None and folds > batch.shape[0]:
@@ -899,7 +643,6 @@ class Classifier:
         labels, conf = self._all_dims(batch, kind)
         correct = labels == truth[None, :]
         dims = np.asarray(self._dims, dtype=np.float64)
-        n_dims, n = correct.shape
         full_accuracy = float(correct[-1].mean())
         target = full_accuracy - max_drop
 
@@ -912,7 +655,7 @@ class Classifier:
             logits_cost = dims if self._shared else np.cumsum(dims * tested)
             return logits_cost + test_cost * np.cumsum(tested)
 
-        search = _ThresholdSearch(conf, correct, dims, stop_costs)
+        search = ThresholdSearch(conf, correct, dims, stop_costs)
         path = search.path()
         full = path[0]  # every row at full dim: no drop, so always on target
         cv_drop = cv_expected = float("nan")
@@ -924,8 +667,8 @@ class Classifier:
             cheapest = min(p.cost for p in path)
             levels = [full.cost * (cheapest / full.cost) ** (k / _COST_LEVELS)
                       for k in range(1, _COST_LEVELS + 1)] if cheapest > 0 else []
-            held_out = self._cross_validate(conf, correct, truth, dims, stop_costs, folds,
-                                            seed, max_drop, drop_sigmas, levels)
+            held_out = cross_validate(conf, correct, truth, dims, stop_costs, folds, seed,
+                                      max_drop, drop_sigmas, levels)
             if held_out is None:
                 chosen = full
             else:
@@ -982,47 +725,6 @@ class Classifier:
             cascade_rows_per_s=cascade_speed, full_rows_per_s=full_speed, faster=faster,
             note=note, cv=folds, cv_drop=float(cv_drop), cv_expected_dim=float(cv_expected),
             )
-
-    @staticmethod
-    def _cross_validate(conf, correct, truth, dims, stop_costs, folds, seed, max_drop, sigmas,
-                        levels) -> tuple[float, float, float, float] | None:
-        """The lowest cost level of the greedy path whose points keep the promise on held-out
-        folds.
-
-        Rows are split into ``folds`` stratified folds; each fold gets the greedy path of the
-        other folds. For each cost level ``c`` of ``levels`` (decreasing), each fold answers
-        with the first point of its path that costs at most ``c`` (thresholds chosen without
-        seeing the fold); the drop of all the held-out answers plus ``sigmas`` McNemar
-        standard errors must stay within ``max_drop``. The scan stops at the first level that
-        fails. Returns (level, held-out mean drop, its standard error, held-out expected dim)
-        of the last level that passed, or None when none did.
-        """
-        fold_of = _stratified_folds(truth, folds, seed)
-        n = truth.shape[0]
-        splits = []
-        for f in range(folds):
-            train = fold_of != f
-            search = _ThresholdSearch(conf[:, train], correct[:, train], dims, stop_costs)
-            splits.append((search, search.path(), np.ascontiguousarray(conf[:, ~train].T),
-                           np.ascontiguousarray(correct[:, ~train].T)))
-        accepted = None
-        previous: list[_Point | None] = [None] * folds
-        for level in levels:
-            losses = gains = 0
-            counts = np.zeros(len(dims), dtype=np.int64)
-            for f, (search, path, rows, right) in enumerate(splits):
-                point = previous[f] = search.best_within(path, level, previous[f])
-                fold_counts, _, fold_losses, fold_gains = _tally(
-                    rows, right, np.asarray(search.settle(point).thresholds))
-                counts += fold_counts
-                losses += fold_losses
-                gains += fold_gains
-            drop = (losses - gains) / n
-            unit = math.sqrt(losses + gains + 1) / n if counts[:-1].sum() else 0.0
-            if drop + sigmas * unit > max_drop + 1e-12:
-                break
-            accepted = (level, drop, unit, float(counts @ dims) / n)
-        return accepted
 
     def _rows_per_s(self, batch: np.ndarray, thresholds: np.ndarray, full: np.ndarray,
                     kind: str) -> tuple[float, float]:

@@ -7,7 +7,7 @@ import pytest
 
 from mrlsearch import Classifier
 from mrlsearch import classifier as classifier_module
-from mrlsearch.classifier import _route, _ThresholdSearch
+from mrlsearch._calibrate import ThresholdSearch, _route, stratified_folds
 
 DIMS = (2, 4, 8, 16)
 Z = 1.645
@@ -64,8 +64,8 @@ def test_cv_thresholds_reproduce_a_plain_loop_reference():
     correct = labels == y[None, :]
     dims = np.asarray(DIMS, dtype=np.float64)
     fold_of = plain_folds(y, folds, seed)
-    np.testing.assert_array_equal(fold_of, classifier_module._stratified_folds(y, folds, seed))
-    whole = _ThresholdSearch(conf, correct, dims, lambda values: dims)
+    np.testing.assert_array_equal(fold_of, stratified_folds(y, folds, seed))
+    whole = ThresholdSearch(conf, correct, dims, lambda values: dims)
     path = whole.path()
     cheapest = min(p.cost for p in path)
     steps = classifier_module._COST_LEVELS
@@ -75,7 +75,7 @@ def test_cv_thresholds_reproduce_a_plain_loop_reference():
     searches = []
     for f in range(folds):
         train = fold_of != f
-        search = _ThresholdSearch(conf[:, train], correct[:, train], dims, lambda v: dims)
+        search = ThresholdSearch(conf[:, train], correct[:, train], dims, lambda v: dims)
         searches.append([search, search.path(), None])
     accepted = None
     for level in levels:
