@@ -32,15 +32,14 @@ from ._memory import resident_bytes
 from ._payloads import EncodedPayloads, PayloadColumn
 from ._payloads import encode as encode_payloads
 from ._results import (
-    MAX_EF,
     FunnelPlan,
     SearchResult,
     StageStats,
-    parse_stage,
     recall_per_query,
     tied_recall_per_query,
 )
 from ._rwlock import RWLock
+from ._stages import validate_stages
 from ._store import VectorStore, consecutive_ids
 from ._validation import (
     MAX_ABS_VALUE,
@@ -669,60 +668,11 @@ class Searcher:
             checked = self._checked_stages.get(key)
             if checked is not None:
                 return checked
-        checked = self._validate_stages(stages, k, ef)
+        checked = validate_stages(stages, k, ef, dims=self._dims, index_dims=self._index_dims,
+                                  dtype=self._dtype, codes=self._codes)
         if key is not None and len(self._checked_stages) < 256:
             self._checked_stages[key] = checked
         return checked
-
-    def _validate_stages(self, stages: object, k: int, ef: object
-                         ) -> tuple[tuple[tuple[int, str, int], ...], int]:
-        if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
-            raise TypeError("'stages' must be a non-empty list of (dim, shortlist) or "
-                            f"(dim, precision, shortlist) (got {stages!r})")
-        parsed = []
-        for stage in stages:
-            prefix_dim, precision, shortlist = parse_stage(stage)
-            prefix_dim = check_positive_int(prefix_dim, "stages dim")
-            shortlist = check_positive_int(shortlist, "stages shortlist")
-            if prefix_dim not in self._dims:
-                raise DimensionError(f"'stages' dims must be among dims {self._dims} "
-                                     f"(got {prefix_dim})")
-            if shortlist < k:
-                raise ValueError(f"'stages' shortlist at dim {prefix_dim} must be >= k={k} "
-                                 f"(got {shortlist})")
-            if precision.startswith("float"):
-                precision = self._dtype
-            parsed.append((prefix_dim, precision, shortlist))
-        order = {"binary": 0, "int8": 1, "float16": 2, "float32": 2}
-        for (d0, p0, _), (d1, p1, _) in zip(parsed, parsed[1:]):
-            if d1 < d0 or (d1 == d0 and order[p1] <= order[p0]):
-                raise DimensionError(
-                    "'stages' dims must grow from stage to stage (a dim may repeat only with a "
-                    f"finer precision: binary, int8, float) (got {[s[:2] for s in parsed]})")
-        first_dim = parsed[0][0]
-        if first_dim not in self._index_dims:
-            raise DimensionError(f"'stages' first dim must be an indexed dim {self._index_dims} "
-                                 f"(got {first_dim}); add it to index_dims")
-        for prefix_dim, precision, _ in parsed:
-            if precision in CODE_PRECISIONS:
-                if prefix_dim != first_dim:
-                    raise ValueError(f"'stages' {precision} stages must be at the first stage's "
-                                     f"dim {first_dim}, where the codes are (got {prefix_dim})")
-                if precision not in self._codes:
-                    raise ValueError(f"'stages' precision {precision!r} needs codes={precision!r}"
-                                     f" (this index keeps {self._codes})")
-        shortlists = [s for _, _, s in parsed]
-        if any(b > a for a, b in zip(shortlists, shortlists[1:])):
-            raise ValueError(f"'stages' shortlists must not grow from one stage to the next "
-                             f"(got {shortlists})")
-        if ef is None:
-            ef = parsed[0][2]
-        else:
-            ef = check_int_range(ef, "ef", 1, MAX_EF)
-            if ef < parsed[0][2]:
-                raise ValueError(f"'ef' must be >= the first stage's shortlist {parsed[0][2]} "
-                                 f"(got {ef})")
-        return tuple(parsed), ef
 
     def _check_filter(self, filter: object) -> np.ndarray | None:  # noqa: A002
         """A row mask from an allow-list of ids or a boolean mask over ids."""
@@ -758,7 +708,7 @@ class Searcher:
         return tuple(stages)
 
     def search(self, queries: np.ndarray, k: int = 10, *, ef: int | None = None,
-               filter: Sequence[int] | np.ndarray | None = None,  # noqa: A002
+               filter: Sequence[int] | np.ndarray | None = None,
                num_threads: int = -1) -> SearchResult:
         """The main entry: the tuned funnel (:attr:`plan`), or the default one before ``tune``.
 
@@ -783,7 +733,7 @@ class Searcher:
         stages: Stages | None = None,
         *,
         ef: int | None = None,
-        filter: Sequence[int] | np.ndarray | None = None,  # noqa: A002 - the usual name
+        filter: Sequence[int] | np.ndarray | None = None,
         num_threads: int = -1,
     ) -> SearchResult:
         """Multi-stage funnel search, in one compiled call per batch.
@@ -829,7 +779,7 @@ class Searcher:
             SLOTS[slot] = 0
 
     def _funnel(self, queries: np.ndarray, k: int, stages: Stages | None, ef: int | None,
-                filter: Sequence[int] | np.ndarray | None,  # noqa: A002
+                filter: Sequence[int] | np.ndarray | None,
                 num_threads: int, slot: int) -> SearchResult:
         index_dims = self._index_dims  # read first: drop_graphs may replace it meanwhile
         schedule, k, ef_walk = self._schedule(stages, k, ef, index_dims)
