@@ -89,7 +89,7 @@ class SearchResult:
     >>> s = Searcher(4, dims=(2, 4), metric="l2", index_dims=(2,))
     >>> _ = s.add(np.eye(4, dtype=np.float32))
     >>> r = s.search(np.eye(4, dtype=np.float32)[:1], k=2)
-    >>> r.ids[0, 0], float(r.distances[0, 0])
+    >>> int(r.ids[0, 0]), float(r.distances[0, 0])
     (0, 0.0)
     """
 

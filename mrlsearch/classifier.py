@@ -242,7 +242,7 @@ class Classifier:
     >>> W = rng.standard_normal((3, 8)).astype(np.float32)
     >>> clf = Classifier.shared(W, np.zeros(3), dims=(2, 4, 8))
     >>> r = clf.cascade(rng.standard_normal((5, 8)), thresholds=0.9)
-    >>> r.labels.shape, r.dims.max() <= 8
+    >>> r.labels.shape, bool(r.dims.max() <= 8)
     ((5,), True)
     """
 

@@ -121,6 +121,7 @@ def atomic_directory(target: str | os.PathLike, *, lock: bool = True,
     Examples
     --------
     >>> import tempfile, pathlib, numpy as np
+    >>> from mrlsearch._format import write_array
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "index"
     >>> with atomic_directory(target) as staging:
     ...     digest = write_array(staging / "a.npy", np.arange(3))

@@ -471,6 +471,7 @@ def open_directory(path: str | os.PathLike, *, format_name: str, versions: tuple
     Examples
     --------
     >>> import tempfile, pathlib, numpy as np
+    >>> from mrlsearch._format import atomic_directory, write_array, write_json
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "index"
     >>> with atomic_directory(target) as staging:
     ...     files = {"a.npy": write_array(staging / "a.npy", np.arange(3))}
