@@ -91,15 +91,19 @@ def vectors_from_arrow(column: Any, dim: int | None, where: str) -> np.ndarray:
     return values.reshape(-1, width)
 
 
+def _check_numeric_matrix(array: np.ndarray, what: str) -> None:
+    """Refuse, naming ``what``, an array that is not (n, dim) of floats or ints."""
+    if array.ndim != 2:
+        raise DimensionError(f"{what} must have shape (n, dim) (got shape {array.shape})")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"{what} must hold numbers (got dtype {array.dtype})")
+
+
 def describe_source(source: Any, vector_column: str, id_column: str | None
                      ) -> tuple[Source, np.ndarray | None]:
     """Look at ``source`` without reading its vectors; return it and the ids of its column."""
     if isinstance(source, np.ndarray):
-        if source.ndim != 2:
-            raise DimensionError(f"'source' must have shape (n, dim) (got shape {source.shape})")
-        if not (np.issubdtype(source.dtype, np.floating) or np.issubdtype(source.dtype,
-                                                                            np.integer)):
-            raise TypeError(f"'source' must be an array of numbers (got dtype {source.dtype})")
+        _check_numeric_matrix(source, "'source'")
         return Source("array", source.shape[0], source.shape[1], data=source), None
     files = parquet_files(source)
     if files is not None:
@@ -149,11 +153,7 @@ def describe_source(source: Any, vector_column: str, id_column: str | None
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
             raise FormatError(f"{path} is not a readable .npy array ({exc})") from exc
-        if array.ndim != 2:
-            raise DimensionError(f"{path} must hold an (n, dim) array (got shape {array.shape})")
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype,
-                                                                           np.integer)):
-            raise TypeError(f"{path} must hold numbers (got dtype {array.dtype})")
+        _check_numeric_matrix(array, path)
         return Source("npy", array.shape[0], array.shape[1], path=path), None
     if isinstance(source, (list, tuple)):
         return describe_source(np.asarray(source), vector_column, id_column)
