@@ -414,7 +414,7 @@ class ShardedSearcher:
         return int(sum(out for out, _, _ in self._calls.query("__len__", (), {}).values()))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"dim={self._dim} metric={self._metric!r}"
+        state = "closed" if self._calls.closed else f"dim={self._dim} metric={self._metric!r}"
         return f"<mrlsearch.distributed.ShardedSearcher n_shards={self.n_shards} {state}>"
 
     def __enter__(self) -> ShardedSearcher:

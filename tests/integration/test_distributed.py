@@ -301,9 +301,12 @@ def test_save_load_round_trip(built, data, tmp_path):
     sharded.save(tmp_path / "saved")
     assert sharded.paths[0].startswith(str(tmp_path / "saved"))
     with ShardedSearcher.load(str(tmp_path / "saved" / "shard-*"), **CPUS) as again:
+        assert repr(again) == (f"<mrlsearch.distributed.ShardedSearcher n_shards=4 "
+                               f"dim={DIM} metric={again.metric!r}>")
         assert len(again) == count and again.plan == sharded.plan
         assert np.array_equal(again.funnel(queries, K).ids, before.ids)
         assert again.add(queries[5:6])[0] == added.max() + 1  # next_id from sharding.json
+    assert repr(again) == "<mrlsearch.distributed.ShardedSearcher n_shards=4 closed>"
     sharded.save()  # in place, atomically per shard
     assert np.array_equal(sharded.funnel(queries, K).ids, before.ids)
 
