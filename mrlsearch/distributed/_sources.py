@@ -96,7 +96,7 @@ def _check_numeric_matrix(array: np.ndarray, what: str) -> None:
     if array.ndim != 2:
         raise DimensionError(f"{what} must have shape (n, dim) (got shape {array.shape})")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"{what} must hold numbers (got dtype {array.dtype})")
+        raise TypeError(f"{what} must be an array of numbers (got dtype {array.dtype})")
 
 
 def describe_source(source: Any, vector_column: str, id_column: str | None
