@@ -27,8 +27,10 @@ def exact_rows(store: VectorStore, metric: str, batch: np.ndarray, prefix_dim: i
     query_norms = np.linalg.norm(query_part.astype(np.float64), axis=1).astype(np.float32)
     best_rows = np.full((n_queries, keep), -1, dtype=np.int64)
     best_scores = np.full((n_queries, keep), -np.inf, dtype=np.float32)
-    # a block holds a few times ``keep`` rows: each block's top ``keep`` is merged in
-    block = max(1024, 4 * keep, _EXACT_BLOCK // max(n_queries, 1))
+    # a block holds 16x ``keep`` rows at least: each block's top ``keep`` is merged into the
+    # running best (1000 queries x 50k rows at k=1000, warm: 0.33 s; with 4x, 0.55 s; with
+    # blocks of 1024 rows, 1.29 s)
+    block = max(1024, 16 * keep, _EXACT_BLOCK // max(n_queries, 1))
     if metric == "cosine":
         inverse_query_norms = _inverse(query_norms)[:, None]
     for lo in range(0, store.rows, block):
