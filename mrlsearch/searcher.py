@@ -708,7 +708,7 @@ class Searcher:
         return tuple(stages)
 
     def search(self, queries: np.ndarray, k: int = 10, *, ef: int | None = None,
-               filter: Sequence[int] | np.ndarray | None = None,
+               filter: Sequence[int] | np.ndarray | None = None,  # noqa: A002
                num_threads: int = -1) -> SearchResult:
         """The main entry: the tuned funnel (:attr:`plan`), or the default one before ``tune``.
 
@@ -733,7 +733,7 @@ class Searcher:
         stages: Stages | None = None,
         *,
         ef: int | None = None,
-        filter: Sequence[int] | np.ndarray | None = None,
+        filter: Sequence[int] | np.ndarray | None = None,  # noqa: A002 - the usual name
         num_threads: int = -1,
     ) -> SearchResult:
         """Multi-stage funnel search, in one compiled call per batch.
@@ -779,7 +779,7 @@ class Searcher:
             SLOTS[slot] = 0
 
     def _funnel(self, queries: np.ndarray, k: int, stages: Stages | None, ef: int | None,
-                filter: Sequence[int] | np.ndarray | None,
+                filter: Sequence[int] | np.ndarray | None,  # noqa: A002
                 num_threads: int, slot: int) -> SearchResult:
         index_dims = self._index_dims  # read first: drop_graphs may replace it meanwhile
         schedule, k, ef_walk = self._schedule(stages, k, ef, index_dims)
