@@ -6,7 +6,10 @@ codes are computed on load). Format 3 is format 2 plus the payload column
 (``payload_kinds.npy``, ``payload_offsets.npy``, ``payload_data.npy``, see
 :mod:`~mrlsearch._payloads`); an index without payloads is still written as format 2, so
 older readers keep reading it, and one with payloads is refused by them instead of losing its
-payloads. See docs/format.md.
+payloads. Format 4 is an index whose graphs hnswlib linked by a shorter prefix than their dim
+(``link_dim``: ``hnsw_<dim>.bin`` then holds ``link_dim``-dim vectors), with or without
+payloads; an index without such a graph is still written as format 2 or 3. See
+docs/format.md.
 
 Load verification (``verify``): ``"full"`` checks every file's sha256 before returning;
 ``"lazy"`` and ``"none"`` check the manifest, every header, shape and size and the sha256 of
@@ -35,7 +38,9 @@ FORMAT_NAME = "mrlsearch.index"
 FORMAT_VERSION = 2
 #: the version written when the index holds payloads
 PAYLOAD_FORMAT_VERSION = 3
-READ_VERSIONS = (1, 2, 3)
+#: the version written when a graph is linked by a shorter prefix than its dim (``link_dim``)
+LINKED_FORMAT_VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)
 VERIFY_MODES = ("full", "lazy", "none")
 #: files whose sha256 ``verify="lazy"|"none"`` defers (everything else is checked at load)
 BIG_FILES = ("vectors.npy", "payload_data.npy")
@@ -84,16 +89,19 @@ def save_index(path: str | os.PathLike, *, config: dict, store: VectorStore, gra
                 where = staging / name
 
                 def check(data, where=where, prefix_dim=prefix_dim):
-                    _format.check_hnsw_file(where, rows=rows, dim=prefix_dim, M=config["M"],
+                    _format.check_hnsw_file(where, rows=rows, dim=graphs.built_dim(prefix_dim),
+                                            M=config["M"],
                                             data=data, deleted=arrays["deleted.npy"],
                                             ef_construction=config["ef_construction"])
 
                 checksums[name] = _format.seal_file(where, size=graph.index_file_size(),
                                                     check=check)
                 graph_files[str(prefix_dim)] = name
+        linked = any(graphs.built_dim(d) != d for d in graphs.dims)
         manifest = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION if store.payloads is None else PAYLOAD_FORMAT_VERSION,
+            "version": (LINKED_FORMAT_VERSION if linked else FORMAT_VERSION
+                        if store.payloads is None else PAYLOAD_FORMAT_VERSION),
             **config,
             "rows": rows,
             "count": store.live,
@@ -167,6 +175,8 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
         "seed": (_field_int(manifest, where, "seed", maximum=(1 << 64) - 1)
                  if "seed" in manifest else 100),
         "codes": tuple(precisions) if manifest.get("version") != 1 else ("int8", "binary"),
+        "link_dim": (_field_int(manifest, where, "link_dim", 1)
+                     if manifest.get("link_dim") is not None else None),
     }
     try:
         searcher, store, graphs = make_parts(config)
@@ -199,7 +209,8 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
     _read_codes(saved, manifest, store, rows)
     _read_payloads(saved, store, rows, mmap=mmap, full=full, deferred=deferred)
     for prefix_dim, name in graph_files.items():
-        graphs.adopt(prefix_dim, _read_graph(saved, name, config=config, dim=prefix_dim,
+        built_dim = graphs.built_dim(prefix_dim)  # hnswlib's vectors: the link_dim prefix
+        graphs.adopt(prefix_dim, _read_graph(saved, name, config=config, dim=built_dim,
                                              rows=rows, deleted=store.deleted))
         try:
             graphs.links(prefix_dim, rows)
@@ -207,7 +218,7 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
             raise FormatError(f"{directory / name}: {exc}") from exc
         if mmap:  # the memory tier: searches read the link copy only
             graphs.park(prefix_dim, _graph_reader(
-                saved.path, name, saved.files[name], config=config, dim=prefix_dim, rows=rows,
+                saved.path, name, saved.files[name], config=config, dim=built_dim, rows=rows,
                 deleted=store.deleted.copy()))
     plan = manifest.get("plan")
     if plan is not None:

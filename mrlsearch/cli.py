@@ -269,8 +269,8 @@ def _describe(searcher: Searcher, index: str) -> dict:
     return {
         "index": str(index), "dim": searcher.dim, "dims": list(searcher.dims),
         "metric": searcher.metric, "dtype": searcher.dtype,
-        "index_dims": list(searcher.index_dims), "codes": list(searcher.codes),
-        "M": searcher.M, "ef_construction": searcher.ef_construction,
+        "index_dims": list(searcher.index_dims), "link_dim": searcher.link_dim,
+        "codes": list(searcher.codes), "M": searcher.M, "ef_construction": searcher.ef_construction,
         "count": len(searcher), "tombstones": searcher.tombstones, "plan": _plan_dict(searcher),
         "payloads": searcher.has_payloads,
     }
@@ -291,6 +291,8 @@ def _check_index_options(args: argparse.Namespace) -> None:
     """Options that mean nothing without another one are usage errors (exit 2)."""
     if args.auto and args.index_dims is not None:
         raise _UsageError("--auto chooses the graph dims itself: drop --index-dims")
+    if args.auto and args.link_dim is not None:
+        raise _UsageError("--auto chooses the link dim itself: drop --link-dim")
     if not args.auto:
         given = _given(("--queries", args.queries), ("-k", args.k),
                        ("--target-recall", args.target_recall))
@@ -354,7 +356,8 @@ def _cmd_index(args: argparse.Namespace) -> None:
     else:
         searcher = Searcher(vectors.shape[1], args.dims, metric=metric,
                             index_dims=args.index_dims, M=args.M,
-                            ef_construction=args.ef_construction, dtype=args.dtype)
+                            ef_construction=args.ef_construction, dtype=args.dtype,
+                            link_dim=args.link_dim)
         searcher.add(vectors, ids, payloads=lines)
     try:
         searcher.save(args.out)
@@ -696,6 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--index-dims", type=_int_list, default=None,
                        help="dims with an HNSW graph (default: the smallest dim >= 16; with "
                             "--auto chosen from the data)")
+    index.add_argument("--link-dim", type=_positive_int, default=None,
+                       help="link the graphs by this shorter prefix (one of --dims): a faster "
+                            "build, the walk still scores at the index dims (default: each "
+                            "graph by its own dim; with --auto chosen from the data)")
     index.add_argument("--metric", choices=("cosine", "ip", "l2"), default=None,
                        help="similarity (default: the model's metric, else cosine)")
     index.add_argument("--dtype", choices=("float32", "float16"), default="float32",

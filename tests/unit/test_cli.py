@@ -176,6 +176,24 @@ def test_index_auto_json(files, capsys):
     assert Searcher.load(out_dir).plan is not None
     assert main(["index", str(files / "vectors.npy"), "--out", str(out_dir), "--auto",
                  "--index-dims", "8"]) == 2
+    assert main(["index", str(files / "vectors.npy"), "--out", str(out_dir), "--auto",
+                 "--link-dim", "8"]) == 2
+    assert "--auto chooses the link dim itself" in capsys.readouterr().err
+
+
+def test_index_link_dim(files, capsys):
+    index = files / "linked"
+    assert main(["index", str(files / "vectors.npy"), "--dims", "8,16,32", "--index-dims", "32",
+                 "--link-dim", "16", "--out", str(index)]) == 0
+    assert Searcher.load(index).link_dim == 16
+    capsys.readouterr()
+    assert main(["info", str(index), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["link_dim"] == 16
+    assert main(["info", str(index)]) == 0
+    assert "link_dim: 16" in capsys.readouterr().out
+    assert main(["index", str(files / "vectors.npy"), "--dims", "8,16,32", "--link-dim", "12",
+                 "--out", str(files / "bad")]) != 0
+    assert "'link_dim' must be one of dims" in capsys.readouterr().err
 
 
 class _FakeTextEncoder:
