@@ -46,11 +46,13 @@ def bench(name: str, args) -> dict:
     steps = searcher.build_report["seconds"]
     step_text = ", ".join(f"{step} {seconds:.2f}" for step, seconds in steps.items())
     print(f"  Searcher.build: {total:.2f} s ({step_text}); graphs "
-          f"{searcher.build_report['graphs_built']}, plan {searcher.plan}", flush=True)
+          f"{searcher.build_report['graphs_built']} linked by "
+          f"{searcher.link_dim or 'their own dim'}, plan {searcher.plan}", flush=True)
     fastest = min(hnswlib_s, key=hnswlib_s.get)
     return {"name": name, "label": label, "dim": dim, "hnswlib_s": hnswlib_s,
             "searcher_build_s": total, "steps_s": steps,
             "graphs_built": searcher.build_report["graphs_built"],
+            "link_dim": searcher.link_dim,
             "plan": searcher.plan.to_dict(),
             "vs_hnswlib": hnswlib_s[dim] / total, "fastest_prefix": fastest,
             "fastest_prefix_vs_full": hnswlib_s[dim] / hnswlib_s[fastest]}

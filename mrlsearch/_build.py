@@ -34,13 +34,15 @@ FULL_ONLY_ABOVE = 0.7
 MISESTIMATE = 3.0
 #: The graph is linked by the shortest prefix (of at least :data:`MIN_LINK_DIM` dims) whose
 #: sample shortlist is at most this many times the walk dim's: its neighbourhoods then guide a
-#: walk that scores at the longer dim about as well as the walk dim's own graph, which hnswlib
-#: builds slower. Measured (walks scoring int8 codes at the graph dim, recall@10 against the
-#: beam): WordLlama (256 dims) walked at 256 over a graph linked by 128 dims (shortlist ratio
-#: 9) needed the same beam as over the 256-dim graph, over 64 dims (70) 1.1x the time; MiniLM
-#: (384) over 128 dims (8.7) the same time, over 64 (45) 1.3x; synthetic 768 walked at 128
-#: over 32 dims (3.4) the same, over 16 dims (8.8) 1.4x.
-LINK_SHORTLIST_RATIO = 10.0
+#: walk that scores at the longer dim as well as the walk dim's own graph, which hnswlib builds
+#: slower. Measured (int8 walks at the graph dim, recall@10 against the beam, and the tuned
+#: plans of benchmarks/funnel.py): synthetic 768 walked at 128 dims over a graph linked by 32
+#: (shortlist ratio 3.4) needed the same beam, and the tuned plan was the same; MiniLM (384)
+#: over 256 (2.4) the same beam. Above the ratio it costs queries more than it saves in build:
+#: WordLlama (256) over 128 (ratio 9) needed beam 80 instead of 56 once tuned (single queries
+#: 1.2x hnswlib instead of 2.3x, for a build 1.25x faster), MiniLM over 128 (8.7) 1.49x
+#: instead of 1.64-1.84x, synthetic 768 over 16 (8.8) 1.4x the time at equal recall.
+LINK_SHORTLIST_RATIO = 4.0
 #: hnswlib graphs over fewer dims guided walks badly even where the ratio allowed them.
 MIN_LINK_DIM = 32
 
@@ -149,10 +151,12 @@ def link_dim_for(needed: dict[int, int], walk_dim: int) -> int | None:
 
     Examples
     --------
-    >>> link_dim_for({16: 10046, 32: 3965, 64: 703, 128: 90, 256: 10}, 256)
-    128
+    >>> link_dim_for({16: 4806, 32: 1935, 64: 452, 128: 87, 256: 24, 384: 10}, 384)
+    256
     >>> link_dim_for({16: 140, 32: 54, 64: 28, 128: 16, 768: 10}, 128)
     32
+    >>> link_dim_for({16: 10046, 32: 3965, 64: 703, 128: 90, 256: 10}, 256) is None
+    True
     >>> link_dim_for({16: 20, 32: 12}, 32) is None
     True
     """

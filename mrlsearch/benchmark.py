@@ -619,6 +619,8 @@ def compare(
         funnel_row = BenchRow(name, recall(result.ids, truth), len(test) / seconds,
                               single_query_qps(funnel_one, test),
                               build_s, searcher_memory_mb(searcher), f"{plan}" + (
+                                  "" if searcher.link_dim is None
+                                  else f", graph linked by {searcher.link_dim} dims") + (
                                   f" (tune {tune_s:.0f}s)" if build_s is None or index_dims
                                   else ""))
         add(funnel_row)

@@ -115,9 +115,9 @@ class Searcher:
     link_dim : int, optional
         Link each graph by the first ``link_dim`` dims (one of ``dims``) instead of by its
         own dim: hnswlib builds a graph over a shorter prefix faster, while the walk still
-        scores at the indexed dim, with its codes. On MRL embeddings a graph linked by a
-        prefix a third to a half as long guides the walk about as well (measured, see
-        docs/benchmarks.md). Default: each graph is linked by its own dim.
+        scores at the indexed dim, with its codes. Where the shorter prefix ranks nearly as
+        well as the indexed dim, the walk needs the same beam; where it ranks worse, a longer
+        beam (measured, see docs/benchmarks.md). Default: each graph is linked by its own dim.
         :meth:`build` chooses it from the data.
 
     Examples
@@ -302,10 +302,10 @@ class Searcher:
         and the faster of the two plans is kept.
 
         The chosen graph is linked (``link_dim``) by the shortest prefix of at least 32 dims
-        whose sample shortlist is at most 10x the walk dim's: hnswlib builds it over fewer
-        dims, faster, and the walk still scores at the graph's dim (on the real MRL sets of
-        docs/benchmarks.md a graph linked by a third to a half of the dims needed the same
-        beam).
+        whose sample shortlist is at most 4x the walk dim's: hnswlib builds it over fewer
+        dims, faster, and the walk still scores at the graph's dim with the same beam
+        (measured, docs/benchmarks.md); where no prefix ranks that well the graph is linked
+        by its own dim.
 
         Parameters
         ----------

@@ -105,7 +105,7 @@ def test_a_manifest_whose_link_dim_does_not_fit_its_graph_is_refused(data, tmp_p
 
 
 def test_link_dim_for_takes_the_shortest_prefix_that_ranks_well_enough():
-    assert link_dim_for({32: 400, 64: 90, 128: 10}, 128) == 64
+    assert link_dim_for({32: 400, 64: 30, 128: 10}, 128) == 64
     limit = int(LINK_SHORTLIST_RATIO * 10)
     assert link_dim_for({32: limit, 64: 12, 128: 10}, 128) == 32
     assert link_dim_for({32: limit + 1, 64: limit + 1, 128: 10}, 128) is None
