@@ -9,6 +9,7 @@ compiled search over both), :mod:`~mrlsearch._tune` (plan search through a measu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -64,6 +65,12 @@ _PROGRESS_MIN_ROWS = 20_000
 _ADD_CHUNK = 10_000
 #: z of a one-sided 95 % bound, used to keep a margin over the target recall.
 _Z_95 = 1.645
+#: ``tune`` first runs a schedule on this many of its queries (when it has at least three times
+#: as many) and skips the full run when the upper bound below is under the target
+_SCREEN_QUERIES = 100
+#: a one-sided 99.9 % bound: a schedule whose full run would qualify is screened out only
+#: with a > 3-sigma shortfall on a subset of the same queries
+_Z_SCREEN = 3.0
 #: Largest k (results are padded to k columns, so k bounds the memory of a result).
 MAX_K = 1 << 20
 
@@ -986,13 +993,25 @@ class Searcher:
         if batch.shape[0] < 2:
             raise ValueError(f"'queries' must hold at least 2 rows to tune (got {batch.shape[0]})")
         truth = self.exact(batch, k)
+        screen = None
+        if batch.shape[0] >= 3 * _SCREEN_QUERIES:
+            few = batch[:_SCREEN_QUERIES]
+            few_truth = dataclasses.replace(truth, ids=truth.ids[:_SCREEN_QUERIES],
+                                            scores=truth.scores[:_SCREEN_QUERIES],
+                                            counts=truth.counts[:_SCREEN_QUERIES])
+
+            def screen(stages, ef):
+                _, recall, lower, seconds = self.measure(few, few_truth, stages, ef=ef, k=k)
+                upper = recall + (recall - lower) * _Z_SCREEN / _Z_95
+                return recall, lower, upper, seconds
+
         plan = search_plans(
             lambda stages, ef, repeats=1: self.measure(batch, truth, stages, ef=ef, k=k,
                                                        repeats=repeats)[1:],
             dims=self._dims, index_dims=self._index_dims, precisions=precisions,
             float_name=self._dtype, refine_binary="int8" in self._codes,
             live=len(self), k=k, target_recall=target_recall, max_shortlist=max_shortlist,
-            progress=progress)
+            progress=progress, screen=screen)
         if set_default:
             self._plan = plan
         return plan

@@ -33,3 +33,25 @@ def test_every_schedule_is_measured_once_and_the_fastest_qualifying_wins(dims, i
     assert plan.stages[0][1] == "int8" and plan.ef >= 41
     assert plan.ef == min(ef for (stages, ef) in searched
                           if stages[0][1] == "int8" and 0.5 + ef / 100 - 0.01 >= 0.9)
+
+
+def test_a_screen_spares_the_full_run_of_schedules_that_cannot_qualify():
+    plain_calls, screened_calls, screens = [], [], []
+    options = dict(dims=(256,), index_dims=(256,), precisions=("float32", "int8"),
+                   float_name="float32", refine_binary=False, live=10_000, k=10,
+                   target_recall=0.9, max_shortlist=4096, progress=False)
+    plain = search_plans(_fake_measure(plain_calls), **options)
+    fake = _fake_measure(screens)
+
+    def screen(stages, ef):
+        recall, lower, seconds = fake(stages, ef)
+        return recall, lower, recall + 0.03, seconds  # its upper bound
+
+    screened = search_plans(_fake_measure(screened_calls), screen=screen, **options)
+    assert (screened.stages, screened.ef) == (plain.stages, plain.ef)
+    full_runs = {(stages, ef) for stages, ef, repeats in screened_calls[1:] if repeats == 1}
+    # measured on all queries: exactly the schedules whose screen reached the target
+    assert full_runs == {(stages, ef) for stages, ef, _ in screens
+                         if 0.5 + ef / 100 + (0.1 if stages[0][1] == "float32" else 0) + 0.03
+                         >= 0.9}
+    assert len(full_runs) < len({(s, e) for s, e, r in plain_calls[1:] if r == 1})
