@@ -357,6 +357,23 @@ def test_build_from_npy_and_parquet(cluster, data, tmp_path):
         assert np.array_equal(from_pq.exact(data[1], K).ids, truth.ids)
 
 
+def test_graphs_linked_by_a_shorter_prefix_shard_and_load(cluster, data, tmp_path):
+    vectors = data[0][:1000]
+    options = {**OPTIONS, "index_dims": (32,), "link_dim": 16}
+    stages = [(32, 40), (64, 10)]
+    reference = Searcher(DIM, **options)
+    reference.add(vectors)
+    truth = reference.exact(data[1], K)
+    with ShardedSearcher.build(vectors, tmp_path / "linked", n_shards=2, build_cpus=0.5,
+                               progress=False, **CPUS, **options) as sharded:
+        for path in sharded.paths:
+            assert Searcher.load(path).link_dim == 16
+            assert json.loads((Path(path) / "manifest.json").read_text())["version"] == 4
+        found = sharded.funnel(data[1], K, stages).ids
+    recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth.ids)])
+    assert recall >= 0.95
+
+
 def test_bad_input_gives_clear_errors(built, data, tmp_path):
     sharded, out = built
     vectors, queries = data[0][:100], data[1]
