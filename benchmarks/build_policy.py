@@ -5,7 +5,9 @@ graph it built, how long it took); then the best prefix's graph and the full-dim
 built alone and tuned, and hnswlib at full dim is built and swept to the same recall, all in this
 process. Single queries on one thread, best of three passes over the unseen half of the queries.
 The table shows what each choice costs in build time and query time, against the estimated
-share that ``Searcher.build`` decides on (``mrlsearch._build``).
+share that ``Searcher.build`` decides on (``mrlsearch._build``); the graphs built alone are
+linked by their own dim, ``Searcher.build``'s by the prefix it chose (``link_dim``), and its
+index is timed the same way.
 
     python benchmarks/build_policy.py --out benchmarks/results/build_policy.json
 """
@@ -43,11 +45,14 @@ def measure_set(n: int, dim: int, decay: float) -> dict:
     built = Searcher.build(vectors, queries=fit, k=10, target_recall=0.95, progress=False)
     report = built.build_report
     point = {"n": n, "dim": dim, "decay": decay, "build_s": time.perf_counter() - started,
-             "graphs_built": report["graphs_built"], "built_plan": str(built.plan)}
+             "graphs_built": report["graphs_built"], "link_dim": report["link_dim"],
+             "built_plan": str(built.plan)}
     costs = {int(d): c for d, c in report["estimated_cost"].items()}
     prefix = min((d for d in costs if d != dim), key=costs.get)
     point["best_prefix"], point["share"] = prefix, costs[prefix] / costs[dim]
     truth = built.exact(unseen, 10)
+    point["built_recall"] = built.search(unseen, 10).recall(truth)
+    point["built_single_us"] = single_query_us(built.search, unseen)
     for label, graph_dim in (("prefix", prefix), ("full", dim)):
         started = time.perf_counter()
         alone = Searcher(dim, built.dims, index_dims=(graph_dim,))
@@ -79,13 +84,16 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/build_policy.json")
     args = parser.parse_args()
     points = []
-    print(f"{'data':>22} {'share':>6} {'built':>12} {'build s':>8} | {'prefix: add s, us':>18} "
+    print(f"{'data':>22} {'share':>6} {'built (link)':>14} {'build s':>8} {'us':>6} | "
+          f"{'prefix: add s, us':>18} "
           f"| {'full: add s, us':>16} | {'hnswlib: build s, us':>20}")
     for n, dim, decay in SETS:
         point = measure_set(n, dim, decay)
         points.append(point)
+        built_text = f"{point['graphs_built']} ({point['link_dim'] or 'own'})"
         print(f"{f'{n} x {dim}, decay {decay}':>22} {point['share']:6.2f} "
-              f"{str(point['graphs_built']):>12} {point['build_s']:8.2f} | "
+              f"{built_text:>14} "
+              f"{point['build_s']:8.2f} {point['built_single_us']:6.1f} | "
               f"{point['prefix']['add_s']:8.2f} {point['prefix']['single_us']:8.1f} | "
               f"{point['full']['add_s']:7.2f} {point['full']['single_us']:8.1f} | "
               f"{point['hnswlib']['build_s']:10.2f} {point['hnswlib']['single_us']:9.1f}",

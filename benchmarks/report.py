@@ -452,7 +452,9 @@ def build_section(report: dict) -> list[str]:
         rows.append([data["label"]] + [f"{by_dim[d]:.2f}" if d in by_dim else "-" for d in dims]
                     + [f"{data['searcher_build_s']:.2f}",
                        f"{steps['estimate']:.2f} / {steps['add']:.2f} / {steps['tune']:.2f}",
-                       str(data["graphs_built"]), f"**{data['vs_hnswlib']:.2f}x**",
+                       str(data["graphs_built"]) + (f" linked by {data['link_dim']}"
+                                                    if data.get("link_dim") else ""),
+                       f"**{data['vs_hnswlib']:.2f}x**",
                        f"{data['fastest_prefix_vs_full']:.2f}x ({data['fastest_prefix']} dims)"])
     out += _table(["data"] + [f"hnswlib {d}d s" for d in dims]
                   + ["Searcher.build s", "estimate / add / tune s", "graphs built",
