@@ -144,22 +144,29 @@ def graphs_to_build(costs: dict[int, float], dim: int) -> tuple[list[int], bool]
     return [best_prefix], share > PREFIX_ONLY_BELOW
 
 
-def link_dim_for(needed: dict[int, int], walk_dim: int) -> int | None:
+def link_dim_for(needed: dict[int, int], walk_dim: int, full_dim: int) -> int | None:
     """The prefix to link the graph at ``walk_dim`` by, from each dim's sample shortlist
-    (``needed``); None where no shorter prefix ranks well enough (see
-    :data:`LINK_SHORTLIST_RATIO`).
+    (``needed``); None for a full-dim graph (only prefix graphs are linked shorter), or where no
+    shorter prefix ranks well enough (see :data:`LINK_SHORTLIST_RATIO`).
 
     Examples
     --------
-    >>> link_dim_for({16: 4806, 32: 1935, 64: 452, 128: 87, 256: 24, 384: 10}, 384)
-    256
-    >>> link_dim_for({16: 140, 32: 54, 64: 28, 128: 16, 768: 10}, 128)
+    >>> link_dim_for({16: 140, 32: 54, 64: 28, 128: 16, 768: 10}, 128, 768)
     32
-    >>> link_dim_for({16: 10046, 32: 3965, 64: 703, 128: 90, 256: 10}, 256) is None
+    >>> link_dim_for({16: 1496, 32: 536, 64: 170, 128: 63, 256: 26, 768: 10}, 256, 768)
+    128
+    >>> link_dim_for({16: 4806, 32: 1935, 64: 452, 128: 87, 256: 24, 384: 10}, 384, 384) is None
     True
-    >>> link_dim_for({16: 20, 32: 12}, 32) is None
+    >>> link_dim_for({16: 20, 32: 12, 64: 10}, 32, 64) is None
     True
     """
+    if walk_dim >= full_dim:
+        # a full-dim graph is chosen where the prefixes rank badly, and linking it by one cost
+        # queries even within the ratio: synthetic 30k x 1024 (decay 0.5) walked at 1024 over a
+        # graph linked by 512 (ratio 1.7) tuned to beam 56 instead of 40, 126 us a query
+        # against 86 us unlinked (benchmarks/build_policy.py); MiniLM (384 linked by 256)
+        # built no faster than unlinked in the funnel benchmark
+        return None
     limit = LINK_SHORTLIST_RATIO * needed[walk_dim]
     return next((d for d in sorted(needed) if MIN_LINK_DIM <= d < walk_dim
                  and needed[d] <= limit), None)
@@ -199,10 +206,10 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
     index_dims, unsure = graphs_to_build(costs, dim)
     estimated = time.perf_counter()
 
-    def build_and_tune(graph_dims: list[int], *, linked: bool = True):
+    def build_and_tune(graph_dims: list[int]):
         built = cls(dim, probe.dims, metric=metric, index_dims=graph_dims, M=M,
                     ef_construction=ef_construction, dtype=dtype,
-                    link_dim=link_dim_for(needed, graph_dims[0]) if linked else None)
+                    link_dim=link_dim_for(needed, graph_dims[0], dim))
         built.add(source, ids, payloads=payloads, progress=progress)
         added_at = time.perf_counter()
         return built, added_at, built.tune(query_batch, k=k, target_recall=target_recall,
@@ -211,11 +218,10 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
     graphs_built = list(index_dims)
     try:
         searcher, added, plan = build_and_tune(index_dims)
-    except ValueError:  # no schedule over the prefix (or linked) graph reached the target
-        if index_dims == [dim] and link_dim_for(needed, dim) is None:
+    except ValueError:  # no schedule over the prefix graph reached the target
+        if index_dims == [dim]:
             raise
-        # the safe choice: the full-dim graph linked by all its dims, plain HNSW's graph
-        searcher, added, plan = build_and_tune([dim], linked=False)
+        searcher, added, plan = build_and_tune([dim])  # never linked: plain HNSW's graph
         graphs_built.append(dim)
     else:
         if unsure and plan.ef > MISESTIMATE * estimated_ef(

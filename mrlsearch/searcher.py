@@ -308,11 +308,11 @@ class Searcher:
         estimated beam (the estimate was far off), the full-dim graph is built and tuned too,
         and the faster of the two plans is kept.
 
-        The chosen graph is linked (``link_dim``) by the shortest prefix of at least 32 dims
-        whose sample shortlist is at most 4x the walk dim's: hnswlib builds it over fewer
+        A prefix graph is linked (``link_dim``) by the shortest prefix of at least 32 dims
+        whose sample shortlist is at most 4x the graph dim's: hnswlib builds it over fewer
         dims, faster, and the walk still scores at the graph's dim with the same beam
-        (measured, docs/benchmarks.md); where no prefix ranks that well the graph is linked
-        by its own dim.
+        (measured, docs/benchmarks.md). A full-dim graph, or one where no prefix ranks that
+        well, is linked by its own dim.
 
         Parameters
         ----------

@@ -105,13 +105,15 @@ def test_a_manifest_whose_link_dim_does_not_fit_its_graph_is_refused(data, tmp_p
 
 
 def test_link_dim_for_takes_the_shortest_prefix_that_ranks_well_enough():
-    assert link_dim_for({32: 400, 64: 30, 128: 10}, 128) == 64
+    assert link_dim_for({32: 400, 64: 30, 128: 10, 256: 5}, 128, 256) == 64
     limit = int(LINK_SHORTLIST_RATIO * 10)
-    assert link_dim_for({32: limit, 64: 12, 128: 10}, 128) == 32
-    assert link_dim_for({32: limit + 1, 64: limit + 1, 128: 10}, 128) is None
+    assert link_dim_for({32: limit, 64: 12, 128: 10, 256: 5}, 128, 256) == 32
+    assert link_dim_for({32: limit + 1, 64: limit + 1, 128: 10, 256: 5}, 128, 256) is None
     # never below MIN_LINK_DIM, never the walk dim itself or beyond it
-    assert link_dim_for({MIN_LINK_DIM // 2: 10, 64: 10}, 64) is None
-    assert link_dim_for({32: 10, 64: 10, 128: 10}, 32) is None
+    assert link_dim_for({MIN_LINK_DIM // 2: 10, 64: 10, 128: 5}, 64, 128) is None
+    assert link_dim_for({32: 10, 64: 10, 128: 10}, 32, 128) is None
+    # a full-dim graph is never linked shorter, however well a prefix ranks
+    assert link_dim_for({32: 10, 64: 10, 128: 10}, 128, 128) is None
 
 
 def test_build_links_the_graph_by_a_shorter_prefix_where_it_ranks_well():
@@ -120,7 +122,7 @@ def test_build_links_the_graph_by_a_shorter_prefix_where_it_ranks_well():
     report = searcher.build_report
     walk_dim = searcher.plan.stages[0][0]
     assert report["link_dim"] == searcher.link_dim == link_dim_for(
-        report["shortlist_needed"], walk_dim)
+        report["shortlist_needed"], walk_dim, 512)
     assert searcher.link_dim is not None and searcher.link_dim < walk_dim
     truth = searcher.exact(queries[150:], 10)
     result = searcher.search(queries[150:], 10)
