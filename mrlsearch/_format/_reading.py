@@ -50,7 +50,10 @@ def resolve_directory(path: str | os.PathLike, *, what: str = "index",
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     # a save in another thread or process swaps the directory with two renames: between them
-    # the path is briefly missing, so look again before calling anything missing or foreign
+    # the path is briefly missing, so look again before calling anything missing or foreign.
+    # "No save under way" must be seen twice: a save can finish (its backup discarded, its
+    # lock file deleted) between the first look at the path and the look at the lock
+    quiet = 0
     for _ in range(_RESOLVE_TRIES):
         if path.is_dir():
             return path
@@ -66,7 +69,11 @@ def resolve_directory(path: str | os.PathLike, *, what: str = "index",
             raise FormatError(f"{argument!r} must be a saved {what} directory (got the file "
                               f"{path})")
         if not lock_path(path).exists() and not any(parent.glob(f".{path.name}.tmp-*")):
-            break  # no save is under way: the directory really is not there
+            quiet += 1
+            if quiet == 2:
+                break  # no save is under way: the directory really is not there
+        else:
+            quiet = 0
         time.sleep(0.001)
     raise FileNotFoundError(f"No {what} directory at {path}")
 

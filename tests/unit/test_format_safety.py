@@ -831,3 +831,24 @@ def test_writer_lock_excludes_threads_and_leaves_no_file(tmp_path):
             _format.writer_lock(tmp_path / "x", blocking=False) as held:
         assert held is False
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_finishing_while_a_loader_looks_is_not_called_missing(tmp_path, monkeypatch):
+    # the race the threaded test above hit: the loader sees the path missing (between a save's
+    # two renames), then the save finishes, discards its backup and deletes its lock file
+    # before the loader looks for them; the path is there again and must be found
+    from mrlsearch._format import _reading
+
+    target = tmp_path / "d"
+    real_backups_of = _reading.backups_of
+
+    def save_finishes(parent, name):
+        if not target.exists():
+            save_demo(target, 7)
+        return real_backups_of(parent, name)
+
+    monkeypatch.setattr(_reading, "backups_of", save_finishes)
+    assert _reading.resolve_directory(target) == target
+    monkeypatch.setattr(_reading, "backups_of", real_backups_of)
+    with pytest.raises(FileNotFoundError, match="No index directory"):
+        _reading.resolve_directory(tmp_path / "never")
