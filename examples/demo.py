@@ -138,7 +138,8 @@ def part_c(out: Path, rows: list, n: int) -> list:
     searcher = Searcher.build(vectors, queries=fit, k=10, target_recall=0.95, progress=True)
     build = time.perf_counter() - started
     plan = searcher.plan
-    print(f"   graphs built: {searcher.build_report['graphs_built']}, tuned plan: {plan}")
+    linked = "" if searcher.link_dim is None else f" linked by {searcher.link_dim} dims"
+    print(f"   graphs built: {searcher.build_report['graphs_built']}{linked}, tuned plan: {plan}")
     truth = searcher.exact(test, 10).ids
     points = []
     for name, run in (("exact (numpy BLAS)", lambda: searcher.exact(test, 10).ids),
