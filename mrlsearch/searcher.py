@@ -65,12 +65,15 @@ _PROGRESS_MIN_ROWS = 20_000
 _ADD_CHUNK = 10_000
 #: z of a one-sided 95 % bound, used to keep a margin over the target recall.
 _Z_95 = 1.645
-#: ``tune`` first runs a schedule on this many of its queries (when it has at least three times
-#: as many) and skips the full run when the upper bound below is under the target
+#: ``tune`` first runs a schedule on this many of its queries, drawn at random (when it has at
+#: least three times as many), and skips the full run when the upper bound below is under the
+#: target
 _SCREEN_QUERIES = 100
 #: a one-sided 99.9 % bound: a schedule whose full run would qualify is screened out only
 #: with a > 3-sigma shortfall on a subset of the same queries
 _Z_SCREEN = 3.0
+#: the screen's margin when its queries' recalls barely vary (no spread is no proof)
+_SCREEN_MIN_MARGIN = 0.02
 #: Largest k (results are padded to k columns, so k bounds the memory of a result).
 MAX_K = 1 << 20
 
@@ -995,15 +998,19 @@ class Searcher:
         truth = self.exact(batch, k)
         screen = None
         if batch.shape[0] >= 3 * _SCREEN_QUERIES:
-            few = batch[:_SCREEN_QUERIES]
-            few_truth = dataclasses.replace(truth, ids=truth.ids[:_SCREEN_QUERIES],
-                                            scores=truth.scores[:_SCREEN_QUERIES],
-                                            counts=truth.counts[:_SCREEN_QUERIES])
+            # a random subset (fixed seed): the bound holds for a sample of the queries, not for
+            # the first ones of a batch that may be ordered (by source, by difficulty)
+            picked = np.sort(np.random.default_rng(0).choice(
+                batch.shape[0], size=_SCREEN_QUERIES, replace=False))
+            few = np.ascontiguousarray(batch[picked])
+            few_truth = dataclasses.replace(truth, ids=truth.ids[picked],
+                                            scores=truth.scores[picked],
+                                            counts=truth.counts[picked])
 
             def screen(stages, ef):
                 _, recall, lower, seconds = self.measure(few, few_truth, stages, ef=ef, k=k)
-                upper = recall + (recall - lower) * _Z_SCREEN / _Z_95
-                return recall, lower, upper, seconds
+                margin = max((recall - lower) * _Z_SCREEN / _Z_95, _SCREEN_MIN_MARGIN)
+                return recall, lower, recall + margin, seconds
 
         plan = search_plans(
             lambda stages, ef, repeats=1: self.measure(batch, truth, stages, ef=ef, k=k,

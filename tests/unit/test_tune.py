@@ -55,3 +55,30 @@ def test_a_screen_spares_the_full_run_of_schedules_that_cannot_qualify():
                          if 0.5 + ef / 100 + (0.1 if stages[0][1] == "float32" else 0) + 0.03
                          >= 0.9}
     assert len(full_runs) < len({(s, e) for s, e, r in plain_calls[1:] if r == 1})
+
+
+def test_tune_screens_a_random_subset_not_the_first_queries(monkeypatch):
+    # 100 off-distribution queries first, then 300 ordinary ones: screening the first 100
+    # rejected schedules that qualify on all 400 (seen: the plan's beam doubled to 226)
+    import numpy as np
+
+    from mrlsearch import Searcher, _tune
+    from mrlsearch.datasets import synthetic_mrl
+
+    vectors, queries = synthetic_mrl(4000, 64, n_queries=300, seed=5)
+    hard = np.random.default_rng(1).standard_normal((100, 64)).astype(np.float32)
+    searcher = Searcher(64, dims=(16, 32, 64), index_dims=(16,), codes=("int8",))
+    searcher.add(vectors, num_threads=1)  # one thread: the same graph every run
+    seen = []
+    real_fastest = _tune.fastest
+
+    def record(measure, qualified):
+        seen.append({(plan.stages, plan.ef): plan.recall_lower for plan in qualified})
+        return real_fastest(measure, qualified)
+
+    monkeypatch.setattr(_tune, "fastest", record)
+    searcher.tune(np.vstack([hard, queries]), k=10, target_recall=0.9, progress=False)
+    # on all 400 queries the int8 walk qualifies at a shortlist of 113 (160 and 226 when the
+    # hard queries were the screen)
+    shortest = min(stages[0][2] for stages, _ in seen[-1] if stages[0][1] == "int8")
+    assert shortest <= 113
