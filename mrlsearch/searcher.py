@@ -184,11 +184,7 @@ class Searcher:
         if not 0 <= seed < 1 << 64:
             raise ValueError(f"'seed' must be an int in [0, 2**64) (got {seed!r})")
         self._seed = int(seed)
-        if link_dim is not None:
-            link_dim = check_positive_int(link_dim, "link_dim")
-            if link_dim not in dims:
-                raise DimensionError(f"'link_dim' must be one of dims {dims} (got {link_dim})")
-        self._link_dim = link_dim
+        self._link_dim = None if link_dim is None else self._check_dim(link_dim, "link_dim")
         self._store, self._graphs = self._new_parts()
         self._engine = Engine(self._store, self._graphs, self._metric)
         self._plan: FunnelPlan | None = None
