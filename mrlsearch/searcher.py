@@ -188,8 +188,10 @@ class Searcher:
         self._store, self._graphs = self._new_parts()
         self._engine = Engine(self._store, self._graphs, self._metric)
         self._plan: FunnelPlan | None = None
-        #: (plan, k, index dims, (schedule, ef)) of the last call that used the index's plan
+        #: (plan, k, index dims, (schedule, k, ef)) of the last call that used the index's plan
         self._planned_call: tuple = (_NO_PLAN, 0, None, None)
+        #: the same for the last call given a FunnelPlan as ``stages`` (frozen: kept by identity)
+        self._given_plan_call: tuple = (_NO_PLAN, 0, None, None)
         self._checked_stages: dict = {}
         self._lock = RWLock(around_wait=flag_lowered)
         self._compact_lock = threading.Lock()
@@ -837,14 +839,17 @@ class Searcher:
 
     def _schedule(self, stages: Stages | None, k: object, ef: object,
                   index_dims: tuple[int, ...]) -> tuple[tuple, int, int]:
-        """(checked schedule, k, ef) of a funnel call; the index's plan at ``k`` is remembered
-        with the ``index_dims`` it was checked against."""
-        planned = self._planned_call
-        if (stages is None and ef is None and type(k) is int and planned[0] is self._plan
-                and planned[1] == k and planned[2] is index_dims):
-            return planned[3]
+        """(checked schedule, k, ef) of a funnel call. The index's plan at ``k``, and the last
+        FunnelPlan passed as ``stages`` at ``k``, are remembered with the ``index_dims`` they were
+        checked against: a call with either skips the checks (3 us of a 20 us query, measured)."""
+        if ef is None and type(k) is int:
+            planned = self._planned_call if stages is None else self._given_plan_call
+            if (planned[0] is (self._plan if stages is None else stages) and planned[1] == k
+                    and planned[2] is index_dims):
+                return planned[3]
         plan = self._plan
         uses_plan = stages is None and ef is None
+        given_plan = stages if ef is None and isinstance(stages, FunnelPlan) else None
         k = self._check_k(k)
         if stages is None:
             stages = self.default_stages(k) if plan is None else (
@@ -855,6 +860,8 @@ class Searcher:
         schedule, ef = self._check_stages(stages, k, ef)
         if uses_plan:
             self._planned_call = (plan, k, index_dims, (schedule, k, ef))
+        elif given_plan is not None:
+            self._given_plan_call = (given_plan, k, index_dims, (schedule, k, ef))
         return schedule, k, ef
 
     def search_graph(self, queries: np.ndarray, k: int = 10, dim: int | None = None, *,
@@ -1035,6 +1042,7 @@ class Searcher:
             self._graphs.drop(keep_dims)
             self._checked_stages.clear()
             self._planned_call = (_NO_PLAN, 0, None, None)
+            self._given_plan_call = (_NO_PLAN, 0, None, None)
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict:

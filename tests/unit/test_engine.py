@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invariants import assert_same_neighbours, reference_scores
 
-from mrlsearch import Searcher, _engine
+from mrlsearch import DimensionError, FunnelPlan, Searcher, _engine
 from mrlsearch._codes import encode_binary, encode_int8, hamming_reference, int8_scales
 from mrlsearch._graphs import links_from_state
 from mrlsearch._store import VectorStore
@@ -364,3 +364,27 @@ def test_codes_are_re_encoded_when_a_bulk_write_fails_half_way():
         raise RuntimeError("the graph insert failed")
     codes, scales, _ = store.kernel_codes(8)
     assert np.array_equal(codes[:200], encode_int8(rows, scales))
+
+
+def test_a_funnel_plan_passed_as_stages_is_remembered_per_plan_k_and_graphs():
+    searcher, vectors, queries, ids = build(n=1500, index_dims=(16, 32))
+    float_walk = FunnelPlan(((16, "float32", 40), (64, "float32", 5)), ef=40, k=5)
+    code_walk = FunnelPlan(((32, "int8", 30), (32, "float32", 20), (64, "float32", 5)),
+                           ef=30, k=5)
+
+    def schedule(result):
+        return [(stage.dim, stage.precision, stage.shortlist) for stage in result.stats]
+
+    calls = [(float_walk, 5), (float_walk, 5), (code_walk, 5), (float_walk, 3),
+             (float_walk, 5), (code_walk, 5)]
+    for plan, k in calls:  # repeats take the remembered schedule: each must be its own
+        for query in queries[:3]:
+            given = searcher.funnel(query, k, plan)
+            spelled_out = searcher.funnel(query, k, plan.stages, ef=plan.ef)
+            np.testing.assert_array_equal(given.ids, spelled_out.ids)
+            assert schedule(given) == schedule(spelled_out)
+            assert given.ids.shape == (1, k) and schedule(given)[0][:2] == plan.stages[0][:2]
+    searcher.drop_graphs([32])  # the float walk's graph is gone: its remembered call too
+    with pytest.raises(DimensionError):
+        searcher.funnel(queries[0], 5, float_walk)
+    assert schedule(searcher.funnel(queries[0], 5, code_walk))[0][:2] == (32, "int8")
