@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _exact_kernels as kernels
 from ._store import VectorStore
 
 __all__: list[str] = []
@@ -18,54 +19,46 @@ def exact_rows(store: VectorStore, metric: str, batch: np.ndarray, prefix_dim: i
                keep: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``keep`` live rows of every query at ``prefix_dim`` (numpy BLAS, bounded memory).
 
-    Returns ``(rows, scores)``, best first, ``-1`` / ``-inf`` padded. Scores are higher-is-better:
-    cosine of the prefixes, inner product, or the negative squared distance.
+    Returns ``(rows, scores)``, best first (equal scores: the earlier row first), ``-1`` /
+    ``-inf`` padded. Scores are higher-is-better: cosine of the prefixes, inner product, or the
+    negative squared distance.
     """
     n_queries = batch.shape[0]
     col = store.dims.index(prefix_dim)
     query_part = np.ascontiguousarray(batch[:, :prefix_dim])
     query_norms = np.linalg.norm(query_part.astype(np.float64), axis=1).astype(np.float32)
-    best_rows = np.full((n_queries, keep), -1, dtype=np.int64)
-    best_scores = np.full((n_queries, keep), -np.inf, dtype=np.float32)
-    # a block holds 16x ``keep`` rows at least: each block's top ``keep`` is merged into the
-    # running best (1000 queries x 50k rows at k=1000, warm: 0.33 s; with 4x, 0.55 s; with
-    # blocks of 1024 rows, 1.29 s)
-    block = max(1024, 16 * keep, _EXACT_BLOCK // max(n_queries, 1))
-    if metric == "cosine":
-        inverse_query_norms = _inverse(query_norms)[:, None]
+    query_scale, query_shift = _score_terms(metric, query_norms, query_side=True)
+    heap_rows = np.full((n_queries, keep), -1, dtype=np.int64)
+    heap_scores = np.full((n_queries, keep), -np.inf, dtype=np.float32)
+    block = max(1024, _EXACT_BLOCK // max(n_queries, 1))
     for lo in range(0, store.rows, block):
         hi = min(lo + block, store.rows)
         part = store.vectors[lo:hi, :prefix_dim].astype(np.float32, copy=False)
-        scores = query_part @ part.T
-        if metric == "cosine":  # a zero norm on either side scores 0
-            scores *= inverse_query_norms
-            scores *= _inverse(store.norms[lo:hi, col])[None, :]
-        elif metric == "l2":
-            scores *= 2.0
-            scores -= np.square(query_norms)[:, None]
-            scores -= np.square(store.norms[lo:hi, col])[None, :]
-            np.minimum(scores, 0.0, out=scores)
+        row_scale, row_shift = _score_terms(metric, store.norms[lo:hi, col], query_side=False)
         deleted = store.deleted[lo:hi]
-        if deleted.any():
-            scores[:, deleted] = -np.inf
-        # the block's own top ``keep`` first, then a merge of two small arrays (merging the
-        # whole block into the running best copied it twice and partitioned it all)
-        rows = np.arange(lo, hi, dtype=np.int64)
-        if scores.shape[1] > keep:
-            top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-            scores, rows = np.take_along_axis(scores, top, axis=1), rows[top]
-        else:
-            rows = np.broadcast_to(rows, scores.shape)
-        merged_scores = np.concatenate([best_scores, scores], axis=1)
-        merged_rows = np.concatenate([best_rows, rows], axis=1)
-        top = np.argpartition(-merged_scores, keep - 1, axis=1)[:, :keep]
-        best_scores = np.take_along_axis(merged_scores, top, axis=1)
-        best_rows = np.take_along_axis(merged_rows, top, axis=1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    best_scores = np.take_along_axis(best_scores, order, axis=1)
-    best_rows = np.take_along_axis(best_rows, order, axis=1)
-    best_rows[~np.isfinite(best_scores)] = -1
-    return best_rows, best_scores
+        kernels.merge_block(query_part @ part.T, lo, query_scale, query_shift, row_scale,
+                            row_shift, metric == "l2",
+                            np.ascontiguousarray(deleted) if deleted.any() else _NONE_DELETED,
+                            heap_scores, heap_rows)
+    kernels.sort_heaps(heap_scores, heap_rows)
+    return heap_rows, heap_scores
+
+
+def _score_terms(metric: str, norms: np.ndarray, *, query_side: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of one side of :func:`~mrlsearch._exact_kernels.merge_block`'s score:
+    cosine divides by both norms (a zero norm scores 0), squared L2 is ``2 dot - |q|^2 - |x|^2``
+    and the inner product is the dot product."""
+    zeros = np.zeros(norms.shape, dtype=np.float32)
+    if metric == "cosine":
+        return _inverse(norms), zeros
+    if metric == "l2":
+        scale = np.full(norms.shape, 2.0 if query_side else 1.0, dtype=np.float32)
+        return scale, -np.square(norms, dtype=np.float32)
+    return np.ones(norms.shape, dtype=np.float32), zeros
+
+
+_NONE_DELETED = np.zeros(0, dtype=bool)
 
 
 def _inverse(norms: np.ndarray) -> np.ndarray:

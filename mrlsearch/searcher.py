@@ -881,7 +881,8 @@ class Searcher:
     def exact(self, queries: np.ndarray, k: int = 10, dim: int | None = None) -> SearchResult:
         """Brute-force search at a prefix dim (None: full dim): the ground truth.
 
-        Scores every live vector with numpy (BLAS) in blocks of bounded memory.
+        Scores every live vector with numpy (BLAS) in blocks of bounded memory; of equal
+        scores, the vector added first ranks first.
         """
         self._ensure_intact()
         k = self._check_k(k)

@@ -70,8 +70,8 @@ def test_an_estimate_found_far_off_builds_the_full_dim_graph_too(monkeypatch):
 
 
 def test_build_tunes_on_data_with_many_copies_of_one_vector():
-    # blank lines of a text corpus embed to one vector: exact search breaks the ties between
-    # the copies arbitrarily, and recall by ids alone fell to 0 for queries among them
+    # blank lines of a text corpus embed to one vector: exact search keeps the first copies, a
+    # graph walk finds others, and recall by ids alone fell to 0 for queries among them
     vectors, _ = synthetic_mrl(3000, 64, n_queries=0, seed=2)
     copies = np.concatenate([vectors, np.repeat(vectors[7:8], 300, axis=0)])
     searcher = Searcher.build(copies, progress=False)  # raised: "best was 0.000"
@@ -80,7 +80,8 @@ def test_build_tunes_on_data_with_many_copies_of_one_vector():
     found = searcher.search(queries, 10)
     recall = tied_recall_per_query(found, truth)
     assert recall.mean() >= 0.95 and recall[:50].min() == 1.0
-    assert recall_per_query(found.ids, truth)[:50].max() < 1.0  # by ids alone: ties missed
+    if found.stats[0].method == "hnsw":  # a scan breaks ties by row as exact does
+        assert recall_per_query(found.ids, truth)[:50].max() < 1.0  # by ids: ties missed
 
 
 def test_tied_recall_counts_only_ties_of_the_last_true_score():

@@ -49,6 +49,34 @@ def test_exact_over_many_blocks_with_deletions_matches_reference(metric, monkeyp
 
 
 @pytest.mark.parametrize("metric", METRICS)
+def test_exact_ranks_equal_scores_by_row_and_pads_past_the_live_rows(metric, monkeypatch):
+    monkeypatch.setattr(_exact, "_EXACT_BLOCK", 1)  # the ties span blocks of 1024 rows
+    rng = np.random.default_rng(4)
+    distinct = rng.integers(-3, 4, size=(300, 16)).astype(np.float32)
+    distinct[np.abs(distinct).sum(axis=1) == 0, 0] = 1.0
+    source = rng.integers(0, 300, size=2500)
+    vectors = distinct[source]  # every vector on ~8 rows: equal rows score bit for bit equal
+    searcher = Searcher(16, (8, 16), metric=metric, index_dims=(8,), codes=())
+    ids = searcher.add(vectors)
+    queries = distinct[:6]
+    result = searcher.exact(queries, k=40)
+    want_ids, want_scores = reference_topk(queries, vectors, ids, metric, 16, 40)
+    assert_same_neighbours(result.ids, result.scores, want_ids, want_scores)
+    for got_ids, got_scores in zip(result.ids, result.scores):
+        ties = got_scores[1:] == got_scores[:-1]
+        assert (got_ids[1:][ties] > got_ids[:-1][ties]).all()  # equal scores: row order
+        for vector in np.unique(source[got_ids]):  # of a repeated vector, the first rows
+            rows = np.flatnonzero(source == vector)
+            taken = np.sort(got_ids[source[got_ids] == vector])
+            np.testing.assert_array_equal(taken, ids[rows[: len(taken)]])
+    tiny = Searcher(16, (8, 16), metric=metric, index_dims=(8,), codes=())
+    tiny.add(vectors[:5])
+    padded = tiny.exact(queries, k=8)
+    assert (padded.ids[:, 5:] == -1).all() and np.isneginf(padded.scores[:, 5:]).all()
+    assert (np.sort(padded.ids[:, :5], axis=1) == np.arange(5)).all()
+
+
+@pytest.mark.parametrize("metric", METRICS)
 def test_funnel_with_exhaustive_shortlist_matches_reference(metric):
     searcher, vectors, queries, ids = build(metric)
     stages = [(8, len(vectors)), (16, 300), (32, 50), (48, 10)]
