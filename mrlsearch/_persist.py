@@ -182,6 +182,14 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
         searcher, store, graphs = make_parts(config)
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"{where} has a bad field ({exc})") from exc
+    linked = any(graphs.built_dim(d) != d for d in graphs.dims)
+    if linked != (manifest.get("version") == LINKED_FORMAT_VERSION):
+        # save writes version 4 exactly when a graph is linked shorter: a reader of version 2
+        # or 3 would take such a graph's vectors for full ones
+        raise FormatError(f"{where} has format version {manifest.get('version')} but "
+                          f"link_dim={config['link_dim']} links "
+                          f"{'a graph' if linked else 'no graph'} by a shorter prefix "
+                          f"(version {LINKED_FORMAT_VERSION} is written exactly when one is)")
     graph_files = {int(d): name for d, name in graphs_field.items()}
     if set(graph_files) != set(graphs.dims) and not (rows == 0 and not graph_files):
         raise FormatError(f"{where} lists graphs {sorted(graph_files)} but index_dims "

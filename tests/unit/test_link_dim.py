@@ -104,6 +104,21 @@ def test_a_manifest_whose_link_dim_does_not_fit_its_graph_is_refused(data, tmp_p
         Searcher.load(tmp_path / "index")
 
 
+@pytest.mark.parametrize("linked, version, link_dim", [
+    (True, 2, 32), (True, 3, 32), (True, 4, None), (False, 4, None), (False, 4, 128)])
+def test_a_manifest_whose_version_does_not_say_whether_it_is_linked_is_refused(
+        data, tmp_path, linked, version, link_dim):
+    vectors, _ = data
+    (_linked(vectors[:300]) if linked else _linked(vectors[:300], link_dim=None)).save(
+        tmp_path / "index")
+    path = tmp_path / "index" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["version"], manifest["link_dim"] = version, link_dim
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match="version"):
+        Searcher.load(tmp_path / "index")
+
+
 def test_link_dim_for_takes_the_shortest_prefix_that_ranks_well_enough():
     assert link_dim_for({32: 400, 64: 30, 128: 10, 256: 5}, 128, 256) == 64
     limit = int(LINK_SHORTLIST_RATIO * 10)
