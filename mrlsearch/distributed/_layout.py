@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import FormatError
-from .._format import MANIFEST, atomic_file
+from .._format import MANIFEST, MAX_MANIFEST_BYTES, atomic_file, parse_json
 from .._validation import check_positive_int
 
 __all__: list[str] = []
@@ -90,9 +90,11 @@ def write_sharding(root: Path, *, n_shards: int, names: list[str], next_id: int 
 
 def read_sharding(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"{path} is not readable JSON ({exc})") from exc
+        with open(path, "rb") as handle:  # one byte past the cap: parse_json names the size
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise FormatError(f"{path} is not readable ({exc})") from exc
+    data = parse_json(raw, path)  # capped size and nesting: a FormatError, never a crash
     if not isinstance(data, dict) or data.get("format") != SHARDING_FORMAT:
         raise FormatError(f"{path} is not a {SHARDING_FORMAT!r} file")
     if data.get("version") != SHARDING_VERSION:
