@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import MRLError
-from ._format import check_replaceable
+from ._format import MAX_MANIFEST_BYTES, check_replaceable, parse_json
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE
 from ._persist import FORMAT_NAME
 from .classifier import Classifier
@@ -235,11 +235,13 @@ def sidecar_path(index: str | os.PathLike) -> Path:
 def _read_sidecar(index: str | os.PathLike) -> dict:
     path = sidecar_path(index)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:  # one byte past the cap: parse_json names the size
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise MRLError(f"{path} is not a readable mrlsearch CLI file ({exc})") from exc
+    data = parse_json(raw, path)  # a FormatError (an MRLError) for bad or nested JSON
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise MRLError(f"{path} is not a mrlsearch CLI file (no format {SIDECAR_FORMAT!r})")
     return data

@@ -528,3 +528,12 @@ def test_index_out_onto_a_folder_of_files_fails_before_the_work(files, capsys, m
     assert main(["index", str(files / "vectors.npy"), "--out", str(folder)]) == 1
     assert "does not hold a saved index" in capsys.readouterr().err
     assert (folder / "notes.md").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("content", [b"{broken", b"[" * 100_000 + b"]" * 100_000])
+def test_a_corrupt_cli_sidecar_is_an_error_message(index, capsys, content):
+    cli.sidecar_path(index).write_bytes(content)
+    capsys.readouterr()
+    assert main(["info", str(index)]) == 1
+    err = capsys.readouterr().err
+    assert "not valid JSON" in err and "Traceback" not in err
