@@ -1,6 +1,6 @@
 """The schedule search behind :meth:`Searcher.tune`, through a measure callback.
 
-``measure(stages, ef, repeats=1) -> (recall, recall_lower, seconds_per_query)`` runs one
+``measure(stages, ef) -> (recall, recall_lower, seconds_per_query)`` runs one
 schedule; ``screen(stages, ef) -> (recall, recall_lower, recall_upper, seconds_per_query)``
 (optional) runs it on a few of the queries first, so that a schedule that cannot reach the
 target is not run on all of them. This module only decides which schedules to try, so it
@@ -153,13 +153,18 @@ def _measured(measure: Measure, screen: Screen | None, stages: tuple, ef: int,
 
 
 def fastest(measure: Measure, qualified: list[FunnelPlan]) -> FunnelPlan:
-    """Re-time the fastest few qualifying plans (best of :data:`_RETIME_REPEATS` runs each)
-    and return the fastest: single timings let plans a few microseconds apart swap places
-    with the machine's noise."""
+    """Re-time the fastest few qualifying plans and return the fastest: single timings let
+    plans a few microseconds apart swap places with the machine's noise.
+
+    Each finalist keeps its best of :data:`_RETIME_REPEATS` runs, taken in rounds (every
+    finalist once, then again) rather than one finalist's runs after another's, so that a slow
+    spell of the host falls on all of them (the rule ``mrlsearch.benchmark`` times methods by).
+    """
     finalists = sorted(qualified, key=lambda plan: plan.seconds_per_query)[:_FINALISTS]
-    timed = []
-    for plan in finalists:
-        recall, lower, seconds = measure(plan.stages, plan.ef, _RETIME_REPEATS)
-        timed.append(FunnelPlan(plan.stages, plan.ef, plan.k, plan.recall, plan.recall_lower,
-                                seconds))
+    best = [float("inf")] * len(finalists)
+    for _ in range(_RETIME_REPEATS):
+        for slot, plan in enumerate(finalists):
+            best[slot] = min(best[slot], measure(plan.stages, plan.ef)[2])
+    timed = [FunnelPlan(plan.stages, plan.ef, plan.k, plan.recall, plan.recall_lower, seconds)
+             for plan, seconds in zip(finalists, best)]
     return min(timed, key=lambda plan: plan.seconds_per_query)

@@ -1017,8 +1017,7 @@ class Searcher:
                 return recall, lower, recall + margin, seconds
 
         plan = search_plans(
-            lambda stages, ef, repeats=1: self.measure(batch, truth, stages, ef=ef, k=k,
-                                                       repeats=repeats)[1:],
+            lambda stages, ef: self.measure(batch, truth, stages, ef=ef, k=k)[1:],
             dims=self._dims, index_dims=self._index_dims, precisions=precisions,
             float_name=self._dtype, refine_binary="int8" in self._codes,
             live=len(self), k=k, target_recall=target_recall, max_shortlist=max_shortlist,
