@@ -953,8 +953,9 @@ class Searcher:
         floats, int8 or binary codes), its shortlist (``2k, 2.8k, 4k, ...`` up to
         ``max_shortlist``), ``ef`` (1x or 2x the shortlist) and how fast the later stages
         shrink. A schedule qualifies when the one-sided 95 % lower bound of its mean recall@k
-        reaches ``target_recall``; the six fastest are timed again (best of three) and the
-        fastest wins.
+        reaches ``target_recall``; the six fastest are timed again (best of three, in rounds) and
+        the fastest wins. Its beam is then tried 0.75x and 0.875x as wide, and a narrower one
+        that still qualifies and runs faster takes its place.
 
         Parameters
         ----------

@@ -19,26 +19,56 @@ def _fake_measure(calls):
 
 
 @pytest.mark.parametrize("dims, index_dims", [((256,), (256,)), ((64, 128, 256), (64,))])
-def test_every_schedule_is_measured_once_and_the_fastest_qualifying_wins(dims, index_dims):
-    calls = []
+def test_every_schedule_is_measured_once_and_the_fastest_qualifying_wins(dims, index_dims,
+                                                                         monkeypatch):
+    calls, retimes = [], []
+    real_fastest = _tune.fastest
+
+    def recorded_fastest(measure, qualified):
+        first = len(calls)
+        plan = real_fastest(measure, qualified)
+        retimes.append((first, len(calls), len(qualified[:_tune._FINALISTS])))
+        return plan
+
+    monkeypatch.setattr(_tune, "fastest", recorded_fastest)
     plan = search_plans(_fake_measure(calls), dims=dims, index_dims=index_dims,
                         precisions=("float32", "int8"), float_name="float32",
                         refine_binary=False, live=10_000, k=10, target_recall=0.9,
                         max_shortlist=4096, progress=False)
-    # the (at most six) fastest qualifying plans are re-timed last, in rounds: each once, then
-    # again
-    rounds = _tune._RETIME_REPEATS
-    finalists = next(n for n in range(_tune._FINALISTS, 0, -1)
-                     if calls[-n * rounds:] == calls[-n:] * rounds and len(set(calls[-n:])) == n)
-    retimed = calls[-finalists * rounds:]
-    assert finalists >= 2  # else rounds and back-to-back runs look alike
-    searched = Counter(calls[1:-finalists * rounds])
-    assert max(searched.values()) == 1 and set(retimed) <= set(searched)
-    # the fastest qualifying schedule in the fake's terms: the int8 walk with the smallest ef
-    # whose recall - 0.01 >= 0.9, i.e. ef >= 41
-    assert plan.stages[0][1] == "int8" and plan.ef >= 41
-    assert plan.ef == min(ef for (stages, ef) in searched
-                          if stages[0][1] == "int8" and 0.5 + ef / 100 - 0.01 >= 0.9)
+    # the grid's winner, then the same schedule with a narrower beam: two re-timings, each of
+    # the (at most six) fastest qualifying plans in rounds, every finalist once per round
+    assert len(retimes) == 2
+    for first, last, finalists in retimes:
+        retimed = calls[first:last]
+        assert finalists >= 2 and len(retimed) == finalists * _tune._RETIME_REPEATS
+        assert retimed == retimed[:finalists] * _tune._RETIME_REPEATS
+    grid = Counter(calls[1:retimes[0][0]])
+    narrowed = calls[retimes[0][1]:retimes[1][0]]
+    assert max(grid.values()) == 1 and not set(narrowed) & set(grid)
+    # the grid's fastest qualifying schedule in the fake's terms is the int8 walk of shortlist
+    # 28 with ef 56 (recall - 0.01 >= 0.9 needs ef >= 41; 40 is the grid's next beam down);
+    # narrowed by 0.75 it keeps its shortlist at ef 42, which qualifies and is faster
+    grid_best = min((ef for (stages, ef) in grid
+                     if stages[0][1] == "int8" and 0.5 + ef / 100 - 0.01 >= 0.9))
+    assert grid_best == 56 and plan.stages[0] == (plan.stages[0][0], "int8", 28)
+    assert plan.ef == 42 and (plan.stages, 42) in set(narrowed)
+
+
+def test_a_narrower_beam_that_misses_the_target_leaves_the_grids_winner():
+    calls = []
+
+    def measure(stages, ef):  # qualifies from ef 50 on: 0.875 x 56 = 49 does not
+        calls.append((stages, ef))
+        recall = 1.0 if ef >= 50 else 0.5
+        return recall, recall - 0.01, ef * 1e-6
+
+    plan = search_plans(measure, dims=(256,), index_dims=(256,), precisions=("float32",),
+                        float_name="float32", refine_binary=False, live=10_000, k=10,
+                        target_recall=0.9, max_shortlist=4096, progress=False)
+    # the grid's winner (shortlist 28, ef 56) stays: its narrower beams (42, 49) were measured
+    # last, missed, and were not re-timed
+    assert (plan.stages[0][2], plan.ef) == (28, 56)
+    assert sorted(ef for _, ef in calls[-2:]) == [42, 49]
 
 
 def test_a_screen_spares_the_full_run_of_schedules_that_cannot_qualify():
