@@ -319,6 +319,8 @@ class FunnelPlan:
     """A funnel schedule, as chosen by :meth:`Searcher.tune`.
 
     Pass it to :meth:`Searcher.funnel` as ``stages=plan``; ``search`` uses the index's plan.
+    A plan is frozen: a Searcher checks the last one it was given once and then knows it by
+    identity, so make a new plan (``dataclasses.replace``) rather than altering one.
 
     Attributes
     ----------

@@ -235,12 +235,14 @@ def sidecar_path(index: str | os.PathLike) -> Path:
 def _read_sidecar(index: str | os.PathLike) -> dict:
     path = sidecar_path(index)
     try:
-        with open(path, "rb") as handle:  # one byte past the cap: parse_json names the size
+        with open(path, "rb") as handle:  # one byte past the cap tells a file too big
             raw = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise MRLError(f"{path} is not a readable mrlsearch CLI file ({exc})") from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise MRLError(f"{path} is more than {MAX_MANIFEST_BYTES} bytes: not a mrlsearch CLI file")
     data = parse_json(raw, path)  # a FormatError (an MRLError) for bad or nested JSON
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise MRLError(f"{path} is not a mrlsearch CLI file (no format {SIDECAR_FORMAT!r})")

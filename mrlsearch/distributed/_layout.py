@@ -90,11 +90,13 @@ def write_sharding(root: Path, *, n_shards: int, names: list[str], next_id: int 
 
 def read_sharding(path: Path) -> dict:
     try:
-        with open(path, "rb") as handle:  # one byte past the cap: parse_json names the size
+        with open(path, "rb") as handle:  # one byte past the cap tells a file too big
             raw = handle.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise FormatError(f"{path} is not readable ({exc})") from exc
-    data = parse_json(raw, path)  # capped size and nesting: a FormatError, never a crash
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{path} is more than {MAX_MANIFEST_BYTES} bytes: not a sharding file")
+    data = parse_json(raw, path)  # capped nesting: a FormatError, never a crash
     if not isinstance(data, dict) or data.get("format") != SHARDING_FORMAT:
         raise FormatError(f"{path} is not a {SHARDING_FORMAT!r} file")
     if data.get("version") != SHARDING_VERSION:

@@ -23,7 +23,7 @@ def test_a_written_sharding_file_reads_back(tmp_path):
     (b"{not json", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),
     (b"[" * 100_000 + b"]" * 100_000, "JSON|nested"),
-    (b" " * (MAX_MANIFEST_BYTES + 10), "bytes"),
+    (b" " * (MAX_MANIFEST_BYTES + 10), f"more than {MAX_MANIFEST_BYTES} bytes"),
     (b'{"format": "other"}', "is not a"),
 ])
 def test_a_bad_sharding_file_is_a_format_error(tmp_path, content, match):

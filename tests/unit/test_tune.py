@@ -71,6 +71,29 @@ def test_a_narrower_beam_that_misses_the_target_leaves_the_grids_winner():
     assert sorted(ef for _, ef in calls[-2:]) == [42, 49]
 
 
+def test_narrowing_a_beam_that_equals_its_shortlist_cuts_the_shortlists_to_fit():
+    from mrlsearch._stages import validate_stages
+
+    calls = []
+
+    def measure(stages, ef):  # every schedule tried must be a valid one
+        validate_stages(stages, 10, ef, dims=(64, 128, 256), index_dims=(64,),
+                        dtype="float32", codes=())
+        calls.append((stages, ef))
+        recall = min(1.0, 0.5 + ef / 100)  # qualifies (lower bound recall - 0.01) at ef >= 41
+        return recall, recall - 0.01, ef * 1e-6 + (ef - stages[0][2]) * 1e-5  # 2x beams cost
+
+    plan = search_plans(measure, dims=(64, 128, 256), index_dims=(64,),
+                        precisions=("float32",), float_name="float32", refine_binary=False,
+                        live=10_000, k=10, target_recall=0.9, max_shortlist=4096,
+                        progress=False)
+    # the grid's winner is shortlist 57 at ef 57; 0.75x gives ef 43, its shortlist cut to 43
+    # and the later ones to at most 43
+    assert plan.ef == 43 and plan.stages[0] == (64, "float32", 43)
+    assert all(later <= 43 for _, _, later in plan.stages[1:]) and plan.stages[-1][2] == 10
+    assert any(stages[0][2] == 57 and ef == 57 for stages, ef in calls)
+
+
 def test_a_screen_spares_the_full_run_of_schedules_that_cannot_qualify():
     plain_calls, screened_calls, screens = [], [], []
     options = dict(dims=(256,), index_dims=(256,), precisions=("float32", "int8"),
@@ -116,5 +139,6 @@ def test_tune_screens_a_random_subset_not_the_first_queries(monkeypatch):
     searcher.tune(np.vstack([hard, queries]), k=10, target_recall=0.9, progress=False)
     # on all 400 queries the int8 walk qualifies at a shortlist of 113 (160 and 226 when the
     # hard queries were the screen)
-    shortest = min(stages[0][2] for stages, _ in seen[-1] if stages[0][1] == "int8")
+    # (seen[0]: the grid's qualifying plans; a later call re-times the winner's narrowed beams)
+    shortest = min(stages[0][2] for stages, _ in seen[0] if stages[0][1] == "int8")
     assert shortest <= 113
