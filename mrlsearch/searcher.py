@@ -783,8 +783,9 @@ class Searcher:
             walks the HNSW graph at its dim, which must be indexed, scoring with its
             precision, and keeps ``shortlist``; each later stage rescores the survivors and
             keeps its shortlist. Dims grow (a dim may repeat with a finer precision), and
-            shortlists do not. Default: :attr:`plan` (for any ``k``: a plan tuned for a
-            smaller ``k`` scales its shortlists), else :meth:`default_stages`.
+            shortlists do not. A FunnelPlan serves any ``k``: one tuned for a smaller ``k``
+            scales its shortlists and beam (:meth:`FunnelPlan.for_k`). Default: :attr:`plan`,
+            else :meth:`default_stages`.
         ef : int, optional
             Beam width of the graph walk (>= the first shortlist), for this call only.
             Default: the plan's, else the first shortlist.
@@ -855,6 +856,8 @@ class Searcher:
             stages = self.default_stages(k) if plan is None else (
                 plan if k <= plan.k else plan.for_k(k))
         if isinstance(stages, FunnelPlan):
+            if k > stages.k:  # as for the index's plan: its shortlists and beam scale with k
+                stages = stages.for_k(k)
             ef = stages.ef if ef is None else ef
             stages = stages.stages
         schedule, ef = self._check_stages(stages, k, ef)

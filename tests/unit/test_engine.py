@@ -206,6 +206,12 @@ def test_a_tuned_plan_serves_any_k():
     assert wide.recall(searcher.exact(queries[20:], k=40)) >= 0.8
     assert plan.for_k(40).stages[-1][2] == 40
     assert searcher.search(queries[20:], k=3).ids.shape == (20, 3)
+    # the same plan passed as stages serves any k as search does (it raised: last shortlist < k)
+    for k in (40, 5, 40):
+        given = searcher.funnel(queries[20:], k, plan)
+        np.testing.assert_array_equal(given.ids, searcher.search(queries[20:], k=k).ids)
+        assert [stage.shortlist for stage in given.stats] == [
+            shortlist for _, _, shortlist in plan.for_k(k).stages]
 
 
 def test_tune_over_code_walks_only_still_ends_in_float():
