@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import MRLError
-from ._format import MAX_MANIFEST_BYTES, check_replaceable, parse_json
+from ._format import check_replaceable, read_json_file
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE
 from ._persist import FORMAT_NAME
 from .classifier import Classifier
@@ -234,16 +234,10 @@ def sidecar_path(index: str | os.PathLike) -> Path:
 
 def _read_sidecar(index: str | os.PathLike) -> dict:
     path = sidecar_path(index)
-    try:
-        with open(path, "rb") as handle:  # one byte past the cap tells a file too big
-            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    try:  # a FormatError (an MRLError) when unreadable, too big, or not small plain JSON
+        data = read_json_file(path, kind="a mrlsearch CLI file")
     except FileNotFoundError:
         return {}
-    except OSError as exc:
-        raise MRLError(f"{path} is not a readable mrlsearch CLI file ({exc})") from exc
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise MRLError(f"{path} is more than {MAX_MANIFEST_BYTES} bytes: not a mrlsearch CLI file")
-    data = parse_json(raw, path)  # a FormatError (an MRLError) for bad or nested JSON
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise MRLError(f"{path} is not a mrlsearch CLI file (no format {SIDECAR_FORMAT!r})")
     return data

@@ -29,11 +29,12 @@ from ._hnsw import check_hnsw_file
 from ._locks import cleanup_stale, lock_path, writer_lock
 from ._reading import (DeferredCheck, SavedDirectory, open_directory, read_manifest,
                        resolve_directory)
-from ._seal import (MANIFEST, MAX_MANIFEST_BYTES, parse_json, seal_file, sealed_checksums,
-                    write_array, write_json)
+from ._seal import (MANIFEST, MAX_MANIFEST_BYTES, parse_json, read_json_file, seal_file,
+                    sealed_checksums, write_array, write_json)
 
 __all__ = ["MANIFEST", "MAX_MANIFEST_BYTES", "DeferredCheck", "SavedDirectory",
            "atomic_directory", "atomic_file", "check_hnsw_file", "check_replaceable",
            "cleanup_stale", "load_array", "lock_path", "open_directory", "open_regular",
-           "parse_json", "read_manifest", "read_npy_header", "resolve_directory", "seal_file",
+           "parse_json", "read_json_file", "read_manifest", "read_npy_header",
+           "resolve_directory", "seal_file",
            "sealed_checksums", "sha256_file", "write_array", "write_json", "writer_lock"]

@@ -99,6 +99,40 @@ def parse_json(data: bytes | bytearray | memoryview, label: object) -> object:
     return value
 
 
+def read_json_file(path: str | os.PathLike, *, kind: str) -> object:
+    """A small JSON file kept outside a saved directory (``sharding.json``, the CLI's sidecar),
+    read with a manifest's caps: at most :data:`MAX_MANIFEST_BYTES`, parsed by
+    :func:`parse_json`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is at ``path``.
+    FormatError
+        If it cannot be read, is larger than the cap (named as not ``kind``, e.g.
+        ``"a sharding file"``), or is not small, plain JSON.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+    ...     _ = handle.write('{"a": 1}')
+    >>> read_json_file(handle.name, kind="a demo file")
+    {'a': 1}
+    >>> os.remove(handle.name)
+    """
+    try:
+        with open(path, "rb") as handle:  # one byte past the cap tells a file too big
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise FormatError(f"{path} is not readable ({exc})") from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{path} is more than {MAX_MANIFEST_BYTES} bytes: not {kind}")
+    return parse_json(raw, path)  # capped nesting: a FormatError, never a crash
+
+
 def write_json(path: str | os.PathLike, data: dict) -> str:
     """Write ``data`` as indented JSON, fsync it, check it on disk; return its sha256.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import FormatError
-from .._format import MANIFEST, MAX_MANIFEST_BYTES, atomic_file, parse_json
+from .._format import MANIFEST, atomic_file, read_json_file
 from .._validation import check_positive_int
 
 __all__: list[str] = []
@@ -90,13 +90,9 @@ def write_sharding(root: Path, *, n_shards: int, names: list[str], next_id: int 
 
 def read_sharding(path: Path) -> dict:
     try:
-        with open(path, "rb") as handle:  # one byte past the cap tells a file too big
-            raw = handle.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
+        data = read_json_file(path, kind="a sharding file")
+    except FileNotFoundError as exc:  # the callers saw it a moment ago
         raise FormatError(f"{path} is not readable ({exc})") from exc
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{path} is more than {MAX_MANIFEST_BYTES} bytes: not a sharding file")
-    data = parse_json(raw, path)  # capped nesting: a FormatError, never a crash
     if not isinstance(data, dict) or data.get("format") != SHARDING_FORMAT:
         raise FormatError(f"{path} is not a {SHARDING_FORMAT!r} file")
     if data.get("version") != SHARDING_VERSION:
