@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrlsearch import Searcher
+from mrlsearch import FunnelPlan, Searcher
 from mrlsearch.datasets import synthetic_mrl
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_index_v1"
@@ -81,22 +81,27 @@ def test_queries_during_adds_and_removes_see_consistent_state():
     assert searcher.funnel(queries, 10, [(8, 200), (32, 10)]).recall(truth) >= 0.9
 
 
-def test_threads_with_different_ef_each_search_with_their_own():
+@pytest.mark.parametrize("as_plans", [False, True])
+def test_threads_with_different_ef_each_search_with_their_own(as_plans):
     # hnswlib keeps ef per index: without the gate, a thread searching at ef=10 and one at
-    # ef=300 would each get whichever value the other set last
+    # ef=300 would each get whichever value the other set last. As FunnelPlans, the two also
+    # take turns in the Searcher's memo of the last plan given (kept by identity)
     vectors, queries = synthetic_mrl(4000, 32, n_queries=40, n_clusters=40, decay=0.3, seed=2)
     searcher = Searcher(32, (8, 32), index_dims=(8,))
     searcher.add(vectors)
     stages = [(8, 10), (32, 10)]
     expected = {ef: searcher.funnel(queries, 10, stages, ef=ef).ids for ef in (10, 300)}
     assert (expected[10] != expected[300]).any()  # the two settings do answer differently
+    calls = {ef: (FunnelPlan(stages, ef, 10), None) if as_plans else (stages, ef)
+             for ef in (10, 300)}
     errors = []
 
     def worker(ef):
+        given, given_ef = calls[ef]
         try:
             for _ in range(15):
                 for i, query in enumerate(queries):
-                    got = searcher.funnel(query, 10, stages, ef=ef).ids[0]
+                    got = searcher.funnel(query, 10, given, ef=given_ef).ids[0]
                     if not np.array_equal(got, expected[ef][i]):
                         errors.append((ef, i))
                         return
