@@ -139,24 +139,35 @@ def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[
                             # longer shortlists only cost more: this branch cannot win
                             bar.update(len(grid) - step - 1)
                             break
-    if not qualified:
-        recall, stages = best_recall
-        raise ValueError(
-            f"no funnel schedule reached target_recall={target_recall} (with a 95 % lower bound) "
-            f"up to max_shortlist={max_shortlist}; the best was {recall:.3f} with {stages}. "
-            "Raise max_shortlist, index a longer prefix (index_dims), or lower the target.")
-    best = fastest(measure, list(qualified.values()))
-    return _narrowed(measure, screen, best, target_recall, tried=measured)
+        if not qualified:
+            recall, stages = best_recall
+            raise ValueError(
+                f"no funnel schedule reached target_recall={target_recall} (with a 95 % lower "
+                f"bound) up to max_shortlist={max_shortlist}; the best was {recall:.3f} with "
+                f"{stages}. Raise max_shortlist, index a longer prefix (index_dims), or lower "
+                "the target.")
+        # the re-timing and the narrowing count in the bar too: one unit a measure
+        bar.set_description("mrlsearch: re-timing")
+        _grow(bar, min(len(qualified), _FINALISTS) * _RETIME_REPEATS + len(_NARROWER))
+        best = fastest(measure, list(qualified.values()), tick=bar.update)
+        return _narrowed(measure, screen, best, target_recall, tried=measured, bar=bar)
+
+
+def _grow(bar: tqdm, units: int) -> None:
+    bar.total += units
+    bar.refresh()
 
 
 def _narrowed(measure: Measure, screen: Screen | None, best: FunnelPlan, target_recall: float,
-              *, tried: dict[tuple, tuple[float, float, float]]) -> FunnelPlan:
+              *, tried: dict[tuple, tuple[float, float, float]], bar: tqdm) -> FunnelPlan:
     """``best``, or the same schedule with a narrower beam (:data:`_NARROWER`) where one still
     qualifies and is faster. The first shortlist shrinks with the beam where it must (it never
-    exceeds ``ef``), and later ones with it (they never grow)."""
+    exceeds ``ef``), and later ones with it (they never grow). ``bar`` counts one unit per
+    narrower beam and per re-timing measure."""
     (first_dim, precision, shortlist), k = best.stages[0], best.k
     candidates = [best]
     for factor in _NARROWER:
+        bar.update(1)
         ef = int(round(best.ef * factor))
         keep = min(shortlist, ef)
         if keep < k:
@@ -170,7 +181,10 @@ def _narrowed(measure: Measure, screen: Screen | None, best: FunnelPlan, target_
         tried[stages, ef] = (recall, lower, seconds)
         if lower >= target_recall:
             candidates.append(FunnelPlan(stages, ef, k, recall, lower, seconds))
-    return best if len(candidates) == 1 else fastest(measure, candidates)
+    if len(candidates) == 1:
+        return best
+    _grow(bar, min(len(candidates), _FINALISTS) * _RETIME_REPEATS)
+    return fastest(measure, candidates, tick=bar.update)
 
 
 def _measured(measure: Measure, screen: Screen | None, stages: tuple, ef: int,
@@ -183,19 +197,23 @@ def _measured(measure: Measure, screen: Screen | None, stages: tuple, ef: int,
     return measure(stages, ef)
 
 
-def fastest(measure: Measure, qualified: list[FunnelPlan]) -> FunnelPlan:
+def fastest(measure: Measure, qualified: list[FunnelPlan], *,
+            tick: Callable[[], object] | None = None) -> FunnelPlan:
     """Re-time the fastest few qualifying plans and return the fastest: single timings let
     plans a few microseconds apart swap places with the machine's noise.
 
     Each finalist keeps its best of :data:`_RETIME_REPEATS` runs, taken in rounds (every
     finalist once, then again) rather than one finalist's runs after another's, so that a slow
     spell of the host falls on all of them (the rule ``mrlsearch.benchmark`` times methods by).
+    ``tick`` is called after each measure (a progress bar's update).
     """
     finalists = sorted(qualified, key=lambda plan: plan.seconds_per_query)[:_FINALISTS]
     best = [float("inf")] * len(finalists)
     for _ in range(_RETIME_REPEATS):
         for slot, plan in enumerate(finalists):
             best[slot] = min(best[slot], measure(plan.stages, plan.ef)[2])
+            if tick is not None:
+                tick()
     timed = [FunnelPlan(plan.stages, plan.ef, plan.k, plan.recall, plan.recall_lower, seconds)
              for plan, seconds in zip(finalists, best)]
     return min(timed, key=lambda plan: plan.seconds_per_query)

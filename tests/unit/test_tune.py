@@ -24,9 +24,9 @@ def test_every_schedule_is_measured_once_and_the_fastest_qualifying_wins(dims, i
     calls, retimes = [], []
     real_fastest = _tune.fastest
 
-    def recorded_fastest(measure, qualified):
+    def recorded_fastest(measure, qualified, **options):
         first = len(calls)
-        plan = real_fastest(measure, qualified)
+        plan = real_fastest(measure, qualified, **options)
         retimes.append((first, len(calls), len(qualified[:_tune._FINALISTS])))
         return plan
 
@@ -69,6 +69,57 @@ def test_a_narrower_beam_that_misses_the_target_leaves_the_grids_winner():
     # last, missed, and were not re-timed
     assert (plan.stages[0][2], plan.ef) == (28, 56)
     assert sorted(ef for _, ef in calls[-2:]) == [42, 49]
+
+
+class _RecordedBar:
+    """Stands in for tqdm: keeps its units, and every measure's place among them."""
+
+    bars: list = []
+
+    def __init__(self, *, total, calls, **options):
+        self.total, self.n, self.calls, self.at_measure = total, 0, calls, []
+        _RecordedBar.bars.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, units=1):
+        self.n += units
+
+    def refresh(self):
+        pass
+
+    def set_description(self, text):
+        pass
+
+
+@pytest.mark.parametrize("qualifies_from", [41, 50])  # the narrowed beam qualifies / misses
+def test_the_progress_bar_counts_the_retiming_and_the_narrowing_and_ends_full(
+        qualifies_from, monkeypatch):
+    calls = []
+
+    def measure(stages, ef):
+        calls.append((stages, ef))
+        if _RecordedBar.bars:  # the warm-up measure comes before the bar
+            bar = _RecordedBar.bars[-1]
+            bar.at_measure.append(bar.n)
+        recall = 1.0 if ef >= qualifies_from else 0.5
+        return recall, recall - 0.01, ef * 1e-6
+
+    _RecordedBar.bars = []
+    monkeypatch.setattr(_tune, "tqdm",
+                        lambda **options: _RecordedBar(calls=calls, **options))
+    search_plans(measure, dims=(256,), index_dims=(256,), precisions=("float32",),
+                 float_name="float32", refine_binary=False, live=10_000, k=10,
+                 target_recall=0.9, max_shortlist=4096, progress=True)
+    (bar,) = _RecordedBar.bars
+    grid = len(_tune.shortlist_grid(10, 10_000, 4096)) * len(_tune._EF_FACTORS)
+    assert bar.n == bar.total > grid
+    # the bar moves on during the re-timing: the last measures do not all sit at one count
+    assert len(set(bar.at_measure[-4:])) > 1
 
 
 def test_narrowing_a_beam_that_equals_its_shortlist_cuts_the_shortlists_to_fit():
@@ -131,9 +182,9 @@ def test_tune_screens_a_random_subset_not_the_first_queries(monkeypatch):
     seen = []
     real_fastest = _tune.fastest
 
-    def record(measure, qualified):
+    def record(measure, qualified, **options):
         seen.append({(plan.stages, plan.ef): plan.recall_lower for plan in qualified})
-        return real_fastest(measure, qualified)
+        return real_fastest(measure, qualified, **options)
 
     monkeypatch.setattr(_tune, "fastest", record)
     # no branch is cut for its timing (a float walk timed fast on a busy host cut the int8
