@@ -66,6 +66,9 @@ def shortlist_needed(sample: np.ndarray, queries: np.ndarray, dims: Sequence[int
     """
     x = np.asarray(sample, dtype=np.float32)
     q = np.asarray(queries, dtype=np.float32)
+    if metric == "l2":  # distances about the sample's mean: no float32 cancellation of offsets
+        centre = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+        x, q = x - centre, q - centre
     full_dim = x.shape[1]
     wanted = sorted({int(d) for d in dims})
 

@@ -148,3 +148,15 @@ def test_a_prefix_graph_that_reaches_no_plan_falls_back_to_the_full_dim(monkeypa
     searcher = Searcher.build(vectors, queries=queries, progress=False)
     assert searcher.build_report["graphs_built"] == [16, 64]
     assert searcher.index_dims == (64,) and searcher.plan.stages[0][0] == 64
+
+
+def test_the_l2_estimate_does_not_move_with_a_shared_offset():
+    # float32 2 q.x - |x|^2 cancelled once every row shared an offset of 1000
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((3000, 32)).astype(np.float32)
+    queries = rng.standard_normal((50, 32)).astype(np.float32)
+    centred = shortlist_needed(sample, queries, [8, 16, 32], 10, 0.95, "l2")
+    moved = shortlist_needed(sample + 1000, queries + 1000, [8, 16, 32], 10, 0.95, "l2")
+    assert centred[32] == 10
+    for dim in (8, 16, 32):
+        assert abs(moved[dim] - centred[dim]) <= 0.01 * centred[dim] + 1

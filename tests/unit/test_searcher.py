@@ -76,6 +76,30 @@ def test_exact_ranks_equal_scores_by_row_and_pads_past_the_live_rows(metric, mon
     assert (np.sort(padded.ids[:, :5], axis=1) == np.arange(5)).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("offset", [0.0, 300.0, 1000.0])
+def test_exact_l2_holds_where_the_vectors_share_a_large_offset(offset, dtype, monkeypatch):
+    # 2 q.x - |q|^2 - |x|^2 in float32 cancelled here: recall 0.43 at an offset of 1000
+    monkeypatch.setattr(_exact, "_EXACT_BLOCK", 1)  # several blocks share one centre
+    rng = np.random.default_rng(0)
+    vectors = (offset + rng.standard_normal((3000, 32))).astype(dtype).astype(np.float32)
+    vectors[2000:] = vectors[:1000]  # repeated in another block: equal scores, in row order
+    queries = (offset + rng.standard_normal((20, 32))).astype(np.float32)
+    searcher = Searcher(32, (8, 16, 32), metric="l2", index_dims=(8,), dtype=dtype)
+    ids = searcher.add(vectors)
+    for prefix_dim in (8, 32):
+        result = searcher.exact(queries, k=10, dim=prefix_dim)
+        want_ids, want_scores = reference_topk(queries, vectors, ids, "l2", prefix_dim, 10)
+        assert_same_neighbours(result.ids, result.scores, want_ids, want_scores, rtol=1e-3,
+                               atol=1e-3)
+        ties = result.scores[:, 1:] == result.scores[:, :-1]
+        assert ties.any() and (result.ids[:, 1:][ties] > result.ids[:, :-1][ties]).all()
+    # a full-dim stage over every row is exact: the funnel agrees with ``exact``
+    funnel = searcher.funnel(queries, k=10, stages=[(8, len(vectors)), (32, 10)])
+    assert_same_neighbours(funnel.ids, funnel.scores, result.ids, result.scores, rtol=1e-3,
+                           atol=1e-3)
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_funnel_with_exhaustive_shortlist_matches_reference(metric):
     searcher, vectors, queries, ids = build(metric)
