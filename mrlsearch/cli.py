@@ -378,11 +378,19 @@ def _cmd_index(args: argparse.Namespace) -> None:
         print(f"model {model} recorded in {sidecar_path(args.out)}")
 
 
+def _checked(searcher: Searcher, args: argparse.Namespace) -> None:
+    """Finish ``--verify lazy``'s background check before anything is printed: the process
+    ends with the command, and a check that never finished would never report."""
+    if args.verify == "lazy":
+        searcher.verify()
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     searcher = Searcher.load(args.index, mmap=args.mmap, verify=args.verify)
     info = _describe(searcher, args.index)
     info["memory_usage"] = searcher.memory_usage()
     info["model"] = _read_sidecar(args.index).get("model")
+    _checked(searcher, args)
     if args.json:
         _print_json(info)
         return
@@ -461,6 +469,7 @@ def _cmd_query(args: argparse.Namespace) -> None:
         result = searcher.funnel(queries, k=args.k, stages=args.stages, ef=args.ef)
     else:
         result = searcher.search(queries, k=args.k, ef=args.ef)
+    _checked(searcher, args)
     hits = result.hits()
     payloads = None
     if searcher.has_payloads and not args.no_payloads:
@@ -730,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--mmap", action="store_true",
                       help="memory-map the vectors (memory_usage then counts resident pages)")
     info.add_argument("--verify", choices=("full", "lazy", "none"), default="full",
-                      help="checksums of the big files at load (Searcher.load's verify)")
+                      help="checksums of the big files at load (Searcher.load's verify; "
+                           "'lazy' finishes them before printing)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_cmd_info)
 
@@ -789,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--mmap", action="store_true", help="memory-map the vectors")
     query.add_argument("--verify", choices=("full", "lazy", "none"), default="full",
                        help="checksums of the big files at load (Searcher.load's verify; "
-                            "'none' starts a one-off query on a big index sooner)")
+                            "'lazy' hashes them while the query runs and fails before "
+                            "printing if one does not match; 'none' skips them)")
     query.set_defaults(func=_cmd_query)
 
     tune = command("tune", "find the fastest stages that meet a recall target",

@@ -537,3 +537,18 @@ def test_a_corrupt_cli_sidecar_is_an_error_message(index, capsys, content):
     assert main(["info", str(index)]) == 1
     err = capsys.readouterr().err
     assert "not valid JSON" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["query", "info"])
+def test_verify_lazy_reports_a_corrupt_file_before_printing(index, files, capsys, command):
+    # the process ends with the command: a background check left running never reported
+    vectors = index / "vectors.npy"
+    data = bytearray(vectors.read_bytes())
+    data[-10] ^= 0xFF
+    vectors.write_bytes(bytes(data))
+    argv = [command, str(index)] + ([str(files / "queries.npy")] if command == "query" else [])
+    capsys.readouterr()
+    assert main(argv + ["--verify", "lazy"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "vectors.npy" in err and "Traceback" not in err
+    assert main(argv + ["--verify", "none"]) == 0  # asked not to check: it does not
