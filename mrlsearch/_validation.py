@@ -28,6 +28,17 @@ def _describe(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def check_peaks(batch: np.ndarray, name: str, *, row_offset: int = 0) -> np.ndarray:
+    """Each row's largest |value|, after checking that none exceeds :data:`MAX_ABS_VALUE`
+    (beyond it float32 products of long rows overflow to inf, and scores become NaN)."""
+    peak = np.abs(batch).max(axis=1) if batch.size else np.zeros(batch.shape[0], batch.dtype)
+    if np.any(peak > MAX_ABS_VALUE):
+        row = int(np.flatnonzero(peak > MAX_ABS_VALUE)[0]) + row_offset
+        raise ValueError(f"'{name}' values must be within +-{MAX_ABS_VALUE:g} "
+                         f"(got {float(peak.max()):g} in row {row})")
+    return peak
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Return ``value`` as an int, or raise if it is not an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -24,7 +24,7 @@ import numpy as np
 from . import _format, _kernels
 from ._calibrate import ThresholdSearch, check_labels, cross_validate
 from ._errors import DimensionError, FormatError
-from ._validation import check_choice, check_dims, check_fraction, check_matrix
+from ._validation import check_choice, check_dims, check_fraction, check_matrix, check_peaks
 
 __all__ = ["CalibrationResult", "CascadeResult", "CascadeStage", "Classifier", "CurvePoint"]
 
@@ -274,6 +274,8 @@ class Classifier:
                 )
             bias, _ = check_matrix(np.reshape(bias, (1, -1)) if np.ndim(bias) == 1 else bias,
                                    f"biases[{m}]", dim=n_classes, allow_1d=False)
+            check_peaks(weight, f"weights[{m}]")
+            check_peaks(bias, f"biases[{m}]")
             heads.append(weight)
             offsets.append(bias[0])
         self._weights = heads
@@ -304,6 +306,8 @@ class Classifier:
         weight, _ = check_matrix(weight, "weight", dim=dims[-1], allow_1d=False)
         bias_row, _ = check_matrix(np.reshape(bias, (1, -1)) if np.ndim(bias) == 1 else bias,
                                    "bias", dim=weight.shape[0], allow_1d=False)
+        check_peaks(weight, "weight")
+        check_peaks(bias_row, "bias")
         self = cls.__new__(cls)
         self._dims = dims
         # W.T, C-contiguous: the rows a:b are the (b - a, C) piece a cascade step multiplies by
@@ -363,6 +367,7 @@ class Classifier:
 
     def _check_x(self, x) -> np.ndarray:
         batch, _ = check_matrix(x, "x", dim=self._dims[-1], allow_empty=True, dtype=np.float32)
+        check_peaks(batch, "x")  # larger values overflow the float32 logits (NaN probabilities)
         return batch
 
     def _check_dim(self, dim) -> int:

@@ -51,6 +51,7 @@ from ._validation import (
     check_ids,
     check_int_range,
     check_matrix,
+    check_peaks,
     check_positive_int,
 )
 
@@ -470,11 +471,7 @@ class Searcher:
 
     def _check_values(self, chunk: np.ndarray, name: str, *, offset: int = 0) -> None:
         batch, _ = check_matrix(chunk, name, dim=self._dim, row_offset=offset)
-        peak = np.abs(batch).max(axis=1)
-        if np.any(peak > MAX_ABS_VALUE):
-            row = int(np.flatnonzero(peak > MAX_ABS_VALUE)[0]) + offset
-            raise ValueError(f"'{name}' values must be within +-{MAX_ABS_VALUE:g} "
-                             f"(got {float(peak.max()):g} in row {row})")
+        peak = check_peaks(batch, name, row_offset=offset)
         tiny = (peak > 0) & (peak < MIN_ABS_VALUE)
         if np.any(tiny):
             row = int(np.flatnonzero(tiny)[0]) + offset

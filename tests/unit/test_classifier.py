@@ -338,3 +338,25 @@ def test_save_errors_name_the_path_given(tmp_path):
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == ["base"]
     clf.save(tmp_path / "clf.npz")  # a good path still saves
     assert Classifier.load(tmp_path / "clf.npz").dims == DIMS
+
+
+def test_values_that_would_overflow_the_logits_are_refused():
+    # x of 1e38 is finite float32, but its logits were inf: cascade reported a confidence of
+    # 2e37 and predict_proba NaN, with only numpy warnings
+    weight = np.array([[1.0] * 16, [-1.0] * 16, [0.5] * 16], dtype=np.float32)
+    dims = (4, 8, 16)
+    heads = [Classifier.shared(weight, np.zeros(3), dims),
+             Classifier([weight[:, :m] for m in dims], [np.zeros(3)] * 3, dims)]
+    x = np.ones((3, 16), dtype=np.float32)
+    x[2] = 1e38
+    for classifier in heads:
+        for call in (lambda: classifier.cascade(x, 0.5), lambda: classifier.predict_proba(x),
+                     lambda: classifier.predict(x), lambda: classifier.logits(x, 4)):
+            with pytest.raises(ValueError, match=r"'x' values must be within \+-1e\+15 .*row 2"):
+                call()
+        assert classifier.cascade(x[:2] * 1e14, 0.5).labels.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="'weight' values must be within"):
+        Classifier.shared(weight * 1e30, np.zeros(3), dims)
+    with pytest.raises(ValueError, match=r"'biases\[8\]' values must be within"):
+        Classifier([weight[:, :m] for m in dims], [np.zeros(3), np.full(3, 1e20), np.zeros(3)],
+                   dims)
