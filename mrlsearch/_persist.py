@@ -198,7 +198,9 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
     full = verify == "full"
     vectors = saved.load_array("vectors.npy", dtype=store.dtype, shape=(rows, store.dim),
                                mmap=mmap, verify=full)
-    if not full:
+    if full:  # the hash read every byte: the values are worth one more look
+        _check_finite_rows(vectors, directory / "vectors.npy")
+    else:
         deferred.append(saved.deferred_check("vectors.npy"))
     store.vectors = np.asarray(vectors) if mmap else vectors
     store.norms = saved.load_array("norms.npy", dtype=np.float32, shape=(rows, n_dims))
@@ -235,6 +237,18 @@ def _read(saved: _format.SavedDirectory, *, mmap: bool, make_parts, verify: str,
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"{where} has a bad plan ({exc})") from exc
     return searcher, store, graphs, plan
+
+
+def _check_finite_rows(vectors: np.ndarray, path: Path) -> None:
+    """Refuse saved vectors holding NaN or inf (written by something other than ``save``,
+    with a checksum to match: they would never be found, and ``compact`` would blame its
+    input). In blocks of 4 MiB, so a memory-mapped file is not read in one piece."""
+    block = max(1, (4 << 20) // max(vectors.itemsize * vectors.shape[1], 1))
+    for lo in range(0, vectors.shape[0], block):
+        finite = np.isfinite(vectors[lo:lo + block]).all(axis=1)
+        if not finite.all():
+            row = lo + int(np.flatnonzero(~finite)[0])
+            raise FormatError(f"{path} holds a value that is not finite (row {row})")
 
 
 def _read_graph(saved: _format.SavedDirectory, name: str, *, config: dict, dim: int, rows: int,

@@ -1,5 +1,6 @@
 """Searcher.load(verify="full"|"lazy"|"none") and Searcher.verify(), on good and corrupt files."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -164,3 +165,27 @@ def test_deferred_check_runs_once_and_is_thread_safe(tmp_path):
     error = wrong.run()
     assert isinstance(error, FormatError) and "blob.bin is corrupt" in str(error)
     assert wrong.run() is error
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_resigned_vectors_that_are_not_finite_are_refused_by_a_full_verify(tmp_path, dtype,
+                                                                            bad):
+    # before, such a row loaded, was never found again, and compact() blamed its 'vectors'
+    vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    searcher = Searcher(16, dims=(8, 16), index_dims=(8,), dtype=dtype)
+    searcher.add(vectors)
+    searcher.save(tmp_path / "index")
+    stored = np.load(tmp_path / "index" / "vectors.npy")
+    stored[205, 12] = bad
+    np.save(tmp_path / "index" / "vectors.npy", stored)
+    manifest = json.loads((tmp_path / "index" / _format.MANIFEST).read_text())
+    manifest["files"]["vectors.npy"] = hashlib.sha256(
+        (tmp_path / "index" / "vectors.npy").read_bytes()).hexdigest()  # as its writer would
+    (tmp_path / "index" / _format.MANIFEST).write_text(json.dumps(manifest))
+    for mmap in (False, True):
+        with pytest.raises(FormatError, match=r"vectors\.npy holds a value that is not finite "
+                                              r"\(row 205\)"):
+            Searcher.load(tmp_path / "index", mmap=mmap)
+    # 'none' skips the pass over the values, as it skips the hash
+    assert len(Searcher.load(tmp_path / "index", verify="none")) == 300
