@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import math
 import os
@@ -152,7 +153,11 @@ def _load_npy(path: str, what: str = "VECTORS") -> np.ndarray:
                 if what == "VECTORS" and not magic.startswith(_ZIP_MAGIC) else "")
         raise MRLError(f"'{what}' ({path}) is {kind}: expected a .npy array written by "
                        f"numpy.save{hint}")
-    array = np.load(path, allow_pickle=False)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays (pickles), a damaged header
+        raise MRLError(f"'{what}' ({path}) cannot be read as a numeric .npy array: {exc}"
+                       ) from exc
     if array.size == 0:
         raise MRLError(f"'{what}' ({path}) is empty (shape {array.shape}): nothing to use")
     return array
@@ -160,8 +165,15 @@ def _load_npy(path: str, what: str = "VECTORS") -> np.ndarray:
 
 def _read_lines(path: str) -> list[str]:
     """Every line of a UTF-8 text file, blank ones included: id ``i`` is line ``i`` (0-based)."""
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\r\n") for line in handle]
+    data = Path(path).read_bytes()  # missing file, directory: OSError naming the path
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise MRLError(f"{path} is not UTF-8 text (byte {exc.start}, line {line}): save the "
+                       "texts as UTF-8") from None
+    # universal newlines, as open() reads text: \r\n and \r end a line too
+    return [line.rstrip("\n") for line in io.StringIO(text, newline=None)]
 
 
 def _check_out(path: str, option: str = "--out") -> None:

@@ -487,6 +487,20 @@ def test_files_that_are_not_npy_say_so(files, capsys):
     assert f"'--queries' ({files / 'texts.txt'}) is not a .npy file" in capsys.readouterr().err
 
 
+def test_object_arrays_and_text_that_is_not_utf8_name_their_file(files, capsys):
+    np.save(files / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    assert main(["index", str(files / "objects.npy"), "--out", str(files / "idx")]) == 1
+    err = capsys.readouterr().err
+    assert f"'VECTORS' ({files / 'objects.npy'}) cannot be read as a numeric .npy array" in err
+    assert err.count("\n") == 1
+    (files / "texts.txt").write_bytes(b"fine\nalso fine\nbad \xff byte\n")
+    assert main(["index", str(files / "vectors.npy"), "--text", str(files / "texts.txt"),
+                 "--out", str(files / "idx")]) == 1
+    err = capsys.readouterr().err
+    assert f"{files / 'texts.txt'} is not UTF-8 text (byte 19, line 3)" in err
+    assert err.count("\n") == 1
+
+
 def test_index_out_errors_name_the_out_path(files, capsys, monkeypatch):
     (files / "file").write_bytes(b"x")
     for out, message in ((files / "file" / "sub" / "idx", f"{files / 'file'} is not a directory"),
