@@ -191,6 +191,9 @@ def build_searcher(cls, vectors, *, queries, k, target_recall, ids, payloads, me
     sample_size = check_positive_int(sample_size, "sample_size")
     rng = np.random.default_rng(0)
     if queries is None:
+        if n_rows < 2:
+            raise ValueError(f"'vectors' must hold at least 2 rows to build and tune an index "
+                             f"(got {n_rows}); for fewer, use Searcher(...).add")
         picked = np.sort(rng.choice(n_rows, size=min(_SAMPLE_QUERIES, n_rows), replace=False))
         query_batch = np.asarray(source[picked], dtype=np.float32)
     else:

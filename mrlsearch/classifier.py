@@ -24,7 +24,14 @@ import numpy as np
 from . import _format, _kernels
 from ._calibrate import ThresholdSearch, check_labels, cross_validate
 from ._errors import DimensionError, FormatError
-from ._validation import check_choice, check_dims, check_fraction, check_matrix, check_peaks
+from ._validation import (
+    check_choice,
+    check_dims,
+    check_fraction,
+    check_matrix,
+    check_peaks,
+    check_positive_int,
+)
 
 __all__ = ["CalibrationResult", "CascadeResult", "CascadeStage", "Classifier", "CurvePoint"]
 
@@ -351,7 +358,16 @@ class Classifier:
 
     # ------------------------------------------------------------------ checks
     def _check_thresholds(self, thresholds) -> np.ndarray:
-        values = np.asarray(thresholds, dtype=np.float64)
+        shown = repr(thresholds)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        message = f"'thresholds' must be a number or a sequence of numbers (got {shown})"
+        try:
+            values = np.asarray(thresholds)
+        except (TypeError, ValueError) as exc:  # ragged sequences
+            raise TypeError(message) from exc
+        if values.dtype.kind not in "iuf":  # str, None, bool, object: not a confidence
+            raise TypeError(message)
+        values = values.astype(np.float64)
         if values.ndim == 0:
             values = np.full(len(self._dims), float(values))
         if values.ndim != 1 or values.shape[0] not in (len(self._dims) - 1, len(self._dims)):
@@ -373,6 +389,7 @@ class Classifier:
     def _check_dim(self, dim) -> int:
         if dim is None:
             return self._dims[-1]
+        dim = check_positive_int(dim, "dim")
         if dim not in self._dims:
             raise DimensionError(f"'dim' must be one of dims {self._dims} (got {dim!r})")
         return int(dim)

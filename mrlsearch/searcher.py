@@ -720,7 +720,7 @@ class Searcher:
             inside = ids < array.shape[0]
             allow[rows[inside]] = array[ids[inside]]
             return allow
-        allowed_ids = check_ids(np.unique(array) if array.ndim == 1 else array, "filter")
+        allowed_ids = np.unique(check_ids(array, "filter", unique=False))
         rows = store.rows_of(allowed_ids)
         allow[rows[rows >= 0]] = True
         return allow

@@ -360,3 +360,25 @@ def test_values_that_would_overflow_the_logits_are_refused():
     with pytest.raises(ValueError, match=r"'biases\[8\]' values must be within"):
         Classifier([weight[:, :m] for m in dims], [np.zeros(3), np.full(3, 1e20), np.zeros(3)],
                    dims)
+
+
+@pytest.mark.parametrize("thresholds", ["abc", "0.5", [None, None], [0.5, [1.0]], True,
+                                        np.array(["0.5", "0.6"])])
+def test_thresholds_that_are_not_numbers_are_refused(thresholds):
+    # before: numpy's "could not convert string to float", '0.5' taken silently, None as NaN
+    classifier = Classifier.shared(np.eye(3, 16, dtype=np.float32), np.zeros(3), (4, 8, 16))
+    with pytest.raises(TypeError, match="'thresholds' must be a number or a sequence of "
+                                        "numbers"):
+        classifier.cascade(np.ones((2, 16)), thresholds)
+    with pytest.raises(TypeError, match="'thresholds' must be"):
+        classifier.thresholds = thresholds
+    assert classifier.cascade(np.ones((2, 16)), [0.5, 0.9]).labels.shape == (2,)
+
+
+@pytest.mark.parametrize("dim, error", [(np.array([8, 16]), TypeError), (8.5, TypeError),
+                                        (True, TypeError), (5, DimensionError)])
+def test_predict_dim_must_be_one_of_the_dims(dim, error):
+    classifier = Classifier.shared(np.eye(3, 16, dtype=np.float32), np.zeros(3), (4, 8, 16))
+    with pytest.raises(error, match="'dim' must be"):
+        classifier.predict(np.ones((2, 16)), dim=dim)
+    assert classifier.predict(np.ones((2, 16)), dim=np.int64(8)).shape == (2,)

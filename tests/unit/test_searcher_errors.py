@@ -152,6 +152,11 @@ def test_remove_rejects_unknown_ids_and_removes_nothing(searcher):
         (lambda s, q: s.funnel(q * 1e20), ValueError, r"'queries' values must be within"),
         (lambda s, q: s.funnel(q, filter=np.zeros((2, 2), dtype=bool)), DimensionError,
          r"'filter' as a mask must be 1-D"),
+        # np.unique ran first: "'<' not supported between 'NoneType' and 'int'"
+        (lambda s, q: s.funnel(q, filter=np.array([1, None], dtype=object)), TypeError,
+         r"'filter' must be integer ids \(got dtype object\)"),
+        (lambda s, q: Searcher.build(q[:1]), ValueError,
+         r"'vectors' must hold at least 2 rows to build and tune"),
         (lambda s, q: s.tune(q, target_recall=1.5), ValueError, r"'target_recall' must be a number in"),
         (lambda s, q: s.tune(q, precisions=[1]), TypeError,
          r"'precisions' must be a sequence of str"),
