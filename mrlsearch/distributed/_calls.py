@@ -77,6 +77,10 @@ class Sent:
     ref: Any
 
 
+#: How long a failed call waits for the other shards' answers before it raises.
+_DROP_WAIT = 5.0
+
+
 def remaining(deadline: float) -> float | None:
     """Seconds left until ``deadline`` (``time.monotonic``), None for no deadline."""
     if math.isinf(deadline):
@@ -228,10 +232,19 @@ class ShardCalls:
 
     def collect(self, sent: dict, missing: list, deadline: float,
                 restart_timeout: float | None, allow_partial: bool) -> dict:
-        """Wait for every sent call, restarting and replaying where an actor died."""
+        """Wait for every sent call, restarting and replaying where an actor died.
+
+        When one call raises, the others' answers are still fetched (within the deadline)
+        and dropped: Ray prints the error of a result nobody fetched, with its traceback,
+        when its reference is freed (a bad argument fails on every shard)."""
         answers = {}
-        for index, item in sent.items():
-            answer = self.resolve(item, deadline, restart_timeout, allow_partial)
+        items = list(sent.items())
+        for position, (index, item) in enumerate(items):
+            try:
+                answer = self.resolve(item, deadline, restart_timeout, allow_partial)
+            except BaseException:
+                _drop_answers([later.ref for _, later in items[position + 1:]], deadline)
+                raise
             if answer is None:
                 missing.append(index)
             else:
@@ -351,6 +364,20 @@ class ShardCalls:
                 shard.journal.clear()
         else:
             shard.journal.append((item.name, item.args))
+
+
+def _drop_answers(refs: list, deadline: float) -> None:
+    """Fetch and drop the answers of ``refs`` that arrive within :data:`_DROP_WAIT` seconds
+    (and ``deadline``); their errors are not this call's."""
+    if not refs:
+        return
+    wait = _DROP_WAIT if math.isinf(deadline) else min(_DROP_WAIT, remaining(deadline))
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait)
+    for ref in ready:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001, S110 - the first error is the one raised
+            pass
 
 
 def remote_cause(exc: BaseException) -> BaseException:

@@ -164,6 +164,23 @@ def test_exact_equals_numpy_merge_and_single_searcher(built, single, data):
     assert np.array_equal(result.counts, np.full(len(queries), K))
 
 
+def test_a_call_failing_on_every_shard_still_fetches_every_answer(built, data, monkeypatch):
+    # a bad argument fails on every shard; only the first error was fetched, and Ray printed
+    # the others' tracebacks ("Unhandled error") when their references were freed
+    sharded, _ = built
+    fetched = set()
+    real_get = ray.get
+
+    def get(refs, *args, **kwargs):
+        fetched.update(refs if isinstance(refs, list) else [refs])
+        return real_get(refs, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "get", get)
+    with pytest.raises(DimensionError, match=r"'stages' dims must be among"):
+        sharded.funnel(data[1], K, [(12, 100)])
+    assert len(fetched) >= sharded.n_shards
+
+
 def test_merge_breaks_ties_by_smaller_id():
     from mrlsearch import SearchResult
     from mrlsearch.distributed._merge import merge_top_k
