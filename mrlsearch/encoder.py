@@ -425,8 +425,19 @@ class Encoder:
             raise TypeError("'inputs' must be a list of strings for this text model")
         if not inputs:
             return np.empty((0, self._dims[-1]), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(list(inputs),
-                                                 add_special_tokens=self._add_special_tokens)
+        try:
+            encodings = self._tokenizer.encode_batch(
+                list(inputs), add_special_tokens=self._add_special_tokens)
+        except Exception as exc:  # tokenizers names no row: find the text it cannot take
+            for row, text in enumerate(inputs):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as bad:
+                    raise ValueError(
+                        f"'inputs' must be valid Unicode text (row {row} holds "
+                        f"{text[bad.start:bad.end]!r}, a lone surrogate, at {bad.start})"
+                    ) from None
+            raise
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: less padding
         out = np.empty((len(inputs), self._dims[-1]), dtype=np.float32)

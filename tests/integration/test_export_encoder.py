@@ -104,6 +104,9 @@ def test_text_round_trip(tmp_path):
         want = reference[:, :m] / np.linalg.norm(reference[:, :m], axis=1, keepdims=True)
         np.testing.assert_allclose(encoder.encode(TEXTS, dim=m, batch_size=4), want, atol=2e-5)
     assert encoder.encode("one text").shape == (1, 384)
+    # a lone surrogate: tokenizers' own error named no row and no argument
+    with pytest.raises(ValueError, match=r"'inputs' must be valid Unicode text \(row 1 "):
+        encoder.encode(["fine", "bad \ud800 text"])
 
 
 def test_validation_fails_when_onnx_differs(tmp_path, example, monkeypatch):
