@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._validation import check_positive_int
+
 __all__ = ["FunnelPlan", "Hits", "PendingStats", "SearchResult", "StageStats"]
 
 
@@ -314,6 +316,14 @@ def parse_stage(stage: object) -> tuple[int, str, int]:
     return stage[0], precision, stage[2]
 
 
+def _stage_int(value: object, what: str, stage: object) -> int:
+    try:
+        return check_positive_int(value, "stages")
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"'stages' {what} must be positive ints (got {value!r} in "
+                        f"{stage!r})") from None
+
+
 @dataclass(frozen=True)
 class FunnelPlan:
     """A funnel schedule, as chosen by :meth:`Searcher.tune`.
@@ -349,8 +359,18 @@ class FunnelPlan:
     seconds_per_query: float = float("nan")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stages", tuple(
-            (int(d), p, int(s)) for d, p, s in (parse_stage(stage) for stage in self.stages)))
+        # the values a plan cannot hold are refused here; those that depend on an index (its
+        # dims, precisions and codes) are checked where the plan is used
+        if isinstance(self.stages, (str, bytes)) or not hasattr(self.stages, "__iter__"):
+            raise TypeError(f"'stages' must be a sequence of stages (got {self.stages!r})")
+        stages = tuple((_stage_int(d, "dims", stage), p, _stage_int(s, "shortlists", stage))
+                       for stage, (d, p, s) in ((stage, parse_stage(stage))
+                                                for stage in self.stages))
+        if not stages:
+            raise ValueError("'stages' must hold at least one stage (got none)")
+        object.__setattr__(self, "stages", stages)
+        object.__setattr__(self, "ef", check_positive_int(self.ef, "ef"))
+        object.__setattr__(self, "k", check_positive_int(self.k, "k"))
 
     def for_k(self, k: int) -> FunnelPlan:
         """This plan for another ``k``: shortlists and ``ef`` grow by ``k / self.k`` (never

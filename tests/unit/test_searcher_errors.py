@@ -302,3 +302,22 @@ def test_measure_counts_ties_only_against_full_dim_truth_of_its_metric(searcher)
     for truth in (other.exact(queries, 10), searcher.exact(queries, 10, dim=16)):
         _, recall, _, _ = searcher.measure(queries, truth, stages)
         assert recall == pytest.approx(searcher.funnel(queries, 10, stages).recall(truth))
+
+
+@pytest.mark.parametrize("stages, ef, k, error, match", [
+    (((16, "float32", -5),), 10, 5, ValueError, r"'stages' shortlists must be positive ints"),
+    (((16.5, 5),), 10, 5, TypeError, r"'stages' dims must be positive ints \(got 16.5"),
+    ((), 10, 5, ValueError, r"'stages' must hold at least one stage"),
+    ("16:5", 10, 5, TypeError, r"'stages' must be a sequence of stages"),
+    (((16, 5),), -1, 5, ValueError, r"'ef' must be a positive int"),
+    (((16, 5),), 10, 0, ValueError, r"'k' must be a positive int"),
+])
+def test_a_funnel_plan_refuses_values_no_plan_can_hold(stages, ef, k, error, match):
+    # before, such a plan was made and failed only where it was used
+    with pytest.raises(error, match=match):
+        FunnelPlan(stages, ef=ef, k=k)
+
+
+def test_a_funnel_plan_for_k_zero_is_refused():
+    with pytest.raises(ValueError, match=r"'k' must be a positive int \(got 0\)"):
+        FunnelPlan(((16, 5),), ef=10, k=5).for_k(0)
