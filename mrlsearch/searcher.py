@@ -179,7 +179,9 @@ class Searcher:
         self._dtype = check_choice(dtype, "dtype", DTYPES)
         if isinstance(codes, str) or not all(isinstance(c, str) for c in codes):
             raise TypeError(f"'codes' must be a sequence of {CODE_PRECISIONS} (got {codes!r})")
-        self._codes = tuple(check_choice(c, "codes", CODE_PRECISIONS) for c in dict.fromkeys(codes))
+        chosen = {check_choice(c, "codes", CODE_PRECISIONS) for c in codes}
+        # one order whatever order they came in: a saved index loads with the same tuple
+        self._codes = tuple(c for c in CODE_PRECISIONS if c in chosen)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"'seed' must be an int in [0, 2**64) (got {seed!r})")
         if not 0 <= seed < 1 << 64:

@@ -321,3 +321,11 @@ def test_a_funnel_plan_refuses_values_no_plan_can_hold(stages, ef, k, error, mat
 def test_a_funnel_plan_for_k_zero_is_refused():
     with pytest.raises(ValueError, match=r"'k' must be a positive int \(got 0\)"):
         FunnelPlan(((16, 5),), ef=10, k=5).for_k(0)
+
+
+def test_codes_keep_one_order_through_save_and_load(tmp_path):
+    # given as ('binary', 'int8'), they were ('int8', 'binary') once loaded: the loader sorted
+    searcher = Searcher(16, (8, 16), index_dims=(8,), codes=("binary", "int8", "binary"))
+    searcher.add(np.random.default_rng(0).standard_normal((100, 16)))
+    searcher.save(tmp_path / "index")
+    assert searcher.codes == Searcher.load(tmp_path / "index").codes == ("int8", "binary")
