@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import MRLError
-from ._format import check_replaceable, read_json_file
+from ._format import MANIFEST, check_replaceable, read_json_file
 from ._graphs import EF_CONSTRUCTION_RANGE, M_RANGE
 from ._persist import FORMAT_NAME
 from .classifier import Classifier
@@ -176,12 +176,16 @@ def _read_lines(path: str) -> list[str]:
     return [line.rstrip("\n") for line in io.StringIO(text, newline=None)]
 
 
-def _check_out(path: str, option: str = "--out") -> None:
+def _check_out(path: str, option: str = "--out", *, force: bool = False) -> None:
     """Fail before any work when ``path`` cannot become a directory: ``path``, if it exists,
-    must be a directory, and so must its nearest existing ancestor (missing ones are made)."""
+    must be a directory, and so must its nearest existing ancestor (missing ones are made).
+    A saved index there is replaced only with ``force``."""
     target = Path(os.path.abspath(path))
     if target.exists() and not target.is_dir():
         raise MRLError(f"'{option}' ({path}) exists and is not a directory")
+    if not force and (target / MANIFEST).exists():
+        raise MRLError(f"'{option}' ({path}) already holds an index: pass --force to replace "
+                       "it, or choose another directory")
     for ancestor in target.parents:
         if ancestor.exists():
             if not ancestor.is_dir():
@@ -313,7 +317,7 @@ def _check_index_options(args: argparse.Namespace) -> None:
 
 def _cmd_index(args: argparse.Namespace) -> None:
     _check_index_options(args)
-    _check_out(args.out)
+    _check_out(args.out, force=args.force)
     model = None
     texts_path = args.text
     if args.model and texts_path is None:
@@ -712,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model directory: encode the texts of --text (default: none, "
                             "VECTORS is a .npy)")
     index.add_argument("--out", required=True, help="index directory to write")
+    index.add_argument("--force", action="store_true",
+                       help="replace an index already saved in --out (it stays whole until "
+                            "the new one is saved)")
     index.add_argument("--dims", type=_int_list, default=None,
                        help="nesting dims, e.g. 16,32,64 (default: the model's, else 8,16,32,.. "
                             "below dim, then dim)")

@@ -239,7 +239,7 @@ def test_text_index_remembers_model_and_keeps_blank_lines(tmp_path, monkeypatch,
     assert _FakeTextEncoder.made[-1] == str(model.resolve())
     # rebuilding from vectors forgets the model: --text asks for --model again
     np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((20, 16)).astype("f4"))
-    assert main(["index", str(tmp_path / "v.npy"), "--out", str(index)]) == 0
+    assert main(["index", str(tmp_path / "v.npy"), "--out", str(index), "--force"]) == 0
     assert not cli.sidecar_path(index).exists()
     capsys.readouterr()
     assert main(["query", str(index), "--text", "gamma"]) == 1
@@ -566,3 +566,15 @@ def test_verify_lazy_reports_a_corrupt_file_before_printing(index, files, capsys
     out, err = capsys.readouterr()
     assert out == "" and "vectors.npy" in err and "Traceback" not in err
     assert main(argv + ["--verify", "none"]) == 0  # asked not to check: it does not
+
+
+def test_index_replaces_a_saved_index_only_with_force(files, index, capsys):
+    # a typo in --out replaced a 400-row index with whatever was indexed, at exit 0
+    np.save(files / "few.npy", np.ones((5, 32), dtype=np.float32))
+    capsys.readouterr()
+    assert main(["index", str(files / "few.npy"), "--out", str(index)]) == 1
+    err = capsys.readouterr().err
+    assert f"'--out' ({index}) already holds an index: pass --force" in err
+    assert len(Searcher.load(index)) == 400
+    assert main(["index", str(files / "few.npy"), "--out", str(index), "--force"]) == 0
+    assert len(Searcher.load(index)) == 5
