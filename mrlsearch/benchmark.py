@@ -284,15 +284,28 @@ class BenchReport:
         return True
 
 
+def _l2_terms(base: np.ndarray, metric: str
+              ) -> tuple[np.ndarray, np.ndarray | float, np.ndarray | None]:
+    """``(rows, centre, squared norms)`` for scoring by ``2 q.x - |x|^2``: for l2 the rows
+    moved to their mean (queries are moved by ``centre`` too), since in float32 that form
+    cancels where the rows share an offset larger than their spread; other metrics keep the
+    rows, a centre of 0 and no norms."""
+    if metric != "l2":
+        return base, 0.0, None
+    centre = base.mean(axis=0, dtype=np.float64).astype(np.float32)
+    moved = base - centre
+    return moved, centre, np.einsum("ij,ij->i", moved, moved)
+
+
 def _exact_numpy(vectors: np.ndarray, metric: str, k: int) -> Callable[[np.ndarray], np.ndarray]:
     """Brute force with one BLAS matmul per batch: the baseline every library is held to."""
     base = vectors.astype(np.float32)
     if metric == "cosine":
         base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
-    squared = (base * base).sum(axis=1) if metric == "l2" else None
+    base, centre, squared = _l2_terms(base, metric)
 
     def search(queries: np.ndarray) -> np.ndarray:
-        queries = np.atleast_2d(queries).astype(np.float32)
+        queries = np.atleast_2d(queries).astype(np.float32) - centre
         scores = queries @ base.T
         if squared is not None:
             scores = 2 * scores - squared  # -||q - x||^2 up to a per-query constant
@@ -439,14 +452,16 @@ def _usearch(vectors, metric, k, fit, truth_fit, target, dtype, M, ef_constructi
     index.add(np.arange(len(base), dtype=np.uint64), base, threads=threads)
     build_s = time.perf_counter() - started
     memory_mb = index.memory_usage / 2**20
-    squared = (base * base).sum(axis=1) if metric == "l2" else None
+    rescore_base, centre, squared = _l2_terms(base, metric)
 
     def make_run(shortlist: int, ef: int) -> Callable[[np.ndarray], np.ndarray]:
         def run(queries: np.ndarray) -> np.ndarray:
             queries = _normalized(queries, metric)
             index.expansion_search = ef  # one index per runner: no other caller shares it
             found = _usearch_keys(index.search(queries, shortlist, threads=threads), shortlist)
-            return found[:, :k] if dtype != "i8" else _rescore(base, squared, queries, found, k)
+            if dtype != "i8":
+                return found[:, :k]
+            return _rescore(rescore_base, squared, queries - centre, found, k)
         return run
 
     if dtype != "i8":

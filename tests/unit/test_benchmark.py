@@ -256,3 +256,21 @@ def test_bench_bad_out_fails_before_the_run(tmp_path, data, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert err.startswith(f"mrlsearch: error: '--out' ({tmp_path / 'file' / 'out'}) cannot be "
                           "written") and err.count("\n") == 1
+
+
+def test_the_l2_ground_truth_holds_where_the_rows_share_a_large_offset():
+    # 2 q.x - |x|^2 in float32 cancelled at an offset of 1000: every recall was measured
+    # against a wrong truth
+    from mrlsearch.benchmark import _exact_numpy, _l2_terms, _rescore
+
+    rng = np.random.default_rng(0)
+    vectors = (1000 + rng.standard_normal((2000, 32))).astype(np.float32)
+    queries = (1000 + rng.standard_normal((20, 32))).astype(np.float32)
+    distances = ((queries[:, None, :].astype(np.float64) - vectors[None]) ** 2).sum(-1)
+    truth = np.argsort(distances, axis=1)[:, :10]
+    assert recalls_at_k(_exact_numpy(vectors, "l2", 10)(queries), truth).mean() == 1.0
+    # the float rescoring of usearch i8's shortlists, on the same terms
+    moved, centre, squared = _l2_terms(vectors, "l2")
+    shortlists = np.argsort(distances, axis=1)[:, :40][:, ::-1].copy()  # worst first
+    rescored = _rescore(moved, squared, queries - centre, shortlists, 10)
+    np.testing.assert_array_equal(rescored, truth)
