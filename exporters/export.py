@@ -237,6 +237,12 @@ def export_onnx(model: MRLModel, out_dir: str | Path, example, *, opset: int = 1
                          "the manifest by default")
     model = model.cpu().eval()
     batch = _example_tensors(model, example)
+    with torch.no_grad():
+        width = model(*batch).shape[-1]
+    if width != model.embed_dim:  # the parity check would slice past a narrower output
+        raise ValueError(f"'model' returns embeddings of {width} columns, but its embed_dim "
+                         f"is {model.embed_dim} (dims {model.dims}): give MRLModel the "
+                         "backbone's output width")
     text = _is_text(model)
     input_names = ["input_ids", "attention_mask"] if text else ["input"]
     dynamic = {name: ({0: "batch", 1: "sequence"} if text else {0: "batch"})

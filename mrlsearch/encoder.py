@@ -404,6 +404,8 @@ class Encoder:
     def _encode_arrays(self, inputs, batch_size: int, progress) -> np.ndarray:
         if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str):
             raise TypeError("'inputs' must be an array for this vector model (got strings)")
+        if isinstance(inputs, (list, tuple)) and not inputs:  # no rows, as for a text model
+            return np.empty((0, self._dims[-1]), dtype=np.float32)
         expected = self._session.get_inputs()[0].shape[1]
         if not isinstance(expected, int):
             raise FormatError(f"{self._dir / 'model.onnx'} has no fixed feature dim")
@@ -412,7 +414,8 @@ class Encoder:
         with self._bar(len(batch), progress) as bar:
             for start in range(0, len(batch), batch_size):
                 part = batch[start:start + batch_size]
-                chunks.append(self._session.run(["embedding"], {self._input_names[0]: part})[0])
+                chunks.append(self._prefix_of(
+                    self._session.run(["embedding"], {self._input_names[0]: part})[0]))
                 bar.update(len(part))
         if not chunks:
             return np.empty((0, self._dims[-1]), dtype=np.float32)
@@ -451,7 +454,17 @@ class Encoder:
                     n = lengths[row]
                     ids[i, :n] = encodings[row].ids
                     mask[i, :n] = 1
-                out[rows] = self._session.run(["embedding"],
-                                              {"input_ids": ids, "attention_mask": mask})[0]
+                out[rows] = self._prefix_of(self._session.run(
+                    ["embedding"], {"input_ids": ids, "attention_mask": mask})[0])
                 bar.update(len(rows))
         return out
+
+    def _prefix_of(self, embeddings: np.ndarray) -> np.ndarray:
+        """The first ``dims[-1]`` columns of a batch the model returned: a model may output
+        more (its dims need not reach its width), never fewer."""
+        width = embeddings.shape[1] if embeddings.ndim == 2 else -1
+        if width < self._dims[-1]:
+            raise FormatError(f"{self._dir / 'model.onnx'} returned embeddings of shape "
+                              f"{embeddings.shape}, narrower than its largest dim "
+                              f"{self._dims[-1]}")
+        return embeddings[:, : self._dims[-1]]

@@ -141,6 +141,7 @@ def test_encoder_checks_files_and_inputs(tmp_path, example):
     with pytest.raises(ValueError, match="'inputs' must be finite"):
         encoder.encode(np.full((1, 24), np.nan))
     assert encoder.encode(np.empty((0, 24))).shape == (0, 32)
+    assert encoder.encode([]).shape == (0, 32)  # was "'inputs' must have 24 columns"
     with pytest.raises(ValueError, match=r"'batch_size' must be a positive int \(got 0\)"):
         encoder.encode(example, batch_size=0)
     with pytest.raises(ValueError, match=r"'providers' must name at least one provider"):
@@ -152,6 +153,38 @@ def test_encoder_checks_files_and_inputs(tmp_path, example):
     assert manifest["format"] == "mrlsearch.model"
     with pytest.raises(FileNotFoundError):
         Encoder(tmp_path / "nothing")
+
+
+def test_a_model_narrower_than_its_embed_dim_is_refused_at_export(tmp_path, example):
+    # its parity check sliced past the output and passed; Encoder then returned 16 columns
+    # for dim=32
+    from exporters import MLP, MRLModel
+
+    model = MRLModel(MLP(24, 16, hidden=(8,)), embed_dim=32, dims=(8, 32))
+    with pytest.raises(ValueError, match=r"'model' returns embeddings of 16 columns, but its "
+                                         r"embed_dim is 32"):
+        export_onnx(model, tmp_path / "narrow", example)
+    assert not (tmp_path / "narrow").exists()
+
+
+def test_an_onnx_output_narrower_than_its_dims_is_a_format_error(tmp_path, example):
+    # a model file whose metadata claims more dims than its output has (written by hand)
+    import hashlib
+
+    export_onnx(vector_model(), tmp_path / "m", example)
+    proto = onnx.load(str(tmp_path / "m" / "model.onnx"))
+    for entry in proto.metadata_props:
+        if entry.key == "mrl.dims":
+            entry.value = "4,8,16,32,64"
+    onnx.save(proto, str(tmp_path / "m" / "model.onnx"))
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest["dims"] = [4, 8, 16, 32, 64]
+    manifest["files"]["model.onnx"] = hashlib.sha256(
+        (tmp_path / "m" / "model.onnx").read_bytes()).hexdigest()
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match=r"model.onnx returned embeddings of shape \(20, 32\), "
+                                          r"narrower than its largest dim 64"):
+        Encoder(tmp_path / "m").encode(example, dim=64)
 
 
 def test_provider_selection_on_this_machine(tmp_path, example):

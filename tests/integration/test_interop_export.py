@@ -106,6 +106,13 @@ def test_wordllama_parity_per_prefix(tmp_path):
     for m in encoder.dims:
         np.testing.assert_allclose(encoder.encode(TEXTS, dim=m, batch_size=2),
                                    unit_rows(reference[:, :m]), atol=ATOL)
+    # dims that stop short of the model's 256 columns: every row was refused by a shape
+    # mismatch in Encoder's output buffer
+    export_wordllama(tmp_path / "short", wordllama=wordllama, dims=(64, 128))
+    short = Encoder(tmp_path / "short")
+    for m in (64, 128):
+        np.testing.assert_allclose(short.encode(TEXTS, dim=m, batch_size=2),
+                                   unit_rows(reference[:, :m]), atol=ATOL)
 
 
 def test_default_dims_and_errors(tmp_path):
