@@ -141,9 +141,10 @@ class MRLLinear(nn.Module):
     def to_numpy(self) -> dict:
         """Weights as float32 arrays, in the layout ``mrlsearch.Classifier`` takes."""
         with torch.no_grad():
-            if self.efficient:
+            if self.efficient:  # columns past the last dim are never read: left out
                 return {"efficient": True, "dims": self.dims,
-                        "weight": self.shared.weight.detach().cpu().float().numpy(),
+                        "weight": self.shared.weight[:, : self.dims[-1]].detach().cpu()
+                        .float().numpy(),
                         "bias": self.shared.bias.detach().cpu().float().numpy()}
             return {"efficient": False, "dims": self.dims,
                     "weights": [h.weight.detach().cpu().float().numpy() for h in self.heads],

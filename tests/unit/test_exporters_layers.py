@@ -19,6 +19,19 @@ def test_mrl_e_logits_are_column_prefix_products():
         torch.testing.assert_close(logits, z[:, :m] @ weight[:, :m].T + bias)
 
 
+@pytest.mark.parametrize("efficient", [True, False])
+def test_heads_over_a_wider_embedding_become_the_same_classifier(efficient):
+    # an MRL-E head over 32 features with dims up to 16 handed all 32 columns to
+    # Classifier.shared, which refused them: training ran, then saving failed
+    torch.manual_seed(3)
+    head = MRLLinear(32, 5, DIMS, efficient=efficient)
+    z = torch.randn(6, 32)
+    classifier = head.to_classifier()
+    for m, logits in zip(DIMS, head(z)):
+        np.testing.assert_allclose(classifier.logits(z.numpy()[:, :16], m),
+                                   logits.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_mrl_heads_are_independent():
     torch.manual_seed(1)
     head = MRLLinear(16, 5, DIMS)
