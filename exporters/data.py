@@ -336,20 +336,76 @@ def load_array_data(path: str | os.PathLike, *, seed: int = 0) -> Classification
 
     Missing ``*_val`` / ``*_test`` arrays are split off the training arrays (15 % each).
     """
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise ValueError(f"{path} is not an .npz archive (write one with numpy.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (ValueError, OSError) as exc:  # not an archive, object arrays, a damaged member
+        raise ValueError(f"{path} cannot be read as an .npz of numeric arrays ({exc})") from None
     if "x" in arrays and "y" in arrays:
-        x, y = arrays["x"].astype(np.float32), arrays["y"].astype(np.int64)
+        x = _vectors(arrays["x"], "x", path)
+        y = _labels(arrays["y"], "y", path, rows=len(x))
         if "x_test" in arrays:
+            x_test = _vectors(arrays["x_test"], "x_test", path, width=x.shape[1], like="x")
+            y_test = _labels(arrays.get("y_test"), "y_test", path, rows=len(x_test))
             train, val, _ = _split_indices(len(x), (0.15, 0.0), seed)
-            return ClassificationData(x[train], y[train], x[val], y[val],
-                                      arrays["x_test"].astype(np.float32),
-                                      arrays["y_test"].astype(np.int64))
+            return ClassificationData(x[train], y[train], x[val], y[val], x_test, y_test)
         train, val, test = _split_indices(len(x), (0.15, 0.15), seed)
         return ClassificationData(x[train], y[train], x[val], y[val], x[test], y[test])
     if "queries" in arrays and "positives" in arrays:
-        q, p = arrays["queries"].astype(np.float32), arrays["positives"].astype(np.float32)
+        q = _vectors(arrays["queries"], "queries", path)
+        p = _vectors(arrays["positives"], "positives", path, rows=len(q), width=q.shape[1],
+                     like="queries")
         train, val, test = _split_indices(len(q), (0.15, 0.15), seed)
         return PairData(q[train], p[train], q[val], p[val], q[test], p[test])
     raise ValueError(f"{path} must hold arrays 'x' and 'y', or 'queries' and 'positives' "
                      f"(got {sorted(arrays)})")
+
+
+#: Fewer rows leave a split empty (15 % each for validation and test).
+_MIN_ROWS = 10
+
+
+def _vectors(array: np.ndarray, name: str, path, *, rows: int | None = None,
+             width: int | None = None, like: str = "") -> np.ndarray:
+    """``array`` as finite float32 rows (of ``rows`` rows and ``width`` columns, those of the
+    array named ``like``, when given)."""
+    if array.dtype.kind not in "fiu" or array.ndim != 2:
+        raise ValueError(f"'{name}' in {path} must be a 2-D numeric array (got shape "
+                         f"{array.shape}, dtype {array.dtype})")
+    if rows is not None and len(array) != rows:
+        raise ValueError(f"'{name}' in {path} must have one row per query ({rows} rows; "
+                         f"got {len(array)})")
+    if rows is None and width is None and len(array) < _MIN_ROWS:
+        raise ValueError(f"'{name}' in {path} must have at least {_MIN_ROWS} rows to split "
+                         f"into train, validation and test (got {len(array)})")
+    if width is not None and array.shape[1] != width:
+        raise ValueError(f"'{name}' in {path} must have {width} columns like '{like}' (got "
+                         f"{array.shape[1]})")
+    vectors = array.astype(np.float32)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"'{name}' in {path} must be finite (row {np.flatnonzero(~finite)[0]} "
+                         "holds NaN or inf)")
+    return vectors
+
+
+def _labels(array: np.ndarray | None, name: str, path, *, rows: int) -> np.ndarray:
+    """``array`` as non-negative int64 class labels, one per row."""
+    if array is None:
+        raise ValueError(f"{path} holds 'x_test' but no '{name}'")
+    if array.ndim != 1 or len(array) != rows:
+        raise ValueError(f"'{name}' in {path} must hold one label per row ({rows}; got shape "
+                         f"{array.shape})")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
+        raise ValueError(f"'{name}' in {path} must hold integer class labels (got "
+                         f"non-integral values)")
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"'{name}' in {path} must hold integer class labels (got dtype "
+                         f"{array.dtype})")
+    labels = array.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"'{name}' in {path} must hold labels >= 0 (got {labels.min()})")
+    return labels

@@ -92,3 +92,40 @@ def test_docstring_modules_is_a_clean_split():
         _ = data.in_features
     again = docstring_modules(min_per_class=30, seed=0)
     assert again.x_test == data.x_test  # deterministic
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"x": np.where(np.eye(20, 4) > 0, np.nan, 1.0), "y": np.zeros(20, int)},
+     r"'x' in .* must be finite \(row 0 holds NaN or inf\)"),
+    ({"x": np.ones((20, 4)), "y": np.full(20, 0.5)}, r"'y' .* must hold integer class labels"),
+    ({"x": np.ones((20, 4)), "y": np.zeros(15, int)}, r"'y' .* one label per row \(20; got"),
+    ({"x": np.ones((20, 4)), "y": -np.ones(20, int)}, r"'y' .* labels >= 0 \(got -1\)"),
+    ({"x": np.ones(20), "y": np.zeros(20, int)}, r"'x' .* must be a 2-D numeric array"),
+    ({"x": np.ones((3, 4)), "y": np.zeros(3, int)}, r"'x' .* at least 10 rows"),
+    ({"x": np.ones((20, 4)), "y": np.zeros(20, int), "x_test": np.ones((5, 3)),
+      "y_test": np.zeros(5, int)}, r"'x_test' .* must have 4 columns like 'x' \(got 3\)"),
+    ({"queries": np.ones((20, 12)), "positives": np.ones((20, 6))},
+     r"'positives' .* must have 12 columns like 'queries' \(got 6\)"),
+])
+def test_array_data_is_checked_before_training(tmp_path, arrays, match):
+    # before: NaN rows and float labels were taken (metrics on NaN rows), and the rest failed
+    # with a bare IndexError or a zero-size array message
+    from exporters.data import load_array_data
+
+    with pytest.raises(ValueError, match=match):
+        load_array_data(_npz(tmp_path / "data.npz", **arrays))
+
+
+def test_a_file_that_is_not_an_npz_says_so(tmp_path):
+    from exporters.data import load_array_data
+
+    (tmp_path / "data.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match=r"data.npz is not an .npz archive"):
+        load_array_data(tmp_path / "data.npz")
+    data = load_array_data(_npz(tmp_path / "good.npz", x=np.ones((20, 4)), y=np.arange(20) % 2))
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 20
