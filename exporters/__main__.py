@@ -27,9 +27,60 @@ __all__ = ["main"]
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part]
+        values = [int(part) for part in text.split(",") if part]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints (got {text!r})") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one int (got {text!r})")
+    return values
+
+
+def _int_at_least(low: int):
+    """An argparse type: an int >= ``low`` (a 0 is refused, not read as "the default")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int (got {text!r})") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low} (got {value})")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
+
+
+def _positive_int_list(text: str) -> list[int]:
+    values = _int_list(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected ints >= 1 (got {text!r})")
+    return values
+
+
+def _check_converged(history: list[dict]) -> None:
+    """Refuse to save a run whose loss went to NaN or inf (its weights are, too)."""
+    for record in history:
+        loss = record.get("loss")
+        if loss is not None and not np.isfinite(loss):
+            raise ValueError(f"training diverged (loss {loss} at epoch {record['epoch']}): "
+                             "nothing was saved; lower --lr, or check the data")
+
+
+def _check_run_out(out: Path, resume: bool) -> None:
+    """Refuse, before any work, an --out that cannot hold this run: a file, or a directory
+    holding an earlier run unless ``resume`` (which then needs its checkpoints)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"'--out' ({out}) exists and is not a directory")
+    checkpoints = out / "checkpoints" / "last"
+    if resume:
+        if not checkpoints.is_dir():
+            raise ValueError(f"--resume: {out} holds no checkpoints/last to continue")
+        return
+    if checkpoints.is_dir() or (out / "config.json").exists():
+        raise ValueError(f"'--out' ({out}) holds an earlier run: pass --resume to continue its "
+                         "checkpoints (with the same data, dims and seed), or choose another "
+                         "directory")
 
 
 def _load_data(name: str, *, max_pairs: int | None, seed: int, max_length: int):
@@ -74,6 +125,7 @@ def _train_adapter(args, data, texts: bool) -> None:
                                  hidden=args.adapter_hidden, init=args.init,
                                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                  seed=args.seed, device=args.device, progress=True)
+    _check_converged(history)
     metrics = evaluate(model, data, dims=args.dims)
     metrics.update(history=[{**h, "val": {str(m): v for m, v in h["val"].items()}}
                             for h in history], kind="MRL adapter", data=args.data,
@@ -93,6 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .models import build_model, model_config, save_run
     from .train import Trainer
 
+    _check_run_out(Path(args.out), args.resume)
     data = _load_data(args.data, max_pairs=args.max_pairs, seed=args.seed,
                       max_length=args.max_length)
     classification = isinstance(data, ClassificationData)
@@ -127,6 +180,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                       device=args.device, seed=args.seed, checkpoint_dir=out / "checkpoints",
                       patience=args.patience)
     history = trainer.fit(data)
+    _check_converged(history)
     metrics = evaluate(model, data, dims=eval_dims)
     metrics.update(history=history, kind="FF" if args.ff else "MRL-E" if args.efficient else "MRL",
                    data=args.data)
@@ -194,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="digits, docstrings or an .npz file")
     train.add_argument("--backbone", choices=("mlp", "adapter", "text"), default="mlp")
     train.add_argument("--dims", type=_int_list, required=True, help="nesting dims, e.g. 8,16,64")
-    train.add_argument("--embed-dim", type=int, default=None, help="default: the last dim")
-    train.add_argument("--hidden", type=_int_list, default=[256], help="hidden widths (mlp)")
-    train.add_argument("--adapter-hidden", type=int, default=0,
+    train.add_argument("--embed-dim", type=_positive_int, default=None, help="default: the last dim")
+    train.add_argument("--hidden", type=_positive_int_list, default=[256], help="hidden widths (mlp)")
+    train.add_argument("--adapter-hidden", type=_int_at_least(0), default=0,
                        help="adapter: residual MLP width (0: linear adapter)")
     train.add_argument("--init", choices=("pca", "identity", "orthogonal"), default="pca",
                        help="adapter: starting map (each equals the raw model at full dim)")
@@ -207,17 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ff", action="store_true",
                        help="fixed-feature baseline: loss at the full dim only")
     train.add_argument("--trainable", action="store_true", help="fine-tune the transformer")
-    train.add_argument("--max-length", type=int, default=128, help="tokens per text")
-    train.add_argument("--max-pairs", type=int, default=None, help="subsample docstring pairs")
-    train.add_argument("--epochs", type=int, default=None,
+    train.add_argument("--max-length", type=_positive_int, default=128, help="tokens per text")
+    train.add_argument("--max-pairs", type=_positive_int, default=None, help="subsample docstring pairs")
+    train.add_argument("--epochs", type=_positive_int, default=None,
                        help="default: 4 for an adapter on pairs, else 20")
-    train.add_argument("--batch-size", type=int, default=None,
+    train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="default: 512 for an adapter on pairs (in-batch negatives), else 64")
     train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--patience", type=int, default=None)
+    train.add_argument("--patience", type=_positive_int, default=None)
     train.add_argument("--device", default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the checkpoints of an earlier run in --out (the same "
+                            "data, dims and seed); without it such an --out is refused")
     train.set_defaults(func=_cmd_train)
 
     export = commands.add_parser("export", help="export a run directory to an ONNX model dir")
@@ -235,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_st.add_argument("--out", required=True, help="model directory to write")
     export_st.add_argument("--adapter", default=None, help="adapter run directory to fuse")
     export_st.add_argument("--dims", type=_int_list, default=None, help="nesting dims")
-    export_st.add_argument("--max-length", type=int, default=None, help="tokens per text")
+    export_st.add_argument("--max-length", type=_positive_int, default=None, help="tokens per text")
     export_st.add_argument("--opset", type=int, default=17)
     precision = export_st.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 weights")

@@ -216,7 +216,12 @@ class Trainer:
         from safetensors.torch import load_file
 
         state = json.loads((directory / "trainer_state.json").read_text())
-        self.model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        try:
+            self.model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        except RuntimeError as exc:  # torch lists every mismatched tensor over many lines
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise ValueError(f"{directory} holds checkpoints of another model ({first}): "
+                             "train into a new directory") from None
         tensors = load_file(str(directory / "optimizer.safetensors"), device=str(self.device))
         slots: dict[int, dict] = {}
         for key, value in tensors.items():
