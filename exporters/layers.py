@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrlsearch._validation import check_dims
+from mrlsearch._validation import check_dims, check_positive_int
 
 __all__ = ["MRLLinear", "MRLModel", "PrefixLogits"]
 
@@ -106,8 +106,8 @@ class MRLLinear(nn.Module):
     def __init__(self, in_features: int, num_classes: int, dims: Sequence[int], *,
                  efficient: bool = False) -> None:
         super().__init__()
-        self.in_features = int(in_features)
-        self.num_classes = int(num_classes)
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
         self.dims = check_dims(dims, "dims", max_dim=self.in_features)
         self.efficient = bool(efficient)
         if self.efficient:

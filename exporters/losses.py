@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -78,20 +80,27 @@ class MatryoshkaLoss(nn.Module):
         self.dims = check_dims(dims, "dims")
         if weights is None:
             weights = [1.0] * len(self.dims)
-        weights = [float(w) for w in weights]
+        try:
+            if isinstance(weights, (str, bytes)):
+                raise TypeError
+            weights = [float(w) for w in weights]
+        except (TypeError, ValueError):
+            raise TypeError(f"'weights' must be a sequence of numbers (got {weights!r:.60})"
+                            ) from None
         if len(weights) != len(self.dims):
             raise ValueError(f"'weights' must hold one weight per dim ({len(self.dims)}) "
                              f"(got {len(weights)})")
-        if any(w < 0 for w in weights):
-            raise ValueError(f"'weights' must be non-negative (got {weights})")
+        if not all(math.isfinite(w) and w >= 0 for w in weights):  # NaN made the loss NaN
+            raise ValueError(f"'weights' must be finite and non-negative (got {weights})")
         self.weights = tuple(weights)
         if isinstance(base, str) and base not in ("cross_entropy", "infonce"):
             raise ValueError(f"'base' must be 'cross_entropy', 'infonce' or a callable "
                              f"(got {base!r})")
         if not isinstance(base, str) and not callable(base):
             raise TypeError(f"'base' must be a string or a callable (got {type(base).__name__})")
-        if temperature <= 0:
-            raise ValueError(f"'temperature' must be > 0 (got {temperature})")
+        if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+                and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"'temperature' must be a finite number > 0 (got {temperature!r})")
         self.base = base
         self.temperature = float(temperature)
         self.symmetric = bool(symmetric)
@@ -99,6 +108,8 @@ class MatryoshkaLoss(nn.Module):
     def per_dim(self, outputs, target=None) -> torch.Tensor:
         """The base loss at every dim, a ``(len(dims),)`` tensor (unweighted)."""
         if self.base == "cross_entropy":
+            if target is None:
+                raise ValueError("'target' must be given: the cross-entropy needs the labels")
             if len(outputs) != len(self.dims):
                 raise ValueError(f"'outputs' must hold logits for each of the {len(self.dims)} "
                                  f"dims (got {len(outputs)})")

@@ -93,7 +93,7 @@ def test_wraps_any_callable():
         ({"base": "infonce", "dims": (8, 4)}, DimensionError, "'dims' must be strictly increasing"),
         ({"base": "infonce", "dims": DIMS, "weights": (1.0,)}, ValueError,
          r"'weights' must hold one weight per dim \(3\) \(got 1\)"),
-        ({"base": "infonce", "dims": DIMS, "temperature": 0}, ValueError, "'temperature' must be > 0"),
+        ({"base": "infonce", "dims": DIMS, "temperature": 0}, ValueError, "'temperature' must be a finite number > 0"),
     ],
 )
 def test_loss_errors(kwargs, error, match):
@@ -126,3 +126,24 @@ def test_embed_returns_numpy_forward_in_eval_mode():
     with torch.no_grad():
         torch.testing.assert_close(torch.as_tensor(got), model(x))
     assert got.dtype.name == "float32"
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: MatryoshkaLoss("infonce", DIMS, temperature=float("nan")), ValueError,
+     r"'temperature' must be a finite number > 0 \(got nan\)"),
+    (lambda: MatryoshkaLoss("infonce", DIMS, temperature=float("inf")), ValueError,
+     r"'temperature' must be a finite number > 0"),
+    (lambda: MatryoshkaLoss("infonce", DIMS, weights=[1, float("nan"), 1]), ValueError,
+     r"'weights' must be finite and non-negative"),
+    (lambda: MatryoshkaLoss("infonce", DIMS, weights="ab"), TypeError,
+     r"'weights' must be a sequence of numbers"),
+    (lambda: MRLLinear(16, -1, DIMS), ValueError, r"'num_classes' must be a positive int"),
+    (lambda: MRLLinear(16, 0, DIMS), ValueError, r"'num_classes' must be a positive int"),
+    (lambda: MatryoshkaLoss("cross_entropy", (4, 8))((torch.zeros(2, 3), torch.zeros(2, 3))),
+     ValueError, r"'target' must be given"),
+])
+def test_loss_and_head_arguments_that_would_make_nan_or_crash_are_refused(make, error, match):
+    # before: NaN temperature or weight gave a NaN loss, 'ab' numpy's float message, a
+    # negative class count torch's negative-dimension error, a missing target an AttributeError
+    with pytest.raises(error, match=match):
+        make()
