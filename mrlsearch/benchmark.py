@@ -551,6 +551,9 @@ def compare(
     """
     k = check_positive_int(k, "k")
     target_recall = check_fraction(target_recall, "target_recall")
+    if isinstance(methods, (str, bytes)):  # a string iterates by character: 'e', 'x', ...
+        raise TypeError(f"'methods' must be a sequence of method names, e.g. ({methods!r},) "
+                        f"(got the string {methods!r})")
     methods = [check_choice(method, "methods", METHODS) for method in methods]
 
     def start(what: str) -> None:

@@ -70,6 +70,9 @@ def test_compare_rejects_bad_input(data):
         compare(vectors, queries[:3], progress=False)
     with pytest.raises(ValueError, match="'methods'"):
         compare(vectors, queries, methods=("annoy",), progress=False)
+    with pytest.raises(TypeError, match=r"'methods' must be a sequence of method names, e.g. "
+                                        r"\('exact',\)"):  # was "(got 'e')"
+        compare(vectors, queries, methods="exact", progress=False)
     with pytest.raises(ValueError, match="'source'"):
         compare(Searcher(64), queries, progress=False)
 
