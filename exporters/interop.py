@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrlsearch._validation import check_dims
+from mrlsearch._validation import check_dims, check_positive_int
 
 from .export import export_onnx
 from .layers import MRLModel
@@ -99,7 +99,8 @@ class SentenceTransformerBackbone(nn.Module):
                              "tokenizer: its tokenizer has no backend_tokenizer")
         self.st = model.cpu().eval()
         self.adapter = adapter.cpu().eval() if adapter is not None else None
-        self.max_length = int(max_length or model.max_seq_length)
+        self.max_length = (int(model.max_seq_length) if max_length is None
+                           else check_positive_int(max_length, "max_length"))  # 0 is refused
         self._tokenizer_json = backend.to_str()
         self.tokenizer = Tokenizer.from_str(self._tokenizer_json)
         self.tokenizer.no_padding()

@@ -53,6 +53,9 @@ def test_sentence_transformer_parity_per_prefix(tmp_path, sentence_transformer):
     dims = (8, 16, 32, 64, 128, 256, 384)
     check_model_dir(tmp_path / "minilm", dims)
     assert manifest["normalize"] is True and manifest["max_length"] == 256
+    with pytest.raises(ValueError, match=r"'max_length' must be a positive int \(got 0\)"):
+        export_sentence_transformer(sentence_transformer, tmp_path / "zero", max_length=0)
+    assert not (tmp_path / "zero").exists()  # 0 used to mean the model's 256
     encoder = Encoder(tmp_path / "minilm")
     assert encoder.dims == dims and encoder.metric == "cosine" and encoder.is_text
     for m in dims:
