@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,13 +59,13 @@ def _positive_int_list(text: str) -> list[int]:
     return values
 
 
-def _check_converged(history: list[dict]) -> None:
-    """Refuse to save a run whose loss went to NaN or inf (its weights are, too)."""
-    for record in history:
-        loss = record.get("loss")
-        if loss is not None and not np.isfinite(loss):
-            raise ValueError(f"training diverged (loss {loss} at epoch {record['epoch']}): "
-                             "nothing was saved; lower --lr, or check the data")
+def _check_finite_weights(model) -> None:
+    """Refuse to save a model whose weights went to NaN or inf in training."""
+    import torch
+
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError("training diverged: the weights hold NaN or inf; nothing was saved "
+                         "(lower --lr, or check the data)")
 
 
 def _check_run_out(out: Path, resume: bool) -> None:
@@ -125,7 +126,7 @@ def _train_adapter(args, data, texts: bool) -> None:
                                  hidden=args.adapter_hidden, init=args.init,
                                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                  seed=args.seed, device=args.device, progress=True)
-    _check_converged(history)
+    _check_finite_weights(model)  # the adapter returns its best epoch, maybe the first
     metrics = evaluate(model, data, dims=args.dims)
     metrics.update(history=[{**h, "val": {str(m): v for m, v in h["val"].items()}}
                             for h in history], kind="MRL adapter", data=args.data,
@@ -179,8 +180,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     trainer = Trainer(model, loss, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                       device=args.device, seed=args.seed, checkpoint_dir=out / "checkpoints",
                       patience=args.patience)
-    history = trainer.fit(data)
-    _check_converged(history)
+    created = not out.exists()
+    try:
+        history = trainer.fit(data)  # raises on a NaN loss before checkpointing that epoch
+        _check_finite_weights(model)
+    except BaseException:
+        if created:  # a failed first run leaves no directory to be refused as an earlier run
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     metrics = evaluate(model, data, dims=eval_dims)
     metrics.update(history=history, kind="FF" if args.ff else "MRL-E" if args.efficient else "MRL",
                    data=args.data)

@@ -125,7 +125,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
     def fit(self, data: ClassificationData | PairData) -> list[dict]:
-        """Train; return the history (one dict per epoch: loss, per-dim validation metrics)."""
+        """Train; return the history (one dict per epoch: loss, per-dim validation metrics).
+
+        Raises ``ValueError`` when an epoch's mean loss is NaN or inf, before that epoch is
+        checkpointed: the last checkpoint keeps the epoch before it."""
         if self.loss.base == "cross_entropy" and not isinstance(data, ClassificationData):
             raise TypeError("a cross_entropy loss trains on ClassificationData")
         if self.loss.base == "infonce" and not isinstance(data, PairData):
@@ -173,6 +176,9 @@ class Trainer:
                 running += float(loss.detach())
                 count += 1
                 bar.set_postfix(loss=f"{running / count:.4f}")
+            if not math.isfinite(running / max(count, 1)):
+                raise ValueError(f"training diverged: the loss was {running / max(count, 1)} "
+                                 f"in epoch {epoch + 1} (lower lr, or check the data)")
             metrics = evaluate(model, data, split="val")
             record = {"epoch": epoch + 1, "loss": running / max(count, 1),
                       "val": {str(m): v for m, v in metrics["per_dim"].items()}}

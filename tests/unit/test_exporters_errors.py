@@ -129,3 +129,16 @@ def test_a_file_that_is_not_an_npz_says_so(tmp_path):
         load_array_data(tmp_path / "data.npz")
     data = load_array_data(_npz(tmp_path / "good.npz", x=np.ones((20, 4)), y=np.arange(20) % 2))
     assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 20
+
+
+def test_a_diverging_fit_raises_before_checkpointing_its_nan_epoch(tmp_path):
+    from safetensors.numpy import load_file
+
+    model = build_model({"backbone": "mlp", "in_features": 64, "embed_dim": 16, "hidden": [16],
+                         "dims": [8, 16], "num_classes": 10})
+    loss = MatryoshkaLoss("cross_entropy", (8, 16))
+    trainer = Trainer(model, loss, lr=1e30, epochs=3, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"training diverged: the loss was nan in epoch"):
+        trainer.fit(load_digits_data(seed=0))
+    for kept in tmp_path.glob("*/model.safetensors"):  # what was saved is finite
+        assert all(np.isfinite(array).all() for array in load_file(str(kept)).values())
