@@ -255,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="digits, docstrings or an .npz file")
     train.add_argument("--backbone", choices=("mlp", "adapter", "text"), default="mlp")
     train.add_argument("--dims", type=_int_list, required=True, help="nesting dims, e.g. 8,16,64")
-    train.add_argument("--embed-dim", type=_positive_int, default=None, help="default: the last dim")
-    train.add_argument("--hidden", type=_positive_int_list, default=[256], help="hidden widths (mlp)")
+    train.add_argument("--embed-dim", type=_positive_int, default=None,
+                       help="default: the last dim")
+    train.add_argument("--hidden", type=_positive_int_list, default=[256],
+                       help="hidden widths (mlp)")
     train.add_argument("--adapter-hidden", type=_int_at_least(0), default=0,
                        help="adapter: residual MLP width (0: linear adapter)")
     train.add_argument("--init", choices=("pca", "identity", "orthogonal"), default="pca",
@@ -269,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fixed-feature baseline: loss at the full dim only")
     train.add_argument("--trainable", action="store_true", help="fine-tune the transformer")
     train.add_argument("--max-length", type=_positive_int, default=128, help="tokens per text")
-    train.add_argument("--max-pairs", type=_positive_int, default=None, help="subsample docstring pairs")
+    train.add_argument("--max-pairs", type=_positive_int, default=None,
+                       help="subsample docstring pairs")
     train.add_argument("--epochs", type=_positive_int, default=None,
                        help="default: 4 for an adapter on pairs, else 20")
     train.add_argument("--batch-size", type=_positive_int, default=None,

@@ -337,7 +337,7 @@ def load_array_data(path: str | os.PathLike, *, seed: int = 0) -> Classification
     Missing ``*_val`` / ``*_test`` arrays are split off the training arrays (15 % each).
     """
     with open(path, "rb") as handle:
-        if handle.read(4) != b"PK\x03\x04":
+        if handle.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip (empty or not)
             raise ValueError(f"{path} is not an .npz archive (write one with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -372,7 +372,7 @@ def _vectors(array: np.ndarray, name: str, path, *, rows: int | None = None,
              width: int | None = None, like: str = "") -> np.ndarray:
     """``array`` as finite float32 rows (of ``rows`` rows and ``width`` columns, those of the
     array named ``like``, when given)."""
-    if array.dtype.kind not in "fiu" or array.ndim != 2:
+    if array.dtype.kind not in "biuf" or array.ndim != 2:  # bool features are numbers too
         raise ValueError(f"'{name}' in {path} must be a 2-D numeric array (got shape "
                          f"{array.shape}, dtype {array.dtype})")
     if rows is not None and len(array) != rows:
@@ -402,7 +402,7 @@ def _labels(array: np.ndarray | None, name: str, path, *, rows: int) -> np.ndarr
     if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
         raise ValueError(f"'{name}' in {path} must hold integer class labels (got "
                          f"non-integral values)")
-    if array.dtype.kind not in "fiu":
+    if array.dtype.kind not in "biuf":
         raise ValueError(f"'{name}' in {path} must hold integer class labels (got dtype "
                          f"{array.dtype})")
     labels = array.astype(np.int64)

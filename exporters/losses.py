@@ -98,8 +98,9 @@ class MatryoshkaLoss(nn.Module):
                              f"(got {base!r})")
         if not isinstance(base, str) and not callable(base):
             raise TypeError(f"'base' must be a string or a callable (got {type(base).__name__})")
-        if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
-                and math.isfinite(temperature) and temperature > 0):
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+            raise TypeError(f"'temperature' must be a number (got {temperature!r})")
+        if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"'temperature' must be a finite number > 0 (got {temperature!r})")
         self.base = base
         self.temperature = float(temperature)

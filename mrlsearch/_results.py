@@ -316,7 +316,15 @@ def parse_stage(stage: object) -> tuple[int, str, int]:
     return stage[0], precision, stage[2]
 
 
+def _whole(value: object) -> object:
+    """A JSON number as an int where it is whole (``16.0`` from another writer); anything
+    else as it is, for :class:`FunnelPlan` to refuse."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _stage_int(value: object, what: str, stage: object) -> int:
+    """``value`` (a dim or a shortlist of ``stage``) as a positive int, or an error naming
+    the stage."""
     try:
         return check_positive_int(value, "stages")
     except (TypeError, ValueError) as exc:
@@ -398,8 +406,10 @@ class FunnelPlan:
     @classmethod
     def from_dict(cls, data: dict) -> FunnelPlan:
         """Inverse of :meth:`to_dict` (also reads the (dim, shortlist) pairs of format 1)."""
+        stages = tuple((_whole(d), p, _whole(s))
+                       for d, p, s in (parse_stage(stage) for stage in data["stages"]))
         return cls(
-            stages=tuple(parse_stage(stage) for stage in data["stages"]),
+            stages=stages,
             ef=int(data["ef"]),
             k=int(data["k"]),
             recall=float(data.get("recall", float("nan"))),

@@ -154,6 +154,7 @@ def search_plans(measure: Measure, *, dims: Sequence[int], index_dims: Sequence[
 
 
 def _grow(bar: tqdm, units: int) -> None:
+    """Add ``units`` measures to the bar's total (the re-timing and narrowing to come)."""
     bar.total += units
     bar.refresh()
 

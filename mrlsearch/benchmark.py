@@ -452,7 +452,8 @@ def _usearch(vectors, metric, k, fit, truth_fit, target, dtype, M, ef_constructi
     index.add(np.arange(len(base), dtype=np.uint64), base, threads=threads)
     build_s = time.perf_counter() - started
     memory_mb = index.memory_usage / 2**20
-    rescore_base, centre, squared = _l2_terms(base, metric)
+    # only i8 rescores: f16 keeps no centred copy
+    rescore_base, centre, squared = _l2_terms(base, metric if dtype == "i8" else "ip")
 
     def make_run(shortlist: int, ef: int) -> Callable[[np.ndarray], np.ndarray]:
         def run(queries: np.ndarray) -> np.ndarray:

@@ -183,9 +183,6 @@ def _check_out(path: str, option: str = "--out", *, force: bool = False) -> None
     target = Path(os.path.abspath(path))
     if target.exists() and not target.is_dir():
         raise MRLError(f"'{option}' ({path}) exists and is not a directory")
-    if not force and (target / MANIFEST).exists():
-        raise MRLError(f"'{option}' ({path}) already holds an index: pass --force to replace "
-                       "it, or choose another directory")
     for ancestor in target.parents:
         if ancestor.exists():
             if not ancestor.is_dir():
@@ -195,6 +192,9 @@ def _check_out(path: str, option: str = "--out", *, force: bool = False) -> None
         check_replaceable(target, kind=FORMAT_NAME)
     except OSError as exc:
         raise _write_error(path, exc, option) from exc
+    if not force and (target / MANIFEST).exists():  # an index, since check_replaceable passed
+        raise MRLError(f"'{option}' ({path}) already holds an index: pass --force to replace "
+                       "it, or choose another directory")
 
 
 def _write_error(path: str, exc: OSError, option: str = "--out") -> MRLError:

@@ -884,7 +884,12 @@ class Searcher:
         """Brute-force search at a prefix dim (None: full dim): the ground truth.
 
         Scores every live vector with numpy (BLAS) in blocks of bounded memory; of equal
-        scores, the vector added first ranks first.
+        scores, the vector added first ranks first. Squared L2 is computed in float32 as
+        ``2 q.x - |q|^2 - |x|^2`` about a centre of the rows (their mean, where it lies
+        farther from the origin than their spread): rows far from that centre relative to
+        the distances between neighbours (clusters thousands of units apart, each of unit
+        spread) lose precision to it, as any float32 BLAS search does; scale such data down
+        or centre each cluster.
         """
         self._ensure_intact()
         k = self._check_k(k)
@@ -1102,7 +1107,9 @@ class Searcher:
             ``payload_data.npy``:
 
             * ``'full'``: hashed before ``load`` returns (reads every byte once; with
-              ``mmap=True`` that also fills the page cache with the whole vector file).
+              ``mmap=True`` that also fills the page cache with the whole vector file), and
+              the vectors checked finite (a file with NaN or inf and a checksum to match is
+              a FormatError; ``'lazy'`` and ``'none'`` skip this pass).
             * ``'lazy'``: hashed on a background thread while the index already answers
               queries. A mismatch makes every later call (search, get, add, save, ...) raise
               :class:`FormatError` naming the file; :meth:`verify` waits for the check. Until

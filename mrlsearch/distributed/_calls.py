@@ -242,7 +242,7 @@ class ShardCalls:
         for position, (index, item) in enumerate(items):
             try:
                 answer = self.resolve(item, deadline, restart_timeout, allow_partial)
-            except BaseException:
+            except Exception:  # not on Ctrl-C: that must not wait for the other shards
                 _drop_answers([later.ref for _, later in items[position + 1:]], deadline)
                 raise
             if answer is None:

@@ -578,3 +578,11 @@ def test_index_replaces_a_saved_index_only_with_force(files, index, capsys):
     assert len(Searcher.load(index)) == 400
     assert main(["index", str(files / "few.npy"), "--out", str(index), "--force"]) == 0
     assert len(Searcher.load(index)) == 5
+    # another kind of saved directory is refused as such, with or without --force
+    other = files / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"format": "mrlsearch.model", "files": {}}')
+    for extra in ([], ["--force"]):
+        assert main(["index", str(files / "few.npy"), "--out", str(other)] + extra) == 1
+        err = capsys.readouterr().err
+        assert "mrlsearch.model" in err and "--force" not in err

@@ -129,6 +129,14 @@ def test_a_file_that_is_not_an_npz_says_so(tmp_path):
         load_array_data(tmp_path / "data.npz")
     data = load_array_data(_npz(tmp_path / "good.npz", x=np.ones((20, 4)), y=np.arange(20) % 2))
     assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 20
+    # binary features and labels, integer features: data as before
+    for x, y in ((np.eye(20, 4, dtype=bool), np.arange(20) % 2 == 0),
+                 (np.ones((20, 4), np.uint8), np.arange(20, dtype=np.uint8) % 3)):
+        data = load_array_data(_npz(tmp_path / "more.npz", x=x, y=y))
+        assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(ValueError, match=r"must hold arrays 'x' and 'y'"):
+        load_array_data(tmp_path / "empty.npz")
 
 
 def test_a_diverging_fit_raises_before_checkpointing_its_nan_epoch(tmp_path):

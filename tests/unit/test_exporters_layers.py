@@ -133,6 +133,8 @@ def test_embed_returns_numpy_forward_in_eval_mode():
      r"'temperature' must be a finite number > 0 \(got nan\)"),
     (lambda: MatryoshkaLoss("infonce", DIMS, temperature=float("inf")), ValueError,
      r"'temperature' must be a finite number > 0"),
+    (lambda: MatryoshkaLoss("infonce", DIMS, temperature="0.1"), TypeError,
+     r"'temperature' must be a number \(got '0.1'\)"),
     (lambda: MatryoshkaLoss("infonce", DIMS, weights=[1, float("nan"), 1]), ValueError,
      r"'weights' must be finite and non-negative"),
     (lambda: MatryoshkaLoss("infonce", DIMS, weights="ab"), TypeError,

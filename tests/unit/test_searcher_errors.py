@@ -318,6 +318,15 @@ def test_a_funnel_plan_refuses_values_no_plan_can_hold(stages, ef, k, error, mat
         FunnelPlan(stages, ef=ef, k=k)
 
 
+def test_a_saved_plan_with_whole_floats_still_loads():
+    # another JSON writer may store 16 as 16.0; from_dict took it before plans were checked
+    plan = FunnelPlan.from_dict({"stages": [[16.0, 40], [32, "float32", 10.0]], "ef": 40.0,
+                                 "k": 10})
+    assert plan.stages == ((16, "float32", 40), (32, "float32", 10)) and plan.ef == 40
+    with pytest.raises(TypeError, match=r"'stages' dims must be positive ints \(got 16.5"):
+        FunnelPlan.from_dict({"stages": [[16.5, 40]], "ef": 40, "k": 10})
+
+
 def test_a_funnel_plan_for_k_zero_is_refused():
     with pytest.raises(ValueError, match=r"'k' must be a positive int \(got 0\)"):
         FunnelPlan(((16, 5),), ef=10, k=5).for_k(0)
