@@ -46,16 +46,25 @@ def model_config(model: MRLModel, backbone: str) -> dict:
 
 
 def save_run(model: MRLModel, config: dict, run_dir: str | os.PathLike) -> None:
-    """Write ``model.safetensors`` + ``config.json`` (+ ``classifier.npz`` with a head)."""
-    from safetensors.torch import save_file
+    """Write ``model.safetensors`` + ``config.json`` (+ ``classifier.npz`` with a head).
+
+    Each file replaces its old version atomically, and ``config.json``, which makes the
+    directory a run for :func:`load_run`, comes last: a crash leaves the old files or new
+    ones, never a torn file, and a first run cut short is not taken for a run.
+    """
+    from safetensors.torch import save
+
+    from mrlsearch._format import atomic_file
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(run_dir / "model.safetensors"))
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_file(run_dir / "model.safetensors") as handle:
+        handle.write(save(weights))
     if model.head is not None:
-        model.head.to_classifier().save(run_dir / "classifier.npz")
+        model.head.to_classifier().save(run_dir / "classifier.npz")  # atomic too
+    with atomic_file(run_dir / "config.json") as handle:
+        handle.write((json.dumps(config, indent=2) + "\n").encode())
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[MRLModel, dict]:

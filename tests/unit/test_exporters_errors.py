@@ -150,3 +150,27 @@ def test_a_diverging_fit_raises_before_checkpointing_its_nan_epoch(tmp_path):
         trainer.fit(load_digits_data(seed=0))
     for kept in tmp_path.glob("*/model.safetensors"):  # what was saved is finite
         assert all(np.isfinite(array).all() for array in load_file(str(kept)).values())
+
+
+def test_a_run_cut_short_while_saving_is_not_taken_for_a_run(tmp_path, monkeypatch):
+    from exporters.models import load_run, model_config, save_run
+    from mrlsearch import Classifier
+
+    model = small_model()
+    config = model_config(model, "mlp")
+
+    def fail(self, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Classifier, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_run(model, config, tmp_path / "run")
+    # config.json comes last: without it the directory is not a run, and nothing is torn
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.safetensors"]
+    with pytest.raises(FileNotFoundError, match="No config.json"):
+        load_run(tmp_path / "run")
+    monkeypatch.undo()
+    save_run(model, config, tmp_path / "run")
+    loaded, _ = load_run(tmp_path / "run")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)
