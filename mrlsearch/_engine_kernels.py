@@ -41,7 +41,7 @@ __all__: list[str] = []
 #: such change a change of this file too; ``tests/unit/test_kernels.py`` checks that it is
 #: current.
 INLINED_SOURCES = ("_handoff.py", "_kernels.py", "_validation.py")
-INLINED_SOURCES_DIGEST = "0e4920808e77583e"
+INLINED_SOURCES_DIGEST = "b6c27ef4f0d1b130"
 
 PRECISION_FLOAT = 0
 PRECISION_INT8 = 1

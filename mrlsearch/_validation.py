@@ -39,6 +39,19 @@ def check_peaks(batch: np.ndarray, name: str, *, row_offset: int = 0) -> np.ndar
     return peak
 
 
+def check_numbers(value: object, name: str) -> np.ndarray:
+    """``value``, a number or a (nested) sequence of numbers, as a float64 array; strings,
+    None, booleans and ragged sequences are refused."""
+    message = f"'{name}' must be a number or a sequence of numbers (got {_describe(value)})"
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged sequences
+        raise TypeError(message) from exc
+    if array.dtype.kind not in "iuf":  # str, None, bool, object: not numbers
+        raise TypeError(message)
+    return array.astype(np.float64)
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Return ``value`` as an int, or raise if it is not an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -29,6 +29,7 @@ from ._validation import (
     check_dims,
     check_fraction,
     check_matrix,
+    check_numbers,
     check_peaks,
     check_positive_int,
 )
@@ -358,16 +359,7 @@ class Classifier:
 
     # ------------------------------------------------------------------ checks
     def _check_thresholds(self, thresholds) -> np.ndarray:
-        shown = repr(thresholds)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        message = f"'thresholds' must be a number or a sequence of numbers (got {shown})"
-        try:
-            values = np.asarray(thresholds)
-        except (TypeError, ValueError) as exc:  # ragged sequences
-            raise TypeError(message) from exc
-        if values.dtype.kind not in "iuf":  # str, None, bool, object: not a confidence
-            raise TypeError(message)
-        values = values.astype(np.float64)
+        values = check_numbers(thresholds, "thresholds")
         if values.ndim == 0:
             values = np.full(len(self._dims), float(values))
         if values.ndim != 1 or values.shape[0] not in (len(self._dims) - 1, len(self._dims)):
